@@ -1,0 +1,40 @@
+# blockfuzz bootstrap. The two everyday commands:
+#
+#   make test     venv + both QEMUs, then the test suite
+#   make fuzz     venv + both QEMUs, then fuzz for $(FUZZ_TIME) seconds into findings/
+#
+# Everything lands in the checkout (.venv/, .qemu/, both git-ignored); nothing is installed on
+# the system. Needs: python3.11 (or a python3 >= 3.11 with venv), and a Debian host with
+# apt-get/dpkg to fetch QEMU (see fuzz/qemufetch.py).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+# Rebuilt when the dependencies change; the stamp lives inside the venv, so `rm -rf .venv`
+# resets it too.
+VENV_STAMP := $(VENV)/.blockfuzz-installed
+FUZZ_TIME ?= 600
+
+.PHONY: venv qemu fuzz test
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "make: no python3.11 or python3 in PATH" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $@
+
+# Idempotent: a fetched QEMU is only looked up (fast); a missing one is fetched (~10 s each).
+qemu: venv
+	$(VENV)/bin/blockfuzz qemu fetch 10.0
+	$(VENV)/bin/blockfuzz qemu fetch 7.2
+
+fuzz: venv qemu
+	$(VENV)/bin/blockfuzz run --time $(FUZZ_TIME) --out findings
+
+test: venv qemu
+	$(VENV)/bin/python -m pytest -q

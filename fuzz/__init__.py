@@ -1,0 +1,1 @@
+"""blockfuzz harness: drives a real QEMU and compares it with the model (see ARCHITECTURE.md)."""

@@ -1,0 +1,116 @@
+"""The ``blockfuzz`` command line.
+
+Subcommands::
+
+    blockfuzz qemu fetch 7.2|10.0   fetch + unpack a Debian QEMU into .qemu/, print its path
+    blockfuzz qemu path 7.2|10.0    print the path of an already fetched QEMU
+
+Exit status: 0 success; 1 the thing asked for does not exist (``qemu path`` of an unfetched
+version); 2 usage or operational error. Errors are one line on stderr, prefixed ``blockfuzz:``.
+
+Adding a subcommand: write a module with ``add_<name>_parser(subparsers)`` that calls
+``subparsers.add_parser(...)`` and ``set_defaults(handler=fn)``, where ``fn(args) -> int`` is the
+exit status; then register it in :func:`build_parser` (see the marked place). Handlers report
+failures by raising :class:`CliError` (or letting :class:`fuzz.qemufetch.QemuNotFound` from
+``resolve_qemu`` through), which :func:`main` turns into one stderr line and an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fuzz import qemufetch
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr, with an exit status."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
+
+
+# --------------------------------------------------------------------------------------------
+# blockfuzz qemu ...
+
+
+def add_qemu_parser(subparsers) -> None:
+    qemu = subparsers.add_parser("qemu", help="fetch and locate the QEMU builds under test")
+    actions = qemu.add_subparsers(dest="qemu_command", required=True, metavar="ACTION")
+    versions = "|".join(qemufetch.KNOWN_VERSIONS)
+
+    fetch = actions.add_parser(
+        "fetch",
+        help="download a Debian QEMU into .qemu/ (no system changes) and print its path",
+        description="Fetch QEMU from Debian packages into $BLOCKFUZZ_QEMU_DIR (default "
+        ".qemu/ in the checkout). Does nothing if already complete.",
+    )
+    # No `choices=`: argparse would answer a bad version with a multi-line usage message; we
+    # promise one line (see _version).
+    fetch.add_argument("version", metavar=versions)
+    fetch.add_argument("--force", action="store_true", help="re-fetch even if complete")
+    fetch.set_defaults(handler=_qemu_fetch)
+
+    path = actions.add_parser("path", help="print the qemu-system-x86_64 of a fetched QEMU")
+    path.add_argument("version", metavar=versions)
+    path.set_defaults(handler=_qemu_path)
+
+
+def _version(value: str) -> str:
+    try:
+        return qemufetch.check_version(value)
+    except qemufetch.QemuNotFound as exc:
+        raise CliError(str(exc), 2) from None
+
+
+def _qemu_fetch(args) -> int:
+    version = _version(args.version)
+    try:
+        inst = qemufetch.fetch(version, force=args.force)
+    except qemufetch.FetchError as exc:
+        raise CliError(f"fetching QEMU {version} failed: {exc}", 2) from None
+    print(inst.binary("system"))
+    return 0
+
+
+def _qemu_path(args) -> int:
+    version = _version(args.version)
+    inst = qemufetch.installed(version)
+    if inst is None:
+        raise CliError(f"QEMU {version} is not fetched: run `blockfuzz qemu fetch {version}`", 1)
+    print(inst.binary("system"))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blockfuzz",
+        description="Property-based conformance fuzzer for QEMU's block layer.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_qemu_parser(subparsers)
+    # ---- other subcommands register here, two lines each: ---------------------------------
+    from fuzz.runcmd import add_run_parser; add_run_parser(subparsers)
+    from fuzz.replaycmd import add_replay_parser; add_replay_parser(subparsers)
+    # ----------------------------------------------------------------------------------------
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # bad flags: argparse prints usage, exits 2
+    try:
+        return args.handler(args)
+    except CliError as exc:
+        print(f"blockfuzz: {exc}", file=sys.stderr)
+        return exc.status
+    except qemufetch.QemuNotFound as exc:  # e.g. a bad --qemu of `run`: the user's to fix
+        print(f"blockfuzz: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The engine: run one step on the model and on QEMU, compare, emit events.
+
+The same ``Runner`` serves the Hypothesis state machine, ``blockfuzz replay`` and the tests.
+It does not print or write files: whoever cares subscribes to its events (``fuzz.reporters``).
+
+A disagreement raises one exception class per kind (result, graph, data, crash, hang, and a
+violated written expectation), so Hypothesis shrinks every kind of bug on its own.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from models import Model, Outcome
+from models.query import project
+
+from .trace import expectation_for, get_path
+
+
+# --------------------------------------------------------------------------------------------
+# findings
+
+class Disagreement(AssertionError):
+    """QEMU and the model (or a written expectation) disagree at a step."""
+
+    kind = "disagreement"
+
+    def __init__(self, step_index: int, step: dict, expected: Any, actual: Any, detail: str = ""):
+        self.step_index = step_index
+        self.step = step
+        self.expected = expected
+        self.actual = actual
+        self.detail = detail
+        super().__init__(self.summary())
+
+    def summary(self) -> str:
+        what = self.step.get("qmp") or self.step.get("assert") or self.step.get("snapshot")
+        head = f"step {self.step_index + 1} ({what}): {self.kind} differs"
+        if self.detail:
+            head += f" at {self.detail}"
+        return f"{head}: expected {_short(self.expected)}, got {_short(self.actual)}"
+
+    def signature(self) -> str:
+        """What identifies the bug, independent of the path that led to it."""
+        return f"{self.kind}:{self.step.get('qmp') or self.step.get('assert')}:{self.detail}"
+
+
+class ResultMismatch(Disagreement):
+    kind = "result"
+
+
+class GraphMismatch(Disagreement):
+    kind = "graph"
+
+
+class DataMismatch(Disagreement):
+    kind = "data"
+
+
+class ExpectationMismatch(Disagreement):
+    kind = "expectation"
+
+
+class QemuCrash(AssertionError):
+    kind = "crash"
+
+    def __init__(self, step_index: int, step: dict, cause: BaseException):
+        self.step_index, self.step, self.cause = step_index, step, cause
+        super().__init__(f"step {step_index + 1} ({step.get('qmp')}): QEMU crashed: {cause}")
+
+    def signature(self) -> str:
+        return f"crash:{self.step.get('qmp')}"
+
+
+class QemuHang(QemuCrash):
+    kind = "hang"
+
+    def __init__(self, step_index: int, step: dict, cause: BaseException):
+        super().__init__(step_index, step, cause)
+        self.args = (f"step {step_index + 1} ({step.get('qmp')}): QEMU hung: {cause}",)
+
+    def signature(self) -> str:
+        return f"hang:{self.step.get('qmp')}"
+
+
+def _short(v: Any, limit: int = 400) -> str:
+    s = json.dumps(v, sort_keys=True) if not isinstance(v, str) else repr(v)
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# events
+
+@attrs.frozen
+class StepDone:
+    index: int
+    step: dict
+    model: Outcome | None
+    qemu: Outcome | None
+
+
+@attrs.frozen
+class FindingEvent:
+    error: BaseException
+    steps: tuple
+
+
+Listener = Callable[[Any], None]
+
+
+class Events:
+    """A tiny synchronous event bus."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, event: Any) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+
+# --------------------------------------------------------------------------------------------
+# graph diff
+
+def diff_graphs(expected: list[dict], actual: list[dict]) -> str:
+    """A short path to the first difference between two projected node lists."""
+    en = [n.get("node-name") for n in expected]
+    an = [n.get("node-name") for n in actual]
+    if en != an:
+        return f"node list {en} vs {an}"
+    for e, a in zip(expected, actual):
+        d = _first_diff(e, a, e.get("node-name", "?"))
+        if d:
+            return d
+    return ""
+
+
+def _first_diff(e: Any, a: Any, path: str) -> str:
+    if isinstance(e, dict) and isinstance(a, dict):
+        for k in sorted(set(e) | set(a)):
+            if k not in e or k not in a:
+                return f"{path}/{k} ({'missing in qemu' if k not in a else 'unexpected in qemu'})"
+            d = _first_diff(e[k], a[k], f"{path}/{k}")
+            if d:
+                return d
+        return ""
+    return "" if e == a and type(e) is type(a) else f"{path}: {e!r} vs {a!r}"
+
+
+# --------------------------------------------------------------------------------------------
+# the runner
+
+class Runner:
+    """Runs steps against a model and (optionally) a live QEMU.
+
+    ``qemu`` is a ``fuzz.qemu.QemuProcess`` or ``None`` (model only: used to check that the
+    model alone predicts written expectations).  ``check_graph`` compares the whole projected
+    graph after every QMP step; the state machine and replay always do.
+    """
+
+    def __init__(self, model: Model, qemu: Any = None, events: Events | None = None,
+                 profile_name: str | None = None, check_graph: bool = True):
+        self.model = model
+        self.qemu = qemu
+        self.events = events or Events()
+        self.profile_name = profile_name or model.profile.name
+        self.check_graph = check_graph
+        self.snapshots: dict[str, list[dict]] = {}
+        self.done: list[dict] = []
+        self._qemu_graph: list[dict] | None = None
+
+    # the current graph as each side sees it
+    def model_graph(self) -> list[dict]:
+        return self.model.query_named_block_nodes()
+
+    def qemu_graph(self) -> list[dict]:
+        if self._qemu_graph is None:
+            self._qemu_graph = project(self.qemu.query_nodes())
+        return self._qemu_graph
+
+    def run(self, step: dict) -> Outcome | None:
+        index = len(self.done)
+        self.done.append(step)
+        if "qmp" in step:
+            return self._qmp(index, step)
+        if "snapshot" in step:
+            self.snapshots[step["snapshot"]] = self.model_graph()
+            if self.qemu is not None:
+                self.snapshots["qemu:" + step["snapshot"]] = self.qemu_graph()
+            self.events.emit(StepDone(index, step, None, None))
+            return None
+        self._assert(index, step)
+        self.events.emit(StepDone(index, step, None, None))
+        return None
+
+    def _qmp(self, index: int, step: dict) -> Outcome:
+        from .qemu import QemuCrashed, QemuHung
+
+        cmd, args = step["qmp"], step.get("args", {})
+        predicted = self.model.execute(cmd, args)
+        actual = None
+        if self.qemu is not None:
+            self._qemu_graph = None
+            try:
+                actual = self.qemu.execute(cmd, args)
+            except QemuHung as e:
+                raise QemuHang(index, step, e) from e
+            except QemuCrashed as e:
+                raise QemuCrash(index, step, e) from e
+        self.events.emit(StepDone(index, step, predicted, actual))
+        exp = expectation_for(step, self.profile_name)
+        if exp is not None:
+            want = Outcome.from_json(exp)
+            stdout_checked = "stdout" in exp
+            for side, got in (("model", predicted), ("qemu", actual)):
+                if got is None:
+                    continue
+                if (got.ret, got.error) != (want.ret, want.error) or (stdout_checked and got.stdout != want.stdout):
+                    raise ExpectationMismatch(index, step, exp, got.to_json(), side)
+        if actual is not None:
+            if (predicted.ret, predicted.error) != (actual.ret, actual.error):
+                raise ResultMismatch(index, step, predicted.to_json(), actual.to_json(), "reply")
+            if predicted.stdout != actual.stdout:
+                raise DataMismatch(index, step, list(predicted.stdout), list(actual.stdout), "stdout")
+            if self.check_graph:
+                mg, qg = self.model_graph(), self.qemu_graph()
+                if mg != qg:
+                    raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))
+        return predicted
+
+    def _assert(self, index: int, step: dict) -> None:
+        sides = [("model", self.model_graph())]
+        if self.qemu is not None:
+            sides.append(("qemu", self.qemu_graph()))
+        for side, graph in sides:
+            if step["assert"] == "graph-equals":
+                key = step["snapshot"] if side == "model" else "qemu:" + step["snapshot"]
+                if key not in self.snapshots:
+                    raise ExpectationMismatch(index, step, "a snapshot", None, f"{side}: no snapshot {step['snapshot']!r}")
+                if graph != self.snapshots[key]:
+                    raise ExpectationMismatch(index, step, self.snapshots[key], graph,
+                                              f"{side}: {diff_graphs(self.snapshots[key], graph)}")
+                continue
+            node = next((n for n in graph if n.get("node-name") == step["node"]), None)
+            if "path" not in step:
+                present = node is not None
+                if present == step.get("absent", False):
+                    raise ExpectationMismatch(index, step, "absent" if step.get("absent") else "present",
+                                              node, f"{side}: node {step['node']}")
+                continue
+            if node is None:
+                raise ExpectationMismatch(index, step, "node present", None, f"{side}: node {step['node']}")
+            present, value = get_path(node, step["path"])
+            if step.get("absent"):
+                if present:
+                    raise ExpectationMismatch(index, step, "absent", value, f"{side}: {step['node']}/{step['path']}")
+            elif not present or value != step["equals"] or type(value) is not type(step["equals"]):
+                raise ExpectationMismatch(index, step, step["equals"], value if present else "<absent>",
+                                          f"{side}: {step['node']}/{step['path']}")

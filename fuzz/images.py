@@ -1,0 +1,283 @@
+"""Disk images for one example: specs, creation with qemu-img / qemu-io, and a template cache.
+
+A trace's ``images`` list (see ARCHITECTURE.md) becomes a tuple of :class:`ImageSpec`::
+
+    specs = [ImageSpec.from_json(d) for d in trace["images"]]
+    make_images(specs, workdir, binaries)
+
+which, in ``workdir`` and in order, runs what iotest 245's setUp does::
+
+    qemu-img create -f qcow2 hd0.img 3145728
+    qemu-img create -f qcow2 -b hd0.img -F qcow2 hd1.img
+    qemu-io -f qcow2 -c "write -P 0xa0 0 1048576" hd0.img
+
+Names are relative and the commands run with ``cwd=workdir``, so image headers store relative
+backing names and nothing depends on the temporary directory's path.
+
+Every example needs its images and most examples use the same few image sets, while each
+``qemu-img`` / ``qemu-io`` run costs several milliseconds. So the first creation of a set is
+kept in a per-process template directory (keyed by the specs and the binaries) and later
+requests copy the files. The copy keeps holes, so a cached image is indistinguishable from a
+fresh one, allocation included (``actual-size``, ``qemu-io map``).
+"""
+from __future__ import annotations
+
+import atexit
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Any, Iterable
+
+import attrs
+
+from fuzz.qemu import HarnessError, QemuBinaries, binaries_env
+
+__all__ = ["Write", "ImageSpec", "make_images"]
+
+FORMATS = ("qcow2", "raw")
+_TOOL_TIMEOUT = 60.0
+_CACHE_MAX_SETS = 64   # FIFO-evicted; fuzzers draw from few image sets, this is a safety cap
+
+
+def _plain_name(_inst: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is None:
+        return
+    # A bare file name: relative to the work dir, and not mistaken for a command-line option.
+    if not value or os.path.basename(value) != value or value in (".", "..") or value[0] == "-":
+        raise ValueError(f"{attribute.name} must be a plain file name, got {value!r}")
+
+
+@attrs.frozen
+class Write:
+    """``qemu-io -c "write -P PATTERN OFFSET LENGTH"``."""
+
+    pattern: int = attrs.field(validator=attrs.validators.and_(
+        attrs.validators.ge(0), attrs.validators.le(255)))
+    offset: int = attrs.field(validator=attrs.validators.ge(0))
+    length: int = attrs.field(validator=attrs.validators.gt(0))
+
+    def qemu_io_command(self) -> str:
+        return f"write -P 0x{self.pattern:02x} {self.offset} {self.length}"
+
+
+@attrs.frozen
+class ImageSpec:
+    """One image of a trace's ``images`` list."""
+
+    file: str = attrs.field(validator=_plain_name)
+    format: str = attrs.field(validator=attrs.validators.in_(FORMATS))
+    size: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.ge(0)))
+    backing_file: str | None = attrs.field(default=None, validator=_plain_name)
+    backing_format: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.in_(FORMATS)))
+    writes: tuple[Write, ...] = attrs.field(default=(), converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if self.backing_file is not None and self.format != "qcow2":
+            raise ValueError(f"{self.file}: only qcow2 images can have a backing file")
+        if self.backing_file is None and self.backing_format is not None:
+            raise ValueError(f"{self.file}: backing-format without backing-file")
+        if self.size is None and self.backing_file is None:
+            raise ValueError(f"{self.file}: size is required without a backing file")
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ImageSpec":
+        known = {"file", "format", "size", "backing-file", "backing-format", "writes"}
+        if unknown := set(d) - known:
+            raise ValueError(f"unknown image keys {sorted(unknown)}")
+        return cls(
+            file=d["file"], format=d["format"], size=d.get("size"),
+            backing_file=d.get("backing-file"), backing_format=d.get("backing-format"),
+            writes=tuple(Write(w["pattern"], w["offset"], w["length"]) for w in d.get("writes", ())),
+        )
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {"file": self.file, "format": self.format}
+        if self.size is not None:
+            d["size"] = self.size
+        if self.backing_file is not None:
+            d["backing-file"] = self.backing_file
+        if self.backing_format is not None:
+            d["backing-format"] = self.backing_format
+        d["writes"] = [{"pattern": w.pattern, "offset": w.offset, "length": w.length}
+                       for w in self.writes]
+        return d
+
+
+def make_images(specs: Iterable[ImageSpec], workdir: str | os.PathLike[str],
+                binaries: QemuBinaries, *, cache: bool = True) -> None:
+    """Create the images of ``specs`` in ``workdir`` (from the template cache when possible).
+
+    Raises :class:`fuzz.qemu.HarnessError` if a tool fails (a bad spec, e.g. a write beyond the
+    image's end, is the caller's error, not a QEMU finding).
+    """
+    specs = tuple(specs)
+    workdir = os.fspath(workdir)
+    # A file may appear twice: entries run in order and a later one re-creates the file (the
+    # seed's test_reopen_raw turns hd0.img into a raw image after setUp made it qcow2).
+    if not specs:
+        return
+    if not cache:
+        _create(specs, workdir, binaries)
+        return
+    template = _TEMPLATES.lookup(specs, binaries)
+    if template is None:
+        _create(specs, workdir, binaries)
+        _TEMPLATES.store(specs, binaries, workdir)
+    else:
+        for s in {s.file: s for s in specs}.values():
+            _sparse_copy(os.path.join(template, s.file), os.path.join(workdir, s.file))
+
+
+# -- creation -------------------------------------------------------------------------------
+
+def _create(specs: tuple[ImageSpec, ...], workdir: str, binaries: QemuBinaries) -> None:
+    img_env = binaries_env(binaries, binaries.img)
+    io_env = binaries_env(binaries, binaries.io)
+    for s in specs:
+        argv = [os.fspath(binaries.img), "create", "-q", "-f", s.format]
+        if s.backing_file is not None:
+            argv += ["-b", s.backing_file]
+            if s.backing_format is not None:
+                argv += ["-F", s.backing_format]
+        argv.append(s.file)
+        if s.size is not None:
+            argv.append(str(s.size))
+        _run(argv, workdir, img_env)
+        if s.writes:
+            # One qemu-io run for all writes of an image: same effect as one run each, fewer
+            # process start-ups. "-c" commands run in order.
+            argv = [os.fspath(binaries.io), "-f", s.format]
+            for w in s.writes:
+                argv += ["-c", w.qemu_io_command()]
+            argv.append(s.file)
+            out = _run(argv, workdir, io_env)
+            wrote = [line for line in out.splitlines() if line.startswith("wrote ")]
+            if len(wrote) != len(s.writes):   # qemu-io's exit status is not reliable everywhere
+                raise HarnessError(f"qemu-io did not complete the writes to {s.file}:\n{out}")
+
+
+def _run(argv: list[str], cwd: str, env: dict[str, str]) -> str:
+    try:
+        p = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=_TOOL_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(f"cannot run {argv[0]}: {e}") from e
+    if p.returncode != 0:
+        raise HarnessError(f"{' '.join(argv)} failed with status {p.returncode}\n{p.stdout}",
+                           stderr_tail=p.stderr[-4096:])
+    return p.stdout
+
+
+# -- template cache -------------------------------------------------------------------------
+
+class _TemplateCache:
+    """Image sets already built in this process, in a private temp dir removed at exit."""
+
+    def __init__(self) -> None:
+        self._root: str | None = None
+        self._owner = 0
+        self._sets: dict[str, str] = {}    # key -> directory, insertion ordered for eviction
+
+    @staticmethod
+    def _key(specs: tuple[ImageSpec, ...], binaries: QemuBinaries) -> str:
+        # Different QEMU builds may write different headers: the tools are part of the key.
+        blob = json.dumps({"images": [s.to_json() for s in specs],
+                           "img": os.fspath(binaries.img), "io": os.fspath(binaries.io)},
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    def lookup(self, specs: tuple[ImageSpec, ...], binaries: QemuBinaries) -> str | None:
+        return self._sets.get(self._key(specs, binaries)) if self._root_ok() else None
+
+    def store(self, specs: tuple[ImageSpec, ...], binaries: QemuBinaries, workdir: str) -> None:
+        key = self._key(specs, binaries)
+        root = self._ensure_root()
+        target = os.path.join(root, key)
+        staging = tempfile.mkdtemp(dir=root, prefix=".new-")
+        try:
+            for s in specs:
+                _sparse_copy(os.path.join(workdir, s.file), os.path.join(staging, s.file))
+            os.rename(staging, target)   # a set is visible only when complete
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._sets[key] = target
+        while len(self._sets) > _CACHE_MAX_SETS:
+            oldest = next(iter(self._sets))
+            shutil.rmtree(self._sets.pop(oldest), ignore_errors=True)
+
+    def clear(self) -> None:
+        if self._root is not None and self._owner == os.getpid():
+            shutil.rmtree(self._root, ignore_errors=True)
+        self._root = None
+        self._sets.clear()
+
+    def _root_ok(self) -> bool:
+        # After fork() the child must not share (or delete) the parent's directory.
+        return self._root is not None and self._owner == os.getpid()
+
+    def _ensure_root(self) -> str:
+        if not self._root_ok():
+            self._sets.clear()
+            self._root = tempfile.mkdtemp(prefix="blockfuzz-images-")
+            self._owner = os.getpid()
+        assert self._root is not None
+        return self._root
+
+
+_TEMPLATES = _TemplateCache()
+atexit.register(_TEMPLATES.clear)
+
+
+def _sparse_copy(src: str, dst: str) -> None:
+    """Copy a file keeping its holes (SEEK_DATA/SEEK_HOLE); plain copy where unsupported.
+
+    shutil.copyfile would write the holes of a sparse raw image as zeros: slower for big images
+    and observable through actual-size and block-status.
+    """
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        fi, fo = fin.fileno(), fout.fileno()
+        size = os.fstat(fi).st_size
+        try:
+            extents = list(_data_extents(fi, size))
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            extents = [(0, size)]          # filesystem without SEEK_DATA: copy everything
+        for start, end in extents:
+            _copy_extent(fi, fo, start, end - start)
+        os.ftruncate(fo, size)             # trailing hole
+
+
+def _data_extents(fd: int, size: int):
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:     # only a hole from here on
+                return
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end
+        pos = end
+
+
+def _copy_extent(fi: int, fo: int, offset: int, count: int) -> None:
+    while count:
+        try:
+            n = os.copy_file_range(fi, fo, count, offset, offset)   # in-kernel, may reflink
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            n = os.pwrite(fo, os.pread(fi, min(count, 1 << 20), offset), offset)
+        if n == 0:
+            raise OSError(errno.EIO, "short copy: source file shrank while copying")
+        offset += n
+        count -= n

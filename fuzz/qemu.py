@@ -1,0 +1,510 @@
+"""The QEMU side of a step: one ``qemu-system-x86_64`` process driven over QMP.
+
+Usage::
+
+    with QemuProcess(binaries, workdir) as qemu:          # launched and QMP-ready (~16 ms)
+        qemu.execute("blockdev-add", {"driver": "qcow2", "node-name": "hd1", "file": {
+            "driver": "file", "node-name": "hd1-file", "filename": "hd1.img"}})
+        # hd1.img's header names hd0.img as backing: QEMU opens it as two auto-named nodes
+        [n["node-name"] for n in qemu.query_nodes()]   # ['#block1', '#block0', 'hd1', 'hd1-file']
+        qemu.execute("human-monitor-command",
+                     {"command-line": 'qemu-io #block1 "read -P 0xa0 0 1k"'})
+        # -> Outcome(ret='', error=None, stdout=('read 1024/1024 bytes at offset 0',))
+    # leaving the block: QEMU is quit (or killed) and reaped, whatever happened inside
+
+``execute`` returns a :class:`models.outcome.Outcome`, the same value the model predicts, so the
+engine compares with ``==``. Everything QEMU-specific that is not a command result is
+normalised here:
+
+* **Node names.** QEMU's auto names carry two random digits (``#block017``). Every string coming
+  out (replies, error texts, qemu-io output, events) is canonicalised (``#block0``); every string
+  going in that equals a canonical auto name is translated back to the real one, using the map
+  learned from ``query-named-block-nodes``. If a command names an auto node the map does not
+  know yet, the harness queries first, so callers never need to care.
+* **qemu-io output.** HMP ``qemu-io`` prints to QEMU's *stdout*, line by line and before the QMP
+  reply is sent, so the bytes appended to the stdout log during a command are its output. The
+  timing statistics lines are dropped (they differ on every run).
+* **Crashes and hangs** are exceptions, not outcomes. :class:`QemuFailure` and its subclasses
+  are *findings* (QEMU misbehaved); :class:`HarnessError` means we could not do our job (binary
+  missing, QEMU would not start) and says nothing about QEMU's correctness.
+
+QEMU runs with ``cwd=workdir`` (images are addressed by relative names) and writes its stdout and
+stderr to ``qemu.stdout.log`` / ``qemu.stderr.log`` there; the logs stay for the caller (findings).
+The QMP channel is a ``socketpair`` handed to QEMU as ``-chardev socket,fd=N``: no socket file,
+no polling for it, no path-length limit, and if QEMU dies during start-up we see EOF at once.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+from typing import Any, Mapping, NoReturn, Protocol, Sequence
+
+import attrs
+
+from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpGone, QmpSync, QmpTimeout, QmpTransportError
+from models.outcome import Outcome, QmpError, canonical_node_name, canonicalize_text
+
+__all__ = [
+    "QemuBinaries", "QemuProcess", "binaries_env",
+    "HarnessError", "QemuFailure", "QemuCrashed", "QemuHung",
+    "NodeNames", "stdout_lines", "STDOUT_LOG", "STDERR_LOG",
+]
+
+STDOUT_LOG = "qemu.stdout.log"
+STDERR_LOG = "qemu.stderr.log"
+
+# Grace periods for shutdown and for a dying process to be reaped after its socket closed.
+_QUIT_GRACE = 1.0
+_EXIT_GRACE = 2.0
+_TAIL_BYTES = 4096
+
+
+class QemuBinaries(Protocol):
+    """What we need to run QEMU: the three programs and extra environment (LD_LIBRARY_PATH, ...).
+
+    ``fuzz.qemufetch.QemuBinaries`` fits; so does any object with these four attributes.
+    """
+
+    @property
+    def system(self) -> str | os.PathLike[str]: ...
+    @property
+    def img(self) -> str | os.PathLike[str]: ...
+    @property
+    def io(self) -> str | os.PathLike[str]: ...
+    @property
+    def env(self) -> Mapping[str, str]: ...
+
+
+def binaries_env(binaries: QemuBinaries, program: str | os.PathLike[str] | None = None
+                 ) -> dict[str, str]:
+    """The environment to run ``program`` (default: ``binaries.system``) in: ours plus theirs.
+
+    If the binaries value has an ``env_for(program)`` method (qemu-img / qemu-io may come from
+    another installation than the emulator), it is asked instead of ``env``.
+    """
+    env_for = getattr(binaries, "env_for", None)
+    if program is not None and callable(env_for):
+        return {**os.environ, **env_for(os.fspath(program))}
+    return {**os.environ, **binaries.env}
+
+
+# -- exceptions -----------------------------------------------------------------------------
+
+@attrs.define(str=False)
+class HarnessError(Exception):
+    """The harness could not do its job (not a finding about QEMU)."""
+
+    message: str
+    #: stderr of the failing program, when there is one
+    stderr_tail: str = ""
+
+    def __str__(self) -> str:
+        return self.message + (f"\n--- stderr ---\n{self.stderr_tail}" if self.stderr_tail else "")
+
+
+class QemuFailure(Exception):
+    """Base class of findings: QEMU itself misbehaved while running ``command``."""
+
+    command: str
+    stderr_tail: str
+
+
+@attrs.define(str=False)
+class QemuCrashed(QemuFailure):
+    """QEMU died, or printed an assertion/abort message, during (or right after) ``command``."""
+
+    command: str
+    #: exit status as from Popen: negative for a signal, None if it had not exited yet
+    returncode: int | None
+    stderr_tail: str = ""
+
+    @property
+    def signal(self) -> int | None:
+        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
+
+    def __str__(self) -> str:
+        if self.signal is not None:
+            try:
+                how = f"killed by {signal.Signals(self.signal).name}"
+            except ValueError:
+                how = f"killed by signal {self.signal}"
+        elif self.returncode is not None:
+            how = f"exited with status {self.returncode}"
+        else:
+            how = "reported a fatal error"
+        return f"QEMU {how} during {self.command!r}" + _tail_suffix(self.stderr_tail)
+
+
+@attrs.define(str=False)
+class QemuHung(QemuFailure):
+    """``command`` got no reply within ``timeout`` seconds; QEMU is still there (close() kills it)."""
+
+    command: str
+    timeout: float
+    stderr_tail: str = ""
+
+    def __str__(self) -> str:
+        return f"QEMU did not answer {self.command!r} within {self.timeout:g} s" + _tail_suffix(
+            self.stderr_tail)
+
+
+def _tail_suffix(tail: str) -> str:
+    return f"\n--- stderr (tail) ---\n{tail}" if tail else ""
+
+
+# -- output normalisation -------------------------------------------------------------------
+
+# qemu-io's print_report(): "1 MiB, 1 ops; 00.00 sec (1.402 GiB/sec and 1435.6811 ops/sec)",
+# and with -C the CSV form "512,1,0:00:00.00,11801313.818,23049.441". Numbers are deliberately
+# loose (\S+: "inf", h:mm:ss forms); the fixed words make the shape unambiguous.
+_UNIT = r"(?:bytes|[KMGTPE]iB)"
+_STATS_LINE = re.compile(
+    rf"\S+ {_UNIT}, \d+ ops; \S+(?: sec)? \(\S+ {_UNIT}/sec and \S+ ops/sec\)"
+    r"|\d+,\d+,[\d:.]+,[\d.einfa]+,[\d.einfa]+"
+)
+# Text QEMU (glibc assert, glib g_assert, abort) leaves on stderr when it is going down.
+_FATAL_STDERR = re.compile(r"Assertion|assertion failed|code should not be reached|Aborted|core dumped")
+
+
+def stdout_lines(text: str) -> tuple[str, ...]:
+    """Split captured stdout into lines, dropping qemu-io's timing statistics."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return tuple(line for line in lines if not _STATS_LINE.fullmatch(line))
+
+
+def _canon(value: Any) -> Any:
+    """Canonicalise auto node names in every string of a JSON value."""
+    if isinstance(value, str):
+        return canonicalize_text(value)
+    if isinstance(value, dict):
+        return {k: _canon(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canon(v) for v in value]
+    return value
+
+
+# Any name a caller may use for an auto node: "#block" + counter (canonical form).
+_CANONICAL_AUTO = re.compile(r"#block\d+")
+# The device token(s) of an HMP line, i.e. whole words before the quoted qemu-io command.
+_HMP_WORD = re.compile(r"(?<!\S)#block\d+(?!\S)")
+
+
+class NodeNames:
+    """Canonical -> real auto node names of one QEMU process.
+
+    Auto names are unique per process and never reused, so the map only grows.
+    """
+
+    def __init__(self) -> None:
+        self.real: dict[str, str] = {}
+
+    def learn(self, value: Any) -> None:
+        """Record every ``node-name`` found anywhere in a (raw, uncanonicalised) reply."""
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k == "node-name" and isinstance(v, str):
+                    canonical = canonical_node_name(v)
+                    if canonical != v:
+                        self.real[canonical] = v
+                else:
+                    self.learn(v)
+        elif isinstance(value, list):
+            for v in value:
+                self.learn(v)
+
+    def unknown(self, cmd: str, args: Any) -> bool:
+        """Does the command name an auto node we cannot translate yet?"""
+        return any(n not in self.real for n in self._mentions(cmd, args))
+
+    def to_real(self, cmd: str, args: Any) -> Any:
+        """Translate canonical auto names in arguments (and in an HMP line's device token)."""
+        out = self._translate(args)
+        if cmd == "human-monitor-command" and isinstance(out, dict) \
+                and isinstance(out.get("command-line"), str):
+            head, quote, rest = out["command-line"].partition('"')
+            head = _HMP_WORD.sub(lambda m: self.real.get(m[0], m[0]), head)
+            out = {**out, "command-line": head + quote + rest}
+        return out
+
+    def _translate(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.real.get(value, value)
+        if isinstance(value, dict):
+            return {k: self._translate(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._translate(v) for v in value]
+        return value
+
+    def _mentions(self, cmd: str, args: Any) -> list[str]:
+        found: list[str] = []
+
+        def walk(v: Any) -> None:
+            if isinstance(v, str):
+                if _CANONICAL_AUTO.fullmatch(v):
+                    found.append(v)
+            elif isinstance(v, dict):
+                for x in v.values():
+                    walk(x)
+            elif isinstance(v, (list, tuple)):
+                for x in v:
+                    walk(x)
+
+        walk(args)
+        if cmd == "human-monitor-command" and isinstance(args, dict) \
+                and isinstance(args.get("command-line"), str):
+            found += _HMP_WORD.findall(args["command-line"].partition('"')[0])
+        return found
+
+
+# -- the process ----------------------------------------------------------------------------
+
+class QemuProcess:
+    """One QEMU process with its QMP connection. Use as a context manager.
+
+    ``timeout`` bounds every command (and start-up); exceeding it raises :class:`QemuHung`.
+    ``machine`` and ``extra_args`` are passed through (``-M none`` has no buses: enough for
+    blockdev-* and qemu-io, not for devices).
+    """
+
+    def __init__(self, binaries: QemuBinaries, workdir: str | os.PathLike[str], *,
+                 timeout: float = DEFAULT_TIMEOUT, machine: str = "none",
+                 extra_args: Sequence[str] = ()):
+        self.binaries = binaries
+        self.workdir = os.fspath(workdir)
+        self.timeout = timeout
+        self.machine = machine
+        self.extra_args = tuple(extra_args)
+        self.stdout_path = os.path.join(self.workdir, STDOUT_LOG)
+        self.stderr_path = os.path.join(self.workdir, STDERR_LOG)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._qmp: QmpSync | None = None
+        self._sock: socket.socket | None = None
+        self._out_fd = -1
+        self._err_fd = -1
+        self._names = NodeNames()
+        self._names_fresh = True    # no auto nodes exist before the first command
+        self._failure: QemuFailure | None = None
+        self._closed = False
+        self._version: tuple[int, int, int] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> "QemuProcess":
+        """Launch QEMU and wait until QMP is negotiated. Raises :class:`HarnessError`."""
+        if self._proc is not None:
+            raise HarnessError("QemuProcess.start() called twice")
+        if not os.path.isdir(self.workdir):
+            raise HarnessError(f"work directory {self.workdir!r} does not exist")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = ours
+        argv = [
+            os.fspath(self.binaries.system),
+            "-no-user-config", "-nodefaults", "-display", "none", "-M", self.machine,
+            "-chardev", f"socket,id=qmp,fd={theirs.fileno()}", "-mon", "chardev=qmp,mode=control",
+            *self.extra_args,
+        ]
+        try:
+            with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+                self._proc = subprocess.Popen(
+                    argv, cwd=self.workdir, env=binaries_env(self.binaries),
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                    pass_fds=(theirs.fileno(),),
+                    # Own session: a Ctrl-C aimed at the fuzzer must not also kill QEMU, or the
+                    # harness would report the resulting EOF as a crash finding.
+                    start_new_session=True,
+                )
+        except OSError as e:
+            ours.close()
+            raise HarnessError(f"cannot launch {argv[0]}: {e}") from e
+        finally:
+            theirs.close()  # QEMU has its copy; ours must go or we never see EOF
+        try:
+            self._out_fd = os.open(self.stdout_path, os.O_RDONLY)
+            self._err_fd = os.open(self.stderr_path, os.O_RDONLY)
+            self._qmp = QmpSync(self.timeout)
+            self._qmp.connect(ours, timeout=self.timeout)
+        except (QmpTransportError, OSError) as e:
+            self.close()
+            raise HarnessError(f"QEMU did not become ready: {e}",
+                               stderr_tail=self._stderr_tail()) from e
+        except BaseException:   # e.g. Ctrl-C: __exit__ will not run, so clean up here
+            self.close()
+            raise
+        return self
+
+    def close(self) -> int | None:
+        """Stop QEMU (``quit``, SIGKILL after a grace period), reap it, release everything.
+
+        Idempotent and never raises. Returns QEMU's exit status: 0 after a clean quit, negative
+        for a signal (-9 if it had to be killed; -6, SIGABRT, on shutdown is a finding worth a
+        look). None if it was never started.
+        """
+        proc = self._proc
+        if not self._closed:
+            self._closed = True
+            try:
+                if proc is not None and proc.poll() is None:
+                    # quit lets QEMU close its images (and shows crashes on shutdown). A QEMU that
+                    # already hung, or does not answer quit, gets SIGKILL at once: no point
+                    # waiting twice.
+                    exiting = False
+                    if self._qmp is not None and not isinstance(self._failure, QemuHung):
+                        try:
+                            self._qmp.cmd("quit", timeout=_QUIT_GRACE)
+                            exiting = True
+                        except QmpGone:
+                            exiting = True
+                        except QmpTransportError:
+                            pass
+                    if exiting:
+                        try:
+                            proc.wait(_QUIT_GRACE)
+                        except subprocess.TimeoutExpired:
+                            pass
+                    if proc.poll() is None:
+                        proc.kill()   # SIGKILL also ends a SIGSTOPped process
+                        proc.wait()
+            finally:
+                if self._qmp is not None:
+                    self._qmp.close()
+                if self._sock is not None:
+                    self._sock.close()
+                for fd in (self._out_fd, self._err_fd):
+                    if fd >= 0:
+                        os.close(fd)
+                self._out_fd = self._err_fd = -1
+        return None if proc is None else proc.returncode
+
+    def __enter__(self) -> "QemuProcess":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def execute(self, cmd: str, args: Mapping[str, Any] | None = None, *,
+                timeout: float | None = None) -> Outcome:
+        """Run one QMP command and return its normalised :class:`Outcome`.
+
+        Raises :class:`QemuCrashed` / :class:`QemuHung` (findings), :class:`HarnessError` when
+        the process was never started or already failed.
+        """
+        self._require_usable(cmd)
+        if not self._names_fresh and self._names.unknown(cmd, args):
+            self._learn_names()
+        wire = self._names.to_real(cmd, args) if args else args
+
+        out0 = os.fstat(self._out_fd).st_size
+        err0 = os.fstat(self._err_fd).st_size
+        reply = self._call(cmd, wire, timeout)
+        stdout = stdout_lines(_read_from(self._out_fd, out0))
+        self._check_after(cmd, err0)
+
+        if cmd == "query-named-block-nodes" and "return" in reply:
+            self._names.learn(reply["return"])
+            self._names_fresh = True
+        else:
+            self._names_fresh = False   # any other command may have created nodes
+        if "error" in reply:
+            err = reply["error"]
+            return Outcome(ret=None, error=QmpError(err["class"], canonicalize_text(err["desc"])),
+                           stdout=stdout)
+        return Outcome(ret=_canon(reply["return"]), error=None, stdout=stdout)
+
+    def query_nodes(self) -> list[dict]:
+        """``query-named-block-nodes`` with every auto name canonicalised (also in json: names)."""
+        outcome = self.execute("query-named-block-nodes")
+        if outcome.error is not None:
+            raise HarnessError(f"query-named-block-nodes failed: {outcome.error}")
+        return outcome.ret
+
+    def version(self) -> tuple[int, int, int]:
+        """QEMU's (major, minor, micro), from ``query-version``."""
+        if self._version is None:
+            outcome = self.execute("query-version")
+            if outcome.error is not None:
+                raise HarnessError(f"query-version failed: {outcome.error}")
+            q = outcome.ret["qemu"]
+            self._version = (q["major"], q["minor"], q["micro"])
+        return self._version
+
+    def drain_events(self, wait: float = 0.0) -> list[dict]:
+        """Events received so far (canonicalised), waiting up to ``wait`` s if there are none."""
+        self._require_usable("<events>")
+        assert self._qmp is not None
+        return [_canon(e) for e in self._qmp.drain_events(wait)]
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _require_usable(self, cmd: str) -> None:
+        if self._proc is None or self._qmp is None:
+            raise HarnessError("QEMU is not running (use `with QemuProcess(...)` or start())")
+        if self._closed:
+            raise HarnessError("QemuProcess is closed")
+        if self._failure is not None:
+            raise HarnessError(f"QEMU already failed ({self._failure.__class__.__name__}); "
+                               "start a new process") from self._failure
+        if self._proc.poll() is not None:
+            self._fail(QemuCrashed(cmd, self._proc.returncode, self._stderr_tail()))
+
+    def _learn_names(self) -> None:
+        reply = self._call("query-named-block-nodes", None, None)
+        if "return" in reply:
+            self._names.learn(reply["return"])
+            self._names_fresh = True
+
+    def _call(self, cmd: str, args: Mapping[str, Any] | None, timeout: float | None) -> dict:
+        assert self._qmp is not None and self._proc is not None
+        try:
+            return self._qmp.cmd(cmd, args, self.timeout if timeout is None else timeout)
+        except QmpTimeout as e:
+            self._fail(QemuHung(cmd, e.timeout, self._stderr_tail()), e)
+        except QmpGone as e:
+            self._fail(QemuCrashed(cmd, self._wait_exit(), self._stderr_tail()), e)
+
+    def _check_after(self, cmd: str, err0: int) -> None:
+        assert self._proc is not None
+        new_err = _read_from(self._err_fd, err0)
+        if _FATAL_STDERR.search(new_err):
+            self._fail(QemuCrashed(cmd, self._wait_exit(), self._stderr_tail()))
+        if cmd != "quit" and self._proc.poll() is not None:
+            self._fail(QemuCrashed(cmd, self._proc.returncode, self._stderr_tail()))
+
+    def _fail(self, failure: QemuFailure, cause: BaseException | None = None) -> NoReturn:
+        self._failure = failure
+        raise failure from cause
+
+    def _wait_exit(self) -> int | None:
+        """Give a dying QEMU a moment to exit, so the finding carries its signal."""
+        assert self._proc is not None
+        try:
+            return self._proc.wait(_EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _stderr_tail(self) -> str:
+        try:
+            with open(self.stderr_path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - _TAIL_BYTES))
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+def _read_from(fd: int, offset: int) -> str:
+    """Everything appended to the file behind ``fd`` since ``offset``."""
+    size = os.fstat(fd).st_size
+    if size <= offset:
+        return ""
+    return os.pread(fd, size - offset, offset).decode("utf-8", "replace")
+

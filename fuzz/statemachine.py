@@ -1,0 +1,317 @@
+"""The Hypothesis state machine: random add / reopen / del / qemu-io sequences.
+
+Every rule builds one trace step from *model state only* (node names, options, image data the
+model knows), runs it through ``fuzz.engine.Runner`` on both QEMU and the model, and lets any
+disagreement propagate: each kind is its own exception class, so Hypothesis shrinks each bug
+on its own.  The first failing example is written to disk the moment it fails (before
+shrinking) and again on every later failing run, so when Hypothesis stops the last file written
+is the minimal example.
+
+Generation limits (documented, never silent): patterns are 1..255 (an all-zero write meets
+detect-zeroes, whose zero clusters the model does not cover); ``cache.direct`` is never on (the
+work directory's file system may not support O_DIRECT); qcow2 ``lazy-refcounts=on``,
+``overlap-check``, ``encrypt``, ``data-file`` and file ``aio=native``/``pr-manager`` are not
+generated; reads are only verified where the model knows the data.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from models import ImageSpec, NotModeled, Write
+from models import iodata
+from models.blockdev import node_length
+
+from .engine import Disagreement, QemuCrash, Runner
+
+MiB = 1 << 20
+SEED_IMAGES = (
+    ImageSpec("hd0.img", "qcow2", 3 * MiB, writes=(Write(0xA0, 0, MiB),)),
+    ImageSpec("hd1.img", "qcow2", None, "hd0.img", "qcow2", writes=(Write(0xA1, MiB, MiB),)),
+    ImageSpec("hd2.img", "qcow2", 3 * MiB, writes=(Write(0xA2, 2 * MiB, MiB),)),
+)
+NAMES = ("hd0", "hd1", "hd2", "hd3", "hd4", "f0", "f1", "r0", "r1")
+
+# Hooks set by the runner (run command / tests) before the machine is used.
+CONTEXT: dict[str, Any] = {}
+
+
+def image_sets() -> st.SearchStrategy[tuple[ImageSpec, ...]]:
+    """The seed's setUp, plus a randomly sized qcow2 and raw image."""
+    extra = st.tuples(
+        st.integers(1, 16).map(lambda k: k * 128 * 1024),
+        st.integers(1, 8).map(lambda k: k * 64 * 1024),
+        st.integers(1, 255),
+    ).map(lambda t: (
+        ImageSpec("hd3.img", "qcow2", t[0], writes=(Write(t[2], 0, min(t[0], 65536)),)),
+        ImageSpec("r0.img", "raw", t[1], writes=(Write(t[2] ^ 0x5A or 1, 0, t[1] // 2),)),
+    ))
+    return extra.map(lambda e: SEED_IMAGES + e)
+
+
+class BlockGraphMachine(RuleBasedStateMachine):
+    """One QEMU process per example; one model beside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session = None
+        self.runner: Runner | None = None
+        self.steps: list[dict] = []
+        self.images: tuple = ()
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @initialize(images=image_sets())
+    def start(self, images):
+        from .session import Session
+
+        self.images = images
+        on_start = CONTEXT.get("on_example_start")
+        if on_start:
+            on_start(self)
+        self.session = Session(CONTEXT["binaries"], images, events=CONTEXT.get("events"),
+                               timeout=CONTEXT.get("timeout", 5.0)).__enter__()
+        self.runner = self.session.runner
+
+    def teardown(self) -> None:
+        if self.session is not None:
+            self.session.__exit__(None, None, None)
+
+    @property
+    def g(self):
+        return self.runner.model.graph
+
+    def do(self, step: dict) -> None:
+        self.steps.append(step)
+        try:
+            self.runner.run(step)
+        except NotModeled:
+            # A generator bug, not a QEMU finding: it must never go unnoticed.
+            raise
+        except (Disagreement, QemuCrash) as e:
+            hook: Callable | None = CONTEXT.get("on_failure")
+            if hook is not None:
+                hook(self, e)
+            raise
+
+    def named_nodes(self) -> list[str]:
+        return sorted(n for n in self.g.nodes)
+
+    # -- option reconstruction (what "reopen with the same options" means) ---------------------
+    def options_of(self, name: str, top: bool = True) -> dict:
+        """The node's explicit options as a nested dict, children inline when inherited."""
+        n = self.g.nodes[name]
+        d: dict = {}
+        for k, v in n.explicit.items():
+            if k in ("cache.direct", "cache.no-flush", "read-only") and v == "off":
+                continue  # bds_tree_init() defaults, not something a user typed
+            _set_dotted(d, k, v)
+        if top:
+            d["node-name"] = name
+        for c in reversed(n.children):
+            child = self.g.nodes[c.child]
+            if child.inherits_from == name and not child.auto_named:
+                d[c.name] = self.options_of(child.name, top=False)
+            else:
+                d[c.name] = child.name
+        if n.drv == "qcow2" and "backing" not in d and self.g.images[n.filename].backing_file:
+            d["backing"] = None
+        return d
+
+    # -- rules -----------------------------------------------------------------------------------
+    @rule(data=st.data())
+    def blockdev_add(self, data):
+        d = data.draw(self.add_args())
+        self.do({"qmp": "blockdev-add", "args": d})
+
+    def add_args(self):
+        g = self.g
+        names = self.named_nodes()
+        files = [i.file for i in self.images]
+
+        @st.composite
+        def build(draw):
+            drv = draw(st.sampled_from(["qcow2", "qcow2", "raw", "file"]))
+            name = draw(st.sampled_from(NAMES + tuple(names[:3]) + ("", "1bad", "x" * 32)))
+            d: dict = {"driver": drv, "node-name": name}
+            if drv == "file":
+                d["filename"] = draw(st.sampled_from(files))
+                if draw(st.booleans()):
+                    d["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
+            else:
+                if names and draw(st.integers(0, 3)) == 0:
+                    d["file"] = draw(st.sampled_from(names))
+                else:
+                    fd = {"driver": "file", "filename": draw(st.sampled_from(files))}
+                    if draw(st.booleans()):
+                        fd["node-name"] = name + "-file" if name else "f9"
+                    d["file"] = fd
+                if drv == "qcow2":
+                    b = draw(st.integers(0, 5))
+                    if b == 1:
+                        d["backing"] = None
+                    elif b == 2 and names:
+                        d["backing"] = draw(st.sampled_from(names))
+                if drv == "raw" and draw(st.integers(0, 3)) == 0:
+                    d["offset"] = draw(st.sampled_from([0, 512, 65536, 1 << 30]))
+                    if draw(st.booleans()):
+                        d["size"] = draw(st.sampled_from([512, 1000, 65536]))
+            self._generic(draw, d)
+            return d
+        return build()
+
+    def _generic(self, draw, d: dict) -> None:
+        if draw(st.integers(0, 3)) == 0:
+            d["read-only"] = draw(st.booleans())
+        if draw(st.integers(0, 4)) == 0:
+            d["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
+        if draw(st.integers(0, 4)) == 0:
+            d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
+        if draw(st.integers(0, 6)) == 0:
+            d["cache"] = {"no-flush": draw(st.booleans())}
+        if draw(st.integers(0, 12)) == 0:
+            d["force-share"] = draw(st.booleans())
+        if draw(st.integers(0, 15)) == 0:
+            d[draw(st.sampled_from(["bogus", "detect-zeroes", "read-only", "driver"]))] = \
+                draw(st.sampled_from([None, 7, "", "nope"]))
+
+    @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
+    @rule(data=st.data())
+    def blockdev_reopen(self, data):
+        names = [n for n in self.named_nodes()]
+        count = data.draw(st.sampled_from([1, 1, 1, 2, 2, 3]))
+        picked = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=count))
+        elements = []
+        for name in picked:
+            opts = self.options_of(name)
+            opts = data.draw(self.mutate(opts, names))
+            elements.append(opts)
+        self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
+
+    def mutate(self, opts: dict, names: list[str]):
+        @st.composite
+        def build(draw):
+            d = copy.deepcopy(opts)
+            for _ in range(draw(st.integers(0, 3))):
+                kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "file", "drop",
+                                             "child", "qcow2", "raw", "bad", "noflush", "swapname"]))
+                if kind == "ro":
+                    d["read-only"] = draw(st.booleans())
+                elif kind == "dz":
+                    d["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
+                elif kind == "discard":
+                    d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
+                elif kind == "noflush":
+                    d["cache"] = {"no-flush": draw(st.booleans())}
+                elif kind == "backing" and d.get("driver") == "qcow2":
+                    d["backing"] = draw(st.sampled_from([None, *names, "nope", ""]))
+                elif kind == "file" and d.get("driver") in ("qcow2", "raw"):
+                    d["file"] = draw(st.sampled_from([*names, "nope"]))
+                elif kind == "drop":
+                    keys = sorted(k for k in d if k not in ("node-name",))
+                    if keys:
+                        del d[draw(st.sampled_from(keys))]
+                elif kind == "child":
+                    kids = sorted(k for k, v in d.items() if isinstance(v, dict) and k != "cache")
+                    if kids:
+                        k = draw(st.sampled_from(kids))
+                        sub = d[k]
+                        choice = draw(st.sampled_from(["ro", "dz", "name", "drop-name", "locking"]))
+                        if choice == "ro":
+                            sub["read-only"] = draw(st.booleans())
+                        elif choice == "dz":
+                            sub["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
+                        elif choice == "name":
+                            sub["node-name"] = draw(st.sampled_from(["newname", *names]))
+                        elif choice == "drop-name":
+                            sub.pop("node-name", None)
+                        elif choice == "locking" and sub.get("driver") == "file":
+                            sub["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
+                elif kind == "qcow2" and d.get("driver") == "qcow2":
+                    key = draw(st.sampled_from(["l2-cache-size", "cache-size", "refcount-cache-size",
+                                                "l2-cache-entry-size", "cache-clean-interval",
+                                                "pass-discard-request", "pass-discard-other"]))
+                    if key.startswith("pass"):
+                        d[key] = draw(st.booleans())
+                    else:
+                        d[key] = draw(st.sampled_from([0, 512, 4096, 65536, 131072, 1 << 20, 4 << 20, 1 << 40]))
+                elif kind == "raw" and d.get("driver") == "raw":
+                    key = draw(st.sampled_from(["offset", "size"]))
+                    d[key] = draw(st.sampled_from([0, 512, 1000, 65536, 1 << 20, 1 << 30]))
+                elif kind == "bad":
+                    what = draw(st.sampled_from(["node-name", "driver", "bogus", "file", "force-share",
+                                                 "discard"]))
+                    d[what] = draw(st.sampled_from([None, "", "nope", "raw", True, 3]))
+                elif kind == "swapname":
+                    d["node-name"] = draw(st.sampled_from([*names, "not-found"]))
+            return d
+        return build()
+
+    @precondition(lambda self: self.runner is not None)
+    @rule(data=st.data())
+    def blockdev_del(self, data):
+        name = data.draw(st.sampled_from(self.named_nodes() + ["nope"]))
+        self.do({"qmp": "blockdev-del", "args": {"node-name": name}})
+
+    def io_nodes(self, write: bool) -> list[str]:
+        out = []
+        for name, n in sorted(self.g.nodes.items()):
+            try:
+                if write:
+                    if iodata.can_write(self.g, n):
+                        out.append(name)
+                elif iodata.read(self.g, n, 0, 0) is not None:
+                    out.append(name)
+            except NotModeled:
+                continue
+        return out
+
+    @precondition(lambda self: self.runner is not None and bool(self.io_nodes(True)))
+    @rule(data=st.data())
+    def qemu_io_write(self, data):
+        name = data.draw(st.sampled_from(self.io_nodes(True)))
+        length = node_length(self.g, self.g.nodes[name])
+        off, ln = data.draw(_range(length))
+        pattern = data.draw(st.integers(1, 255))
+        self.do({"qmp": "human-monitor-command",
+                 "args": {"command-line": f'qemu-io {name} "write -P 0x{pattern:02x} {off} {ln}"'}})
+
+    @precondition(lambda self: self.runner is not None and bool(self.io_nodes(False)))
+    @rule(data=st.data())
+    def qemu_io_read(self, data):
+        name = data.draw(st.sampled_from(self.io_nodes(False)))
+        n = self.g.nodes[name]
+        length = node_length(self.g, n)
+        off, ln = data.draw(_range(length))
+        content = iodata.read(self.g, n, off, min(ln, max(0, length - off))) if off < length else b""
+        if content:
+            # verify per extent: the first uniform run of what the model predicts
+            first = content[0]
+            run = len(content) - len(content.lstrip(bytes([first])))
+            ln = run if data.draw(st.integers(0, 4)) else ln
+            pattern = first if data.draw(st.integers(0, 5)) else data.draw(st.integers(0, 255))
+        else:
+            pattern = data.draw(st.integers(0, 255))
+        self.do({"qmp": "human-monitor-command",
+                 "args": {"command-line": f'qemu-io {name} "read -P 0x{pattern:02x} {off} {ln}"'}})
+
+
+def _range(length: int):
+    @st.composite
+    def build(draw):
+        if length == 0 or draw(st.integers(0, 12)) == 0:
+            return draw(st.sampled_from([(0, 512), (length, 512), (max(0, length - 512), 1024)]))
+        unit = draw(st.sampled_from([1, 512, 65536]))
+        off = draw(st.integers(0, max(0, (length - 1) // unit))) * unit
+        ln = draw(st.integers(1, max(1, min(4 * 65536, length - off) // unit))) * unit
+        return off, min(ln, length - off) if unit == 1 else ln
+    return build()
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value

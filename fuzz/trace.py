@@ -1,0 +1,143 @@
+"""Traces: the replayable record of an example (format in ARCHITECTURE.md).
+
+Loading validates at the boundary: a corrupt or malformed file raises ``TraceError`` with one
+line naming the file and what is wrong, so ``blockfuzz replay`` can print it and exit 2.
+Saving is atomic (write a temporary file in the same directory, fsync, rename): a finding
+written while QEMU is crashing, or while the fuzzer is killed, is either whole or absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import attrs
+
+from models import ImageSpec
+
+FORMAT_KEY = "blockfuzz-trace"
+FORMAT_VERSION = 1
+QMP_COMMANDS = ("blockdev-add", "blockdev-reopen", "blockdev-del", "human-monitor-command")
+
+
+class TraceError(ValueError):
+    """A trace file cannot be used; ``str()`` is a one-line message naming the file."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@attrs.define
+class Trace:
+    name: str
+    images: list
+    steps: list
+    description: str = ""
+    extra: dict = attrs.field(factory=dict)
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {FORMAT_KEY: FORMAT_VERSION, "name": self.name,
+                             "description": self.description,
+                             "images": [i.to_json() for i in self.images],
+                             "steps": self.steps}
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any, path: str = "<trace>") -> "Trace":
+        if not isinstance(d, dict) or d.get(FORMAT_KEY) != FORMAT_VERSION:
+            raise TraceError(path, f"not a blockfuzz trace (missing \"{FORMAT_KEY}\": {FORMAT_VERSION})")
+        for key, typ in (("name", str), ("images", list), ("steps", list)):
+            if not isinstance(d.get(key), typ):
+                raise TraceError(path, f"\"{key}\" must be a {typ.__name__}")
+        try:
+            images = [ImageSpec.from_json(i) for i in d["images"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise TraceError(path, f"bad image entry: {e}") from None
+        for i, step in enumerate(d["steps"]):
+            _check_step(path, i, step)
+        extra = {k: v for k, v in d.items() if k not in (FORMAT_KEY, "name", "description", "images", "steps")}
+        return cls(d["name"], images, d["steps"], d.get("description", ""), extra)
+
+
+def _check_step(path: str, i: int, step: Any) -> None:
+    where = f"step {i + 1}"
+    if not isinstance(step, dict):
+        raise TraceError(path, f"{where} is not an object")
+    if "qmp" in step:
+        if step["qmp"] not in QMP_COMMANDS:
+            raise TraceError(path, f"{where}: unknown command {step['qmp']!r}")
+        if not isinstance(step.get("args", {}), dict):
+            raise TraceError(path, f"{where}: \"args\" must be an object")
+        exp = step.get("expect")
+        if exp is not None:
+            cases = exp.get("by-version", {"*": exp}) if isinstance(exp, dict) else None
+            if not isinstance(cases, dict) or not all(
+                    isinstance(c, dict) and ("return" in c or "error" in c) for c in cases.values()):
+                raise TraceError(path, f"{where}: \"expect\" needs \"return\" or \"error\"")
+    elif "assert" in step:
+        if step["assert"] not in ("node", "graph-equals"):
+            raise TraceError(path, f"{where}: unknown assertion {step['assert']!r}")
+        if step["assert"] == "node" and not isinstance(step.get("node"), str):
+            raise TraceError(path, f"{where}: node assertion without \"node\"")
+        if step["assert"] == "graph-equals" and not isinstance(step.get("snapshot"), str):
+            raise TraceError(path, f"{where}: graph-equals without \"snapshot\"")
+    elif "snapshot" in step:
+        if not isinstance(step["snapshot"], str):
+            raise TraceError(path, f"{where}: \"snapshot\" must be a name")
+    else:
+        raise TraceError(path, f"{where} is neither a qmp, assert nor snapshot step")
+
+
+def load(path: str) -> Trace:
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise TraceError(path, "no such file") from None
+    except IsADirectoryError:
+        raise TraceError(path, "is a directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TraceError(path, f"corrupt JSON: {e}") from None
+    return Trace.from_json(d, path)
+
+
+def save(trace: Trace, path: str) -> None:
+    """Atomically write ``trace`` to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(trace.to_json(), f, indent=1)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def expectation_for(step: dict, version: str) -> dict | None:
+    """The step's ``expect`` for a profile name, resolving ``by-version``."""
+    exp = step.get("expect")
+    if exp is None or "by-version" not in exp:
+        return exp
+    return exp["by-version"].get(version)
+
+
+def get_path(node: dict, path: str) -> tuple[bool, Any]:
+    """Follow a ``/``-separated path into a node dict: (present, value)."""
+    cur: Any = node
+    for part in path.split("/"):
+        if not isinstance(cur, dict) or part not in cur:
+            return False, None
+        cur = cur[part]
+    return True, cur

@@ -1,0 +1,11 @@
+"""blockfuzz's reference model of QEMU's block layer: pure Python, no I/O, deterministic.
+
+Never imports ``fuzz``.  Start with ``models.model.Model``.
+"""
+from .errors import NotModeled, QmpFailure
+from .model import ImageSpec, Model, Write
+from .outcome import Outcome, QmpError
+from .profiles import PROFILES, VersionProfile, profile_for
+
+__all__ = ["ImageSpec", "Model", "NotModeled", "Outcome", "PROFILES", "QmpError", "QmpFailure",
+           "VersionProfile", "Write", "profile_for"]

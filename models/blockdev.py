@@ -1,0 +1,603 @@
+"""blockdev-add, blockdev-reopen and blockdev-del for file, raw and qcow2 nodes.
+
+Each function takes a *clone* of the graph (see ``Graph.clone``) and either returns normally,
+leaving the clone in the state QEMU reaches, or raises ``QmpFailure`` with the exact error text;
+the caller then throws the clone away, which is QEMU's transaction rollback.
+
+The check order is QEMU's: ``bdrv_open_inherit()`` / ``bdrv_open_common()`` for add,
+``qmp_blockdev_reopen()`` / ``bdrv_reopen_queue_child()`` / ``bdrv_reopen_prepare()`` /
+``bdrv_reopen_parse_file_or_backing()`` for reopen, ``qmp_blockdev_del()`` for del.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from . import perms as P
+from .errors import NotModeled, QmpFailure
+from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_STORAGE, Child, Graph, Node
+from .imagedata import CLUSTER, SECTOR
+from .profiles import VersionProfile
+from .qapi import flatten, validate_blockdev_add, validate_blockdev_del, validate_blockdev_reopen
+from .qdict import qdict_order
+
+# Options every driver handles in bdrv_reopen_prepare(); omitting them never fails
+# (bdrv_reset_options_allowed()).
+COMMON_OPTIONS = ("node-name", "discard", "cache.direct", "cache.no-flush", "read-only",
+                  "auto-read-only", "detect-zeroes")
+# bdrv_runtime_opts that bdrv_reopen_prepare() puts back for the final comparison.
+PUT_BACK_GENERIC = ("node-name", "driver", "force-share")
+
+QCOW2_RUNTIME = ("lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+                 "pass-discard-other", "discard-no-unref", "overlap-check", "cache-size",
+                 "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size",
+                 "cache-clean-interval")
+MUTABLE = {
+    "file": ("x-check-cache-dropped",),
+    "raw": ("offset", "size"),
+    "qcow2": QCOW2_RUNTIME,
+}
+# file-posix's raw_reopen_prepare() absorbs its runtime options, consumes these two and puts the
+# rest back *as strings* (qemu_opts_to_qdict()).
+FILE_CONSUMED = ("drop-cache", "x-check-cache-dropped")
+FILE_PUT_BACK = ("filename", "pr-manager", "locking", "aio", "aio-max-batch")
+
+_NODE_NAME_OK = re.compile(r"[A-Za-z][A-Za-z0-9\-._]*\Z")
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+def _bool_opt(v: Any, default: bool = False) -> bool:
+    """Parse a QemuOpts boolean the way qemu_opt_get_bool() sees a flattened QDict value."""
+    if v is None:
+        return default
+    if isinstance(v, bool):
+        return v
+    return v == "on"
+
+
+def qemu_opt_str(v: Any) -> str:
+    """How a QObject scalar reads back from QemuOpts (qemu_opts_to_qdict() gives strings)."""
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    return str(v)
+
+
+def _lookup_bs(g: Graph, ref: str) -> Node:
+    """``bdrv_lookup_bs(ref, ref)``: a device name or a node name (no devices here)."""
+    n = g.get(ref)
+    if n is None:
+        raise QmpFailure(f"Cannot find device='{ref}' nor node-name='{ref}'")
+    return n
+
+
+def _extract(options: dict, prefix: str) -> dict:
+    """``qdict_extract_subqdict()``: move ``prefix.*`` keys out of ``options``."""
+    out = {}
+    for k in [k for k in options if k.startswith(prefix)]:
+        out[k[len(prefix):]] = options.pop(k)
+    return out
+
+
+def inherit_options(role: str, child: dict, parent: dict) -> None:
+    """``bdrv_inherited_options()``: defaults a child takes from its parent's options."""
+    for key in ("cache.direct", "cache.no-flush", "force-share"):
+        if key not in child and key in parent:
+            child[key] = parent[key]
+    if role == ROLE_COW:
+        child.setdefault("read-only", "on")
+        child.setdefault("auto-read-only", "off")
+    else:
+        for key in ("read-only", "auto-read-only"):
+            if key not in child and key in parent:
+                child[key] = parent[key]
+    child.setdefault("discard", "unmap")
+
+
+def node_length(g: Graph, n: Node) -> int:
+    """``bdrv_getlength()`` of a node."""
+    if n.drv == "file":
+        host = g.images[n.filename].host_length()
+        return -(-host // SECTOR) * SECTOR
+    if n.drv == "qcow2":
+        return g.images[n.filename].size
+    if n.drv == "raw":
+        flen = node_length(g, g.nodes[n.child("file").child])
+        if flen < n.raw_offset:
+            return 0
+        if n.raw_size is not None:
+            return min(n.raw_size, flen - n.raw_offset)
+        return flen - n.raw_offset
+    raise NotModeled(n.drv)
+
+
+def _qcow2_image_of(g: Graph, file_node: Node) -> str:
+    """The image a qcow2 node opens through its file child; only file nodes are modelled."""
+    if file_node.drv != "file":
+        if file_node.drv == "raw":
+            raise NotModeled("qcow2 over a raw node")
+        raise QmpFailure("Image is not in qcow2 format")
+    img = g.images[file_node.filename]
+    if img.fmt != "qcow2":
+        raise QmpFailure("Image is not in qcow2 format")
+    return img.file
+
+
+# --------------------------------------------------------------------------------------------
+# driver option checks (shared by open and reopen)
+
+def qcow2_check_options(g: Graph, image: str, opts: dict) -> None:
+    """``qcow2_update_options_prepare()`` / ``read_cache_sizes()``."""
+    size = g.images[image].size
+    max_l2_entries = -(-size // CLUSTER)
+    max_l2_cache = -(-(max_l2_entries * 8) // CLUSTER) * CLUSTER
+    combined_set = "cache-size" in opts
+    l2_set = "l2-cache-size" in opts
+    refcount_set = "refcount-cache-size" in opts
+    entry_set = "l2-cache-entry-size" in opts
+    combined = opts.get("cache-size", 0)
+    l2_max_setting = opts.get("l2-cache-size", 32 * 1024 * 1024)
+    refcount = opts.get("refcount-cache-size", 0)
+    entry = opts.get("l2-cache-entry-size", CLUSTER)
+    l2 = min(max_l2_cache, l2_max_setting)
+    if combined_set:
+        if l2_set and refcount_set:
+            raise QmpFailure("cache-size, l2-cache-size and refcount-cache-size may not be set at the same time")
+        if l2_set and l2_max_setting > combined:
+            raise QmpFailure("l2-cache-size may not exceed cache-size")
+        if refcount > combined:
+            raise QmpFailure("refcount-cache-size may not exceed cache-size")
+        min_refcount = 4 * CLUSTER
+        if l2_set:
+            refcount = combined - l2
+        elif refcount_set:
+            l2 = combined - refcount
+        elif combined >= max_l2_cache + min_refcount:
+            l2 = max_l2_cache
+            refcount = combined - l2
+        else:
+            refcount = min(combined, min_refcount)
+            l2 = combined - refcount
+    if l2 < max_l2_cache and not entry_set:
+        entry = min(CLUSTER, 4096)
+    if entry < 512 or entry > CLUSTER or entry & (entry - 1):
+        raise QmpFailure("L2 cache entry size must be a power of two between 512 and the cluster size (65536)")
+    if max(l2 // entry, 4) > 2**31 - 1:
+        raise QmpFailure("L2 cache size too big")
+    if max(refcount // CLUSTER, 4) > 2**31 - 1:
+        raise QmpFailure("Refcount cache size too big")
+    if opts.get("cache-clean-interval", 600) > 2**32 - 1:
+        raise QmpFailure("Cache clean interval too big")
+
+
+def raw_check_options(g: Graph, file_child: Node, opts: dict) -> tuple[int, int | None]:
+    """``raw_read_options()`` + ``raw_apply_options()`` against the current file child."""
+    offset = opts.get("offset", 0)
+    size = opts.get("size")
+    real = node_length(g, file_child)
+    if offset > real:
+        raise QmpFailure(f"Offset ({offset}) cannot be greater than size of the containing file ({real})")
+    if size is not None and real - offset < size:
+        raise QmpFailure(f"The sum of offset ({offset}) and size ({size}) has to be smaller or equal "
+                         f"to the  actual size of the containing file ({real})")
+    if size is not None and size % SECTOR:
+        raise QmpFailure("Specified size is not multiple of 512")
+    return offset, size
+
+
+def check_generic_flags(options: dict, read_only: bool) -> tuple[str, str, bool]:
+    """``bdrv_open_common()``'s checks of the generic options; returns discard,
+    detect-zeroes and force-share."""
+    force_share = _bool_opt(options.get("force-share"))
+    if force_share and not read_only:
+        raise QmpFailure("force-share=on can only be used with read-only images")
+    discard = options.get("discard", "ignore")
+    detect = options.get("detect-zeroes", "off")
+    if detect == "unmap" and discard != "unmap":
+        raise QmpFailure("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+    return discard, detect, force_share
+
+
+# --------------------------------------------------------------------------------------------
+# blockdev-add
+
+class _Opener:
+    """One ``bdrv_open_inherit()`` call tree."""
+
+    def __init__(self, g: Graph, profile: VersionProfile):
+        self.g = g
+        self.profile = profile
+
+    def assign_name(self, explicit: str | None) -> tuple[str, bool]:
+        """``bdrv_assign_node_name()``."""
+        g = self.g
+        if explicit is None:
+            return g.next_auto_name(), True
+        if not _NODE_NAME_OK.match(explicit):
+            raise QmpFailure(f"Invalid node-name: '{explicit}'")
+        if explicit in g.nodes:
+            raise QmpFailure(f"Duplicate nodes with node-name='{explicit}'")
+        if len(explicit) >= 32:
+            raise QmpFailure("Node name too long")
+        return explicit, False
+
+    def open(self, options: dict, parent: Node | None = None, role: str | None = None,
+             filename: str | None = None) -> Node:
+        g = self.g
+        explicit = dict(options)
+        if parent is not None:
+            inherit_options(role, options, parent.options)
+        drv = options.get("driver")
+        if drv not in ("file", "qcow2", "raw"):
+            raise NotModeled(f"driver {drv!r}")
+        read_only = _bool_opt(options.get("read-only"))
+
+        # Format drivers open their file child first; its name is assigned before the parent's.
+        file_edge_target: Node | None = None
+        file_role = None
+        if drv in ("qcow2", "raw"):
+            if drv == "raw":
+                file_role = ROLE_DATA if (options.get("offset") or "size" in options) else ROLE_FILTERED
+            else:
+                file_role = ROLE_STORAGE
+            ref = options.get("file")
+            if isinstance(ref, str):
+                file_edge_target = _lookup_bs(g, ref)
+            else:
+                child_opts = _extract(options, "file.")
+                if filename is not None and not child_opts:
+                    child_opts = {"driver": "file", "filename": filename}
+                # the parent's options as they are when the child is opened
+                proto = Node(name="", auto_named=False, drv=drv, options=options, explicit=explicit,
+                             read_only=read_only, cache_direct=False, cache_no_flush=False,
+                             discard="ignore", detect_zeroes="off", force_share=False)
+                file_edge_target = self.open(child_opts, proto, file_role)
+
+        discard, detect, force_share = check_generic_flags(options, read_only)
+        name, auto = self.assign_name(options.get("node-name"))
+        g.seq += 1
+        node = Node(name=name, auto_named=auto, drv=drv, options={}, explicit={},
+                    read_only=read_only, cache_direct=_bool_opt(options.get("cache.direct")),
+                    cache_no_flush=_bool_opt(options.get("cache.no-flush")), discard=discard,
+                    detect_zeroes=detect, force_share=force_share, seq=g.seq,
+                    inherits_from=parent.name if parent is not None and parent.name else None)
+        g.nodes[name] = node
+        if file_edge_target is not None and not isinstance(options.get("file"), str):
+            file_edge_target.inherits_from = name  # opened from a nested dict: inherited
+
+        if drv == "file":
+            fn = options["filename"]
+            if fn not in g.images:
+                raise QmpFailure(f"Could not open '{fn}': No such file or directory")
+            if options.get("aio") in ("native", "io_uring") or options.get("pr-manager") is not None:
+                raise NotModeled("aio=native/io_uring and pr-manager are not modelled")
+            node.filename = fn
+            node.locking = options.get("locking", "auto") != "off"
+        elif drv == "qcow2":
+            for k in ("overlap-check", "encrypt", "data-file"):
+                if any(key == k or key.startswith(k + ".") for key in options):
+                    raise NotModeled(f"qcow2 option {k}")
+            if _bool_opt(options.get("lazy-refcounts")):
+                raise NotModeled("lazy-refcounts=on (dirty bit) is not modelled")
+            node.filename = _qcow2_image_of(g, file_edge_target)
+            qcow2_check_options(g, node.filename, options)
+        elif drv == "raw":
+            node.raw_offset, node.raw_size = raw_check_options(g, file_edge_target, options)
+        if file_edge_target is not None:
+            g.attach(node, file_edge_target, "file", file_role)
+
+        if drv == "qcow2":
+            self.open_backing(node, options)
+
+        # bs->options / explicit_options without child keys
+        child_names = {c.name for c in node.children} | {"backing", "file"}
+        node.options = {k: v for k, v in options.items()
+                        if k not in child_names and not any(k.startswith(c + ".") for c in child_names)}
+        node.explicit = {k: v for k, v in explicit.items()
+                         if k not in child_names and not any(k.startswith(c + ".") for c in child_names)}
+        return node
+
+    def open_backing(self, node: Node, options: dict) -> None:
+        """``bdrv_open_backing_file()``: after the node itself is open."""
+        g = self.g
+        img = g.images[node.filename]
+        node.auto_backing_file = img.backing_file or ""
+        try:
+            if "backing" in options:
+                ref = options["backing"]
+                if ref is None:
+                    return
+                if ref == "":
+                    raise NotModeled("backing: '' (deprecated) is not modelled")
+                target = _lookup_bs(g, ref)
+                g.attach(node, target, "backing", ROLE_COW)
+                return
+            sub = _extract(options, "backing.")
+            if sub:
+                child = self.open(sub, node, ROLE_COW)
+                g.attach(node, child, "backing", ROLE_COW)
+                return
+            if not img.backing_file:
+                return
+            sub = {}
+            if img.backing_format:
+                sub["driver"] = img.backing_format
+            else:
+                raise NotModeled("header backing without a format (probing)")
+            if img.backing_file not in g.images:
+                raise NotModeled("missing header backing file")
+            child = self.open(sub, node, ROLE_COW, filename=img.backing_file)
+            g.attach(node, child, "backing", ROLE_COW)
+            # bdrv_open_backing_file(): implicit_backing -> auto_backing_file = child's filename
+            from .query import refresh_filename
+            node.auto_backing_file = refresh_filename(g, child).filename
+        except QmpFailure as e:
+            raise QmpFailure("Could not open backing file: " + e.desc) from None
+
+
+def blockdev_add(g: Graph, args: Any, profile: VersionProfile) -> None:
+    validate_blockdev_add(args, profile)
+    if not isinstance(args.get("node-name"), str):
+        raise QmpFailure("'node-name' must be specified for the root node")
+    options = flatten(args)
+    options.setdefault("cache.direct", "off")
+    options.setdefault("cache.no-flush", "off")
+    options.setdefault("read-only", "off")
+    top = _Opener(g, profile).open(options)
+    P.refresh(g, [top.name])
+    top.monitor_owned = True
+
+
+# --------------------------------------------------------------------------------------------
+# blockdev-reopen
+
+class _Entry:
+    """A BlockReopenQueueEntry."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.options: dict = {}
+        self.explicit: dict = {}
+        self.read_only = False
+        self.cache_direct = False
+        self.cache_no_flush = False
+        self.backing_missing = False
+        self.old_backing: str | None = None
+        self.old_file: str | None = None
+        self.discard = node.discard
+        self.detect_zeroes = "off"
+        self.raw: tuple[int, int | None] | None = None
+
+
+def _join_options(node: Node, options: dict, old: dict) -> None:
+    """``bdrv_join_options()`` (with ``qcow2_join_options()``'s cache rule)."""
+    old = dict(old)
+    if node.drv == "qcow2" and "cache-size" in options:
+        old.pop("l2-cache-size", None)
+        old.pop("refcount-cache-size", None)
+    for k, v in old.items():
+        if k not in options:
+            options[k] = v
+
+
+def _queue_child(g: Graph, queue: list[_Entry], node: Node, options: dict | None,
+                 role: str | None, parent_options: dict | None, keep_old: bool) -> None:
+    """``bdrv_reopen_queue_child()``."""
+    options = dict(options or {})
+    entry = next((e for e in queue if e.node is node), None)
+    if entry is not None or keep_old:
+        _join_options(node, options, entry.explicit if entry is not None else node.explicit)
+    explicit = dict(options)
+    if parent_options is not None:
+        inherit_options(role, options, parent_options)
+    if keep_old:
+        _join_options(node, options, node.options)
+    if entry is None:
+        entry = _Entry(node)
+        queue.append(entry)
+    entry.options = options
+    entry.explicit = explicit
+    entry.read_only = _bool_opt(options.get("read-only"))
+    entry.cache_direct = _bool_opt(options.get("cache.direct"))
+    entry.cache_no_flush = _bool_opt(options.get("cache.no-flush"))
+    if not keep_old:
+        entry.backing_missing = "backing" not in options and "backing.driver" not in options
+    for c in list(node.children):
+        child = g.nodes[c.child]
+        if child.inherits_from != node.name:
+            continue
+        new_child_options = None
+        child_keep_old = keep_old
+        if c.name in options:
+            if options[c.name] != child.name:
+                continue
+            child_keep_old = True
+        else:
+            prefix = c.name + "."
+            _extract(explicit, prefix)
+            new_child_options = _extract(options, prefix)
+        _queue_child(g, queue, child, new_child_options, c.role, options, child_keep_old)
+
+
+def _parse_file_or_backing(g: Graph, e: _Entry, is_backing: bool) -> None:
+    """``bdrv_reopen_parse_file_or_backing()`` + ``bdrv_set_file_or_backing_noperm()``."""
+    bs = e.node
+    child_name = "backing" if is_backing else "file"
+    if child_name not in e.options:
+        return
+    value = e.options[child_name]
+    if value is None:
+        new = None
+    else:
+        new = g.get(value)
+        if new is None:
+            raise QmpFailure(f"Cannot find device='' nor node-name='{value}'")
+        if g.has_child_recursive(new, bs.name):
+            raise QmpFailure(f"Making '{value}' a {child_name} child of '{bs.name}' would create a cycle")
+    old_edge = bs.child(child_name)
+    old = g.nodes[old_edge.child] if old_edge else None
+    if old is new:
+        return
+    if old_edge is not None and old_edge.frozen:
+        raise QmpFailure(f"Cannot change frozen '{child_name}' link from '{bs.name}' to '{old.name}'")
+    if is_backing and bs.drv != "qcow2":
+        raise QmpFailure(f"Driver '{bs.drv}' of node '{bs.name}' does not support backing files")
+    if is_backing:
+        role = ROLE_COW
+    else:
+        if old_edge is None:
+            raise QmpFailure("Cannot set file child to format node without file child")
+        role = old_edge.role
+    update_inherits = new is not None and g.inherits_from_recursive(new, bs.name)
+    if old_edge is not None:
+        if is_backing:
+            e.old_backing = old.name
+        else:
+            e.old_file = old.name
+        g.unset_inherits_from(bs.name, old_edge)
+        g.detach(old_edge)
+    if new is not None:
+        g.attach(bs, new, child_name, role)
+        if update_inherits:
+            new.inherits_from = bs.name
+
+
+def _prepare(g: Graph, e: _Entry, profile: VersionProfile) -> None:
+    """``bdrv_reopen_prepare()`` for one queue entry."""
+    bs = e.node
+    # generic runtime options
+    if "discard" in e.options:
+        e.discard = e.options["discard"]
+    e.detect_zeroes = e.options.get("detect-zeroes", "off")
+    if e.detect_zeroes == "unmap" and e.discard != "unmap":
+        raise QmpFailure("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
+    insertion = [k for k in e.options if k not in PUT_BACK_GENERIC and k not in COMMON_OPTIONS]
+    remaining: dict = {k: e.options[k] for k in insertion if k in e.options}
+    for k in PUT_BACK_GENERIC:
+        if k in e.options:
+            remaining[k] = qemu_opt_str(e.options[k])
+    # reset-to-default (bdrv_reset_options_allowed), in QDict order of the old options
+    for key in qdict_order(bs.options):
+        if key not in e.options and key not in COMMON_OPTIONS and key not in MUTABLE[bs.drv]:
+            raise QmpFailure(f"Option '{key}' cannot be reset to its default value")
+    # driver prepare
+    if bs.drv == "qcow2":
+        for k in ("overlap-check", "encrypt", "data-file"):
+            if any(key == k or key.startswith(k + ".") for key in e.options):
+                raise NotModeled(f"qcow2 option {k}")
+        if _bool_opt(e.options.get("lazy-refcounts")):
+            raise NotModeled("lazy-refcounts=on (dirty bit) is not modelled")
+        qopts = {k: e.options[k] for k in QCOW2_RUNTIME if k in e.options}
+        qcow2_check_options(g, bs.filename, qopts)
+        for k in QCOW2_RUNTIME:
+            remaining.pop(k, None)
+    elif bs.drv == "file":
+        # file-posix's reopen changes none of these; they are compared below
+        for k in FILE_CONSUMED:
+            remaining.pop(k, None)
+        for k in FILE_PUT_BACK:
+            if k in remaining:
+                v = remaining.pop(k)
+                remaining[k] = qemu_opt_str(v)
+    elif bs.drv == "raw":
+        e.raw = raw_check_options(g, g.nodes[bs.child("file").child],
+                                  {k: e.options[k] for k in ("offset", "size") if k in e.options})
+        remaining.pop("offset", None)
+        remaining.pop("size", None)
+    # backing is missing
+    if bs.drv == "qcow2" and e.backing_missing and (bs.child("backing") or g.images[bs.filename].backing_file):
+        raise QmpFailure(f"backing is missing for '{bs.name}'")
+    _parse_file_or_backing(g, e, True)
+    remaining.pop("backing", None)
+    _parse_file_or_backing(g, e, False)
+    remaining.pop("file", None)
+    # leftover options must be unchanged
+    for key in qdict_order(remaining):
+        new = remaining[key]
+        old = bs.options.get(key, _MISSING)
+        if isinstance(new, str):
+            c = bs.child(key)
+            if c is not None and c.child == new:
+                continue
+        if not _qobject_equal(new, old):
+            raise QmpFailure(f"Cannot change the option '{key}'")
+
+
+_MISSING = object()
+
+
+def _qobject_equal(a: Any, b: Any) -> bool:
+    """``qobject_is_equal()``: different QTypes are never equal (bool is not int here)."""
+    if b is _MISSING:
+        return False
+    if type(a) is not type(b):
+        return False
+    return a == b
+
+
+def _commit(g: Graph, e: _Entry) -> None:
+    """``bdrv_reopen_commit()``."""
+    bs = e.node
+    child_names = {c.name for c in bs.children} | {"backing"}
+    bs.options = {k: v for k, v in e.options.items() if k not in child_names}
+    bs.explicit = {k: v for k, v in e.explicit.items() if k not in child_names}
+    bs.read_only = e.read_only
+    bs.cache_direct = e.cache_direct
+    bs.cache_no_flush = e.cache_no_flush
+    bs.discard = e.discard
+    bs.detect_zeroes = e.detect_zeroes
+    if e.raw is not None:
+        bs.raw_offset, bs.raw_size = e.raw
+
+
+def blockdev_reopen(g: Graph, args: Any, profile: VersionProfile) -> None:
+    elements = validate_blockdev_reopen(args, profile)
+    queue: list[_Entry] = []
+    for element in elements:
+        name = element.get("node-name")
+        if name is None:
+            raise QmpFailure("node-name not specified")
+        node = g.get(name)
+        if node is None:
+            raise QmpFailure(f"Failed to find node with node-name='{name}'")
+        _queue_child(g, queue, node, flatten(element), None, None, False)
+    for e in queue:
+        _prepare(g, e, profile)
+    refresh_list: list[str] = []
+    for e in queue:
+        refresh_list.insert(0, e.node.name)
+        if e.old_backing:
+            refresh_list.insert(0, e.old_backing)
+        if e.old_file:
+            refresh_list.insert(0, e.old_file)
+    writable = {e.node.name: not e.read_only for e in queue}
+    P.refresh(g, refresh_list, writable)
+    for e in reversed(queue):
+        _commit(g, e)
+    # Old children that nothing references any more are closed when the transaction commits.
+    for e in queue:
+        for old in (e.old_backing, e.old_file):
+            n = g.get(old) if old else None
+            if n is not None and g.refcount(n) == 0:
+                g.unref(n)
+
+
+# --------------------------------------------------------------------------------------------
+# blockdev-del
+
+def blockdev_del(g: Graph, args: Any) -> None:
+    name = validate_blockdev_del(args)
+    node = g.get(name)
+    if node is None:
+        raise QmpFailure(f"Failed to find node with node-name='{name}'")
+    # op blockers: the newest "backing hd" blocker is reported
+    for c in node.parents:
+        if c.name == "backing":
+            raise QmpFailure(f"Node '{name}' is busy: node is used as backing hd of '{c.parent}'")
+    if not node.monitor_owned:
+        raise QmpFailure(f"Node {name} is not owned by the monitor")
+    if g.refcount(node) > 1:
+        raise QmpFailure(f"Block device {name} is in use")
+    node.monitor_owned = False
+    g.unref(node)

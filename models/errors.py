@@ -1,0 +1,21 @@
+"""Exceptions of the model.
+
+``QmpFailure`` is not an error of the model: it is the model *predicting* that QEMU answers a
+command with an error reply.  ``NotModeled`` is the model saying it cannot predict a command (a
+driver or option outside its scope); callers must not generate such commands, and replay reports
+them as ERROR rather than guessing.
+"""
+from __future__ import annotations
+
+
+class QmpFailure(Exception):
+    """The command fails with ``{"error": {"class": cls, "desc": desc}}``."""
+
+    def __init__(self, desc: str, cls: str = "GenericError"):
+        super().__init__(desc)
+        self.desc = desc
+        self.cls = cls
+
+
+class NotModeled(NotImplementedError):
+    """The model does not cover this command or option (yet)."""

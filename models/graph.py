@@ -1,0 +1,174 @@
+"""The block graph: nodes (BlockDriverState) and edges (BdrvChild).
+
+Nodes and edges refer to each other by node-name so that a whole graph can be cloned cheaply:
+every command runs on a clone and the clone replaces the graph only if the command succeeds,
+which is how QEMU's transactions (blockdev-add since 7.1, blockdev-reopen) behave.
+
+Lists are newest-first, as QEMU keeps them (``QLIST_INSERT_HEAD`` in
+``bdrv_attach_child_noperm()`` and ``bdrv_replace_child_noperm()``): a qcow2 node opened with a
+backing file has children ``[backing, file]``.
+"""
+from __future__ import annotations
+
+import attrs
+
+from .imagedata import Image
+
+# BdrvChildRole, reduced to what the permission rules look at.
+ROLE_FILTERED = "filtered"   # BDRV_CHILD_FILTERED | PRIMARY (raw without offset/size)
+ROLE_DATA = "data"           # BDRV_CHILD_DATA | PRIMARY (raw with offset/size)
+ROLE_STORAGE = "storage"     # BDRV_CHILD_DATA | METADATA | PRIMARY (qcow2 'file')
+ROLE_COW = "cow"             # BDRV_CHILD_COW (qcow2 'backing')
+
+
+@attrs.define
+class Child:
+    """A BdrvChild: ``parent`` uses ``child`` under ``name`` with ``role``."""
+
+    parent: str
+    child: str
+    name: str
+    role: str
+    frozen: bool = False
+
+
+@attrs.define
+class Node:
+    name: str
+    auto_named: bool
+    drv: str
+    options: dict          # bs->options, flattened, without child keys
+    explicit: dict         # bs->explicit_options
+    read_only: bool
+    cache_direct: bool
+    cache_no_flush: bool
+    discard: str           # "ignore" | "unmap"
+    detect_zeroes: str
+    force_share: bool
+    children: list = attrs.field(factory=list)  # list[Child], newest first
+    parents: list = attrs.field(factory=list)   # list[Child], newest first
+    inherits_from: str | None = None
+    monitor_owned: bool = False
+    # driver state
+    filename: str | None = None      # file: the host file; qcow2: the image its file holds
+    locking: bool = True             # file
+    raw_offset: int = 0
+    raw_size: int | None = None
+    auto_backing_file: str = ""      # qcow2: bs->auto_backing_file
+    seq: int = 0                     # name-assignment order (query-named-block-nodes)
+
+    def clone(self) -> "Node":
+        return attrs.evolve(self, options=dict(self.options), explicit=dict(self.explicit),
+                            children=list(self.children), parents=list(self.parents))
+
+    def child(self, name: str) -> Child | None:
+        for c in self.children:
+            if c.name == name:
+                return c
+        return None
+
+
+@attrs.define
+class Graph:
+    nodes: dict = attrs.field(factory=dict)     # name -> Node, in name-assignment order
+    images: dict = attrs.field(factory=dict)    # file -> Image
+    auto_counter: int = 0                       # id_generate(ID_BLOCK)
+    seq: int = 0
+    #: file-posix lock bytes currently held by each file node: (perm, unshared)
+    locks: dict = attrs.field(factory=dict)
+
+    def clone(self) -> "Graph":
+        # Images are shared: graph commands never change image contents; only qemu-io writes
+        # do, and they are not transactional.
+        nodes = {}
+        edge_map: dict[int, Child] = {}
+
+        def copy_edge(e: Child) -> Child:
+            c = edge_map.get(id(e))
+            if c is None:
+                c = edge_map[id(e)] = attrs.evolve(e)
+            return c
+
+        for name, n in self.nodes.items():
+            m = n.clone()
+            m.children = [copy_edge(e) for e in n.children]
+            m.parents = [copy_edge(e) for e in n.parents]
+            nodes[name] = m
+        return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks))
+
+    # -- lookups ---------------------------------------------------------------------------
+    def get(self, name: str) -> Node | None:
+        return self.nodes.get(name)
+
+    def cow_child(self, node: Node) -> Node | None:
+        """``bdrv_cow_bs()``: the backing child of a format node."""
+        c = node.child("backing")
+        return self.nodes[c.child] if c else None
+
+    def filter_or_cow_child(self, node: Node) -> Node | None:
+        """``bdrv_filter_or_cow_bs()``; none of the modelled drivers is a filter."""
+        return self.cow_child(node)
+
+    def has_child_recursive(self, node: Node, target: str) -> bool:
+        """``bdrv_recurse_has_child()``: is ``target`` ``node`` or below it (any role)?"""
+        if node.name == target:
+            return True
+        return any(self.has_child_recursive(self.nodes[c.child], target) for c in node.children)
+
+    def refcount(self, node: Node) -> int:
+        return len(node.parents) + (1 if node.monitor_owned else 0)
+
+    # -- naming ----------------------------------------------------------------------------
+    def next_auto_name(self) -> str:
+        name = f"#block{self.auto_counter}"
+        self.auto_counter += 1
+        return name
+
+    # -- edges -----------------------------------------------------------------------------
+    def attach(self, parent: Node, child: Node, name: str, role: str) -> Child:
+        edge = Child(parent.name, child.name, name, role)
+        parent.children.insert(0, edge)
+        child.parents.insert(0, edge)
+        return edge
+
+    def detach(self, edge: Child) -> None:
+        parent, child = self.nodes[edge.parent], self.nodes[edge.child]
+        parent.children = [e for e in parent.children if e is not edge]
+        child.parents = [e for e in child.parents if e is not edge]
+
+    def unset_inherits_from(self, root: str, edge: Child) -> None:
+        """``bdrv_unset_inherits_from()``: forget inheritance through a removed edge."""
+        child = self.nodes[edge.child]
+        if child.inherits_from == root:
+            parent = self.nodes[root]
+            if not any(c is not edge and c.child == child.name for c in parent.children):
+                child.inherits_from = None
+        for c in child.children:
+            self.unset_inherits_from(root, c)
+
+    def inherits_from_recursive(self, child: Node, parent: str) -> bool:
+        """``bdrv_inherits_from_recursive()``."""
+        cur: str | None = child.name
+        while cur is not None:
+            n = self.nodes.get(cur)
+            if n is None:
+                return False
+            cur = n.inherits_from
+            if cur == parent:
+                return True
+        return False
+
+    def unref(self, node: Node) -> None:
+        """Drop a reference; close the node (and unref its children) when none is left."""
+        if self.refcount(node) > 0:
+            return
+        edges = list(node.children)
+        for edge in edges:
+            self.unset_inherits_from(node.name, edge)
+            self.detach(edge)
+        del self.nodes[node.name]
+        self.locks.pop(node.name, None)
+        for edge in edges:
+            child = self.nodes.get(edge.child)
+            if child is not None:
+                self.unref(child)

@@ -1,0 +1,63 @@
+"""Image files: what is in them, byte for byte.
+
+A qcow2 image is modelled as its guest-visible bytes plus the set of allocated clusters; a raw
+image as its bytes.  The host length of a qcow2 file is derived from the allocation the way
+``qemu-img create`` and the qcow2 allocator lay a small image out: header, refcount table,
+refcount block, then the L1 table (the file ends right after the L1 entries until the first
+allocation), then one cluster per L2 table and per data cluster, in allocation order.  This is
+exact for images below 2 GiB (one refcount block) with 64 KiB clusters.
+
+The host bytes of a qcow2 file are *opaque*: reading them through a ``file`` node returns
+metadata the model does not reproduce, so readers get ``None`` and must not verify them.
+"""
+from __future__ import annotations
+
+import attrs
+
+CLUSTER = 65536
+L2_ENTRIES = CLUSTER // 8  # one L2 table maps 8192 clusters (512 MiB)
+SECTOR = 512
+
+
+@attrs.define
+class Image:
+    file: str
+    fmt: str  # "qcow2" | "raw"
+    size: int  # qcow2: virtual size; raw: file length
+    data: bytearray
+    allocated: set = attrs.field(factory=set)  # qcow2 cluster indices
+    backing_file: str | None = None
+    backing_format: str | None = None
+
+    @classmethod
+    def create(cls, file: str, fmt: str, size: int, backing_file: str | None = None,
+               backing_format: str | None = None) -> "Image":
+        return cls(file, fmt, size, bytearray(size), set(), backing_file, backing_format)
+
+    def clone(self) -> "Image":
+        return Image(self.file, self.fmt, self.size, bytearray(self.data), set(self.allocated),
+                     self.backing_file, self.backing_format)
+
+    # -- host view -------------------------------------------------------------------------
+    def l1_entries(self) -> int:
+        return max(1, -(-self.size // (CLUSTER * L2_ENTRIES)))
+
+    def host_length(self) -> int:
+        """Length of the host file in bytes."""
+        if self.fmt == "raw":
+            return self.size
+        l1_bytes = self.l1_entries() * 8
+        if not self.allocated:
+            return 3 * CLUSTER + l1_bytes
+        l1_clusters = -(-l1_bytes // CLUSTER)
+        l2_tables = len({c // L2_ENTRIES for c in self.allocated})
+        return (3 + l1_clusters + l2_tables + len(self.allocated)) * CLUSTER
+
+    def host_bytes(self, off: int, length: int) -> bytes | None:
+        if self.fmt == "raw":
+            return bytes(self.data[off:off + length])
+        return None  # qcow2 metadata: opaque
+
+    def write_host(self, off: int, payload: bytes) -> None:
+        assert self.fmt == "raw", "writes to the host bytes of a qcow2 file are not modelled"
+        self.data[off:off + len(payload)] = payload

@@ -1,0 +1,126 @@
+"""Guest data through the live graph: what a read returns and where a write lands.
+
+``read()`` returns the bytes a read of a node returns, or ``None`` where the model cannot know
+them (the host bytes of a qcow2 file, or a qcow2 node whose file child was swapped to an image
+whose metadata does not line up with the one it was opened on).  Callers only verify reads the
+model knows, and never write where it does not.
+
+qcow2 (``qcow2_co_preadv_part()``): an allocated cluster reads its own data; an unallocated one
+reads the *current* backing child at the same offset (zeros beyond the backing node's end, or
+with no backing).  A write to an unallocated cluster copies the rest of the cluster from what it
+reads at that moment (copy-on-write) and allocates it.  raw reads its file child at
+``offset + off``.
+"""
+from __future__ import annotations
+
+from .graph import Graph, Node
+from .imagedata import CLUSTER, Image
+
+
+def _length(g: Graph, n: Node) -> int:
+    from .blockdev import node_length
+    return node_length(g, n)
+
+
+def qcow2_image(g: Graph, n: Node) -> Image | None:
+    """The image whose clusters a qcow2 node really reads, or None if unknowable.
+
+    QEMU keeps the L1 table of the image the node was opened on and re-reads L2 tables and
+    data from the *current* file child after a reopen (``qcow2_update_options_prepare()``
+    recreates the metadata caches).  Two small images (one L2 table each, at the same host
+    cluster) of the same size therefore behave like the file child's image; anything else is
+    not modelled.
+    """
+    meta = g.images[n.filename]
+    fc = g.nodes[n.child("file").child]
+    if fc.drv != "file":
+        return None
+    cur = g.images[fc.filename]
+    if cur is meta:
+        return meta
+    if cur.fmt != "qcow2" or cur.size != meta.size or bool(cur.allocated) != bool(meta.allocated):
+        return None
+    if cur.l1_entries() != 1:
+        return None
+    return cur
+
+
+def read(g: Graph, n: Node, off: int, length: int) -> bytes | None:
+    if n.drv == "file":
+        img = g.images[n.filename]
+        host = img.host_bytes(off, length)
+        if host is None:
+            return None
+        return host + bytes(length - len(host))  # past EOF reads as zeros
+    if n.drv == "raw":
+        child = g.nodes[n.child("file").child]
+        return read(g, child, n.raw_offset + off, length)
+    if n.drv == "qcow2":
+        img = qcow2_image(g, n)
+        if img is None:
+            return None
+        out = bytearray()
+        pos, end = off, off + length
+        backing_edge = n.child("backing")
+        while pos < end:
+            c = pos // CLUSTER
+            stop = min(end, (c + 1) * CLUSTER)
+            if c in img.allocated:
+                out += img.data[pos:stop]
+            elif backing_edge is not None:
+                b = g.nodes[backing_edge.child]
+                blen = _length(g, b)
+                inside = max(0, min(stop, blen) - pos)
+                if inside:
+                    part = read(g, b, pos, inside)
+                    if part is None:
+                        return None
+                    out += part
+                out += bytes(stop - pos - inside)
+            else:
+                out += bytes(stop - pos)
+            pos = stop
+        return bytes(out)
+    return None
+
+
+def can_write(g: Graph, n: Node) -> bool:
+    """Whether the model can predict the effect of writing through ``n``."""
+    if n.drv == "file":
+        return g.images[n.filename].fmt == "raw"
+    if n.drv == "raw":
+        return can_write(g, g.nodes[n.child("file").child])
+    if n.drv == "qcow2":
+        img = qcow2_image(g, n)
+        if img is None or img is not g.images[n.filename]:
+            return False
+        b = n.child("backing")
+        return b is None or _readable(g, g.nodes[b.child])
+    return False
+
+
+def _readable(g: Graph, n: Node) -> bool:
+    return read(g, n, 0, 0) is not None
+
+
+def write(g: Graph, n: Node, off: int, payload: bytes) -> None:
+    if n.drv == "file":
+        g.images[n.filename].write_host(off, payload)
+        return
+    if n.drv == "raw":
+        write(g, g.nodes[n.child("file").child], n.raw_offset + off, payload)
+        return
+    if n.drv == "qcow2":
+        img = g.images[n.filename]
+        end = off + len(payload)
+        first, last = off // CLUSTER, (end - 1) // CLUSTER
+        for c in range(first, last + 1):
+            if c not in img.allocated:
+                lo, hi = c * CLUSTER, min((c + 1) * CLUSTER, img.size)
+                visible = read(g, n, lo, hi - lo)
+                assert visible is not None
+                img.data[lo:hi] = visible
+                img.allocated.add(c)
+        img.data[off:end] = payload
+        return
+    raise AssertionError(n.drv)

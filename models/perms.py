@@ -1,0 +1,177 @@
+"""Block permissions (BLK_PERM_*) and host-file locks, as ``bdrv_refresh_perms()`` checks them.
+
+Edge permissions follow ``bdrv_default_perms()`` (block.c) and ``raw_child_perm()``
+(block/raw-format.c); the order in which nodes are checked follows ``bdrv_topological_dfs()``;
+each node is checked with ``bdrv_parent_perms_conflict()`` (pairs of parent edges, newest first),
+then the writable check of ``bdrv_node_refresh_perm()``, then file-posix's lock bytes
+(``raw_check_lock_bytes()``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import attrs
+
+from .errors import QmpFailure
+from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_STORAGE, Graph, Node
+
+CONSISTENT_READ, WRITE, WRITE_UNCHANGED, RESIZE = 1, 2, 4, 8
+ALL = 15
+_NAMES = ((CONSISTENT_READ, "consistent read"), (WRITE, "write"),
+          (WRITE_UNCHANGED, "write unchanged"), (RESIZE, "resize"))
+
+
+def perm_names(p: int) -> str:
+    """``bdrv_perm_names()``."""
+    return ", ".join(name for bit, name in _NAMES if p & bit)
+
+
+@attrs.frozen
+class ExternalParent:
+    """A parent that is not a node: a BlockBackend (HMP qemu-io's temporary one)."""
+
+    desc: str      # "an unnamed block device"
+    child_name: str  # "root"
+    perm: int
+    shared: int
+
+
+def child_perm(role: str, parent_drv: str, parent_writable: bool, perm: int, shared: int) -> tuple[int, int]:
+    """``bdrv_default_perms()`` (+ ``raw_child_perm()`` for raw parents)."""
+    parent_perm = perm
+    if role == ROLE_COW:
+        nperm = perm & CONSISTENT_READ
+        nshared = (WRITE | RESIZE) if shared & WRITE else 0
+        nshared |= CONSISTENT_READ | WRITE_UNCHANGED
+        return nperm, nshared
+    # filter default: pass everything through
+    nperm, nshared = perm & ALL, shared & ALL
+    if role in (ROLE_STORAGE,):
+        if parent_writable:
+            nperm |= WRITE | RESIZE
+        nperm |= CONSISTENT_READ
+        nshared &= ~(WRITE | RESIZE)
+    if role in (ROLE_STORAGE, ROLE_DATA):
+        nshared &= ~RESIZE
+        if nperm & WRITE_UNCHANGED:
+            nperm |= WRITE
+        if nperm & WRITE:
+            nperm |= RESIZE
+    if parent_drv == "raw":
+        nperm &= ~(WRITE | RESIZE)
+        nperm |= parent_perm & (WRITE | RESIZE)
+    return nperm, nshared
+
+
+def topological_dfs(g: Graph, roots: Iterable[str]) -> list[str]:
+    """``bdrv_topological_dfs()`` over a list of nodes: parents before children."""
+    found: set[str] = set()
+    out: list[str] = []
+
+    def dfs(name: str) -> None:
+        if name in found:
+            return
+        found.add(name)
+        for c in g.nodes[name].children:
+            dfs(c.child)
+        out.insert(0, name)
+
+    for r in roots:
+        if r in g.nodes:
+            dfs(r)
+    return out
+
+
+class Perms:
+    """Cumulative permissions of every node and edge of a graph."""
+
+    def __init__(self, g: Graph, writable: dict[str, bool], external: dict[str, list[ExternalParent]]):
+        self.g = g
+        self.writable = writable
+        self.external = external
+        self.edge: dict[int, tuple[int, int]] = {}
+        self.node: dict[str, tuple[int, int]] = {}
+        for name in topological_dfs(g, list(g.nodes)):
+            p, s = self._cumulative(name)
+            self.node[name] = (p, s)
+            n = g.nodes[name]
+            for c in n.children:
+                self.edge[id(c)] = child_perm(c.role, n.drv, self.is_writable(n), p, s)
+
+    def is_writable(self, n: Node) -> bool:
+        return self.writable.get(n.name, not n.read_only)
+
+    def _cumulative(self, name: str) -> tuple[int, int]:
+        perm, shared = 0, ALL
+        for e in self.external.get(name, ()):
+            perm |= e.perm
+            shared &= e.shared
+        for c in self.g.nodes[name].parents:
+            p, s = self.edge[id(c)]
+            perm |= p
+            shared &= s
+        return perm, shared
+
+    def parents_of(self, name: str) -> list[tuple[str, str, int, int]]:
+        """(description, child name, perm, shared) of every parent, newest first."""
+        out = [(e.desc, e.child_name, e.perm, e.shared) for e in self.external.get(name, ())]
+        for c in self.g.nodes[name].parents:
+            p, s = self.edge[id(c)]
+            out.append((f"node '{c.parent}'", c.name, p, s))
+        return out
+
+
+def check_node(perms: Perms, name: str) -> None:
+    """Conflict, writable and lock checks of one node, in QEMU's order."""
+    g = perms.g
+    parents = perms.parents_of(name)
+    for a in parents:
+        for b in parents:
+            if a is b:
+                continue
+            if b[2] & a[3] != b[2]:
+                raise QmpFailure(
+                    f"Permission conflict on node '{name}': permissions '{perm_names(b[2] & ~a[3])}' "
+                    f"are both required by {b[0]} (uses node '{name}' as '{b[1]}' child) and "
+                    f"unshared by {a[0]} (uses node '{name}' as '{a[1]}' child).")
+    node = g.nodes[name]
+    perm, shared = perms.node[name]
+    if perm & (WRITE | WRITE_UNCHANGED) and not perms.is_writable(node):
+        if node.read_only:
+            raise QmpFailure("Block node is read-only")
+        raise QmpFailure(f"Read-only block node '{name}' cannot support read-write users")
+    if node.drv == "file" and node.locking:
+        _check_locks(g, node, perm, shared)
+
+
+def _check_locks(g: Graph, node: Node, perm: int, shared: int) -> None:
+    held_perm, held_unshared = g.locks.get(node.name, (0, 0))
+    unshared = ALL & ~shared
+    if (held_perm | perm) == held_perm and (held_unshared | unshared) == held_unshared:
+        return  # RAW_PL_PREPARE: nothing new to lock
+    others = [n for n in g.nodes.values()
+              if n.drv == "file" and n.locking and n.filename == node.filename and n.name != node.name]
+    for bit, pname in _NAMES:
+        if perm & bit and any(g.locks.get(o.name, (0, 0))[1] & bit for o in others):
+            raise QmpFailure(f'Failed to get "{pname}" lock')
+    for bit, pname in _NAMES:
+        if not shared & bit and any(g.locks.get(o.name, (0, 0))[0] & bit for o in others):
+            raise QmpFailure(f'Failed to get shared "{pname}" lock')
+    # Prepared: the new bytes are locked on top of the old ones until commit.
+    g.locks[node.name] = (held_perm | perm, held_unshared | unshared)
+
+
+def refresh(g: Graph, roots: Iterable[str], writable: dict[str, bool] | None = None,
+            external: dict[str, list[ExternalParent]] | None = None) -> Perms:
+    """``bdrv_list_refresh_perms()``: check the nodes reachable from ``roots``; on success
+    commit the file locks of every file node to its new permissions."""
+    perms = Perms(g, writable or {}, external or {})
+    order = topological_dfs(g, roots)
+    for name in order:
+        check_node(perms, name)
+    for name in order:
+        n = g.nodes[name]
+        if n.drv == "file" and n.locking:
+            p, s = perms.node[name]
+            g.locks[name] = (p, ALL & ~s)
+    return perms

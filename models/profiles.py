@@ -1,0 +1,44 @@
+"""Version profiles: where QEMU releases legitimately differ.
+
+The model never loosens a comparison to paper over a difference; it carries the difference here
+and the harness picks the profile from ``query-version``.
+"""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class VersionProfile:
+    name: str
+    version: tuple[int, int]
+    #: query-named-block-nodes has ``active: true`` on every node (10.0+).
+    node_active_field: bool
+    #: ``image.format-specific = {type: 'file', data: {}}`` on file-posix nodes (10.0+).
+    file_format_specific: bool
+    #: qcow2 accepts ``discard-no-unref`` (8.1+).
+    qcow2_discard_no_unref: bool
+
+
+PROFILES: dict[str, VersionProfile] = {
+    "7.2": VersionProfile("7.2", (7, 2), node_active_field=False, file_format_specific=False,
+                          qcow2_discard_no_unref=False),
+    "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
+                           qcow2_discard_no_unref=True),
+}
+
+
+def profile_for(major: int, minor: int) -> tuple[VersionProfile, bool]:
+    """The profile for a QEMU version, and whether it is an exact match.
+
+    An unknown version gets the nearest known profile (by (major, minor) distance, ties going to
+    the older one); the caller warns.
+    """
+    for p in PROFILES.values():
+        if p.version == (major, minor):
+            return p, True
+
+    def distance(p: VersionProfile) -> tuple[int, tuple[int, int]]:
+        return (abs((p.version[0] * 100 + p.version[1]) - (major * 100 + minor)), p.version)
+
+    return min(PROFILES.values(), key=distance), False

@@ -1,0 +1,101 @@
+"""HMP ``qemu-io NODE "CMD"`` (``hmp_qemu_io()`` + qemu-io-cmds.c) for ``read`` and ``write``.
+
+The HMP command creates a temporary BlockBackend on the node (perm none, shared all); a
+``write`` upgrades it to the ``write`` permission, and a failure of that upgrade is the HMP
+return string (``error_report_err()`` in monitor context).  Everything the command itself prints
+goes to QEMU's stdout; the statistics line with timings is not part of the prediction.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+
+import attrs
+
+from . import iodata
+from . import perms as P
+from .errors import NotModeled
+from .graph import Graph
+
+_SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def cvtnum(s: str) -> int:
+    """qemu-io's ``cvtnum()`` for the forms the fuzzer uses: decimal/hex with a size suffix."""
+    m = re.fullmatch(r"(0[xX][0-9a-fA-F]+|\d+)([bBkKmMgGtT]?)", s)
+    if not m:
+        raise NotModeled(f"qemu-io number {s!r}")
+    return int(m.group(1), 0) * _SUFFIX[m.group(2).lower()]
+
+
+@attrs.frozen
+class IoCommand:
+    device: str
+    op: str          # "read" | "write"
+    offset: int
+    length: int
+    pattern: int | None
+
+
+def parse_command_line(line: str) -> IoCommand:
+    """Parse ``qemu-io DEV "read -P 0xa0 0 1M"`` (the only forms the model predicts)."""
+    m = re.fullmatch(r'qemu-io ([^\s"]+) "([^"]*)"', line)
+    if not m:
+        raise NotModeled(f"HMP command line {line!r}")
+    device, cmd = m.group(1), m.group(2)
+    words = shlex.split(cmd)
+    if not words or words[0] not in ("read", "write"):
+        raise NotModeled(f"qemu-io command {cmd!r}")
+    pattern = None
+    rest = words[1:]
+    if rest[:1] == ["-P"] and len(rest) >= 2:
+        pattern = int(rest[1], 0)
+        if not 0 <= pattern <= 255:
+            raise NotModeled("pattern out of range")
+        rest = rest[2:]
+    if len(rest) != 2 or rest[0].startswith("-"):
+        raise NotModeled(f"qemu-io arguments {cmd!r}")
+    return IoCommand(device, words[0], cvtnum(rest[0]), cvtnum(rest[1]), pattern)
+
+
+@attrs.frozen
+class IoResult:
+    ret: str
+    stdout: tuple[str, ...]
+
+
+def run(g: Graph, cmd: IoCommand) -> IoResult:
+    """Predict an HMP qemu-io command; writes change ``g``'s images in place."""
+    node = g.get(cmd.device)
+    if node is None:
+        return IoResult(f"Error: Cannot find device='' nor node-name='{cmd.device}'\r\n", ())
+    length = iodata._length(g, node)
+    if cmd.op == "read":
+        if cmd.offset + cmd.length > length:
+            return IoResult("", ("read failed: Input/output error",))
+        lines = []
+        if cmd.pattern is not None:
+            data = iodata.read(g, node, cmd.offset, cmd.length)
+            if data is None:
+                raise NotModeled(f"data of node '{node.name}' is not known to the model")
+            if data.count(cmd.pattern) != cmd.length:
+                lines.append(f"Pattern verification failed at offset {cmd.offset}, {cmd.length} bytes")
+        lines.append(f"read {cmd.length}/{cmd.length} bytes at offset {cmd.offset}")
+        return IoResult("", tuple(lines))
+    # write: the temporary BlockBackend asks for the write permission first
+    bb = P.ExternalParent("an unnamed block device", "root", P.WRITE, P.ALL)
+    from .errors import QmpFailure
+    try:
+        P.refresh(g.clone(), [node.name], external={node.name: [bb]})
+    except QmpFailure as e:
+        return IoResult(e.desc + "\r\n", ())
+    if cmd.offset + cmd.length > length:
+        return IoResult("", ("write failed: Input/output error",))
+    if not iodata.can_write(g, node):
+        raise NotModeled(f"writes through node '{node.name}' are not modelled")
+    pattern = 0xCD if cmd.pattern is None else cmd.pattern
+    if pattern == 0 and any(n.detect_zeroes != "off" for n in g.nodes.values()):
+        # detect-zeroes turns an all-zero write into write-zeroes (zero clusters): not modelled
+        raise NotModeled("zero writes with detect-zeroes")
+    iodata.write(g, node, cmd.offset, bytes([pattern]) * cmd.length)
+    return IoResult("", (f"wrote {cmd.length}/{cmd.length} bytes at offset {cmd.offset}",))

@@ -1,0 +1,176 @@
+"""``query-named-block-nodes``: what QEMU reports for each node, and the compared projection.
+
+Filenames follow ``bdrv_refresh_filename()``: a node that its image file alone can recreate shows
+that file's name; otherwise ``json:{...}`` of its strong options and children, keys in QDict
+order.  The list is in reverse order of node-name assignment (``bdrv_named_nodes_list()``
+prepends while walking ``graph_bdrv_states``).
+
+Projection (what is compared): everything QEMU reports except ``image.actual-size`` at every
+nesting level.  ``actual-size`` is the host file system's allocation (``st_blocks``) of the image
+file; it depends on the file system under the work directory (holes, preallocation, extent
+size), not on the block layer, so no model of QEMU can predict it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .graph import Graph, Node
+from .profiles import VersionProfile
+from .qdict import to_json
+
+QCOW2_FORMAT_SPECIFIC = {
+    "type": "qcow2",
+    "data": {"compat": "1.1", "compression-type": "zlib", "lazy-refcounts": False,
+             "refcount-bits": 16, "corrupt": False, "extended-l2": False},
+}
+
+
+@attrs.frozen
+class Filename:
+    exact: str          # bs->exact_filename ('' if none)
+    full_open_options: Any
+    filename: str       # bs->filename
+
+
+_STRONG = {"file": ("driver", "filename"), "qcow2": ("driver", "filename"),
+           "raw": ("driver", "filename", "offset", "size")}
+
+
+def backing_overridden(g: Graph, n: Node, cache: dict) -> bool:
+    """``bdrv_backing_overridden()``."""
+    b = g.cow_child(n)
+    if b is not None:
+        return n.auto_backing_file != refresh_filename(g, b, cache).filename
+    return n.auto_backing_file != ""
+
+
+def refresh_filename(g: Graph, n: Node, cache: dict | None = None) -> Filename:
+    """``bdrv_refresh_filename()`` for file, raw and qcow2 nodes."""
+    if cache is None:
+        cache = {}
+    if n.name in cache:
+        return cache[n.name]
+    children = {c.name: refresh_filename(g, g.nodes[c.child], cache) for c in n.children}
+    overridden = n.drv == "qcow2" and backing_overridden(g, n, cache)
+    opts: dict = {}
+    found_any = False
+    for key in _STRONG[n.drv]:
+        if key in n.options:
+            opts[key] = n.options[key]
+            if key not in ("driver", "filename"):
+                found_any = True
+    opts.setdefault("driver", n.drv)
+    generate_json = found_any or overridden
+    for c in n.children:
+        if c.name == "backing" and not overridden:
+            continue
+        opts[c.name] = children[c.name].full_open_options
+    if overridden and n.child("backing") is None:
+        opts["backing"] = None
+
+    exact = ""
+    if n.drv == "file":
+        exact = n.filename or ""
+    else:
+        fc = n.child("file")
+        if fc is not None:
+            child = g.nodes[fc.child]
+            cf = children["file"]
+            if cf.exact and child.drv == "file" and not generate_json:
+                exact = cf.exact
+    filename = exact if exact else "json:" + to_json(opts)
+    result = Filename(exact, opts, filename)
+    cache[n.name] = result
+    return result
+
+
+def _cluster_size(g: Graph, n: Node) -> int | None:
+    """``bdrv_get_info()``: qcow2 answers, raw forwards to its file child, file-posix has none."""
+    if n.drv == "qcow2":
+        return 65536
+    if n.drv == "raw":
+        return _cluster_size(g, g.nodes[n.child("file").child])
+    return None
+
+
+def image_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
+    from .blockdev import node_length
+
+    info: dict = {
+        "filename": refresh_filename(g, n, cache).filename,
+        "format": n.drv,
+        "virtual-size": node_length(g, n),
+        "dirty-flag": False,
+    }
+    cs = _cluster_size(g, n)
+    if cs is not None:
+        info["cluster-size"] = cs
+    if n.drv == "qcow2":
+        info["format-specific"] = QCOW2_FORMAT_SPECIFIC
+        img = g.images[n.filename]
+        if img.backing_file:
+            info["backing-filename"] = img.backing_file
+            info["full-backing-filename"] = img.backing_file
+            if img.backing_format:
+                info["backing-filename-format"] = img.backing_format
+    elif n.drv == "file" and profile.file_format_specific:
+        info["format-specific"] = {"type": "file", "data": {}}
+    b = g.filter_or_cow_child(n)
+    if b is not None:
+        info["backing-image"] = image_info(g, b, profile, cache)
+    return info
+
+
+def node_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
+    image = image_info(g, n, profile, cache)
+    depth = 0
+    b = image.get("backing-image")
+    while b is not None:
+        depth += 1
+        b = b.get("backing-image")
+    info: dict = {
+        "node-name": n.name,
+        "drv": n.drv,
+        "ro": n.read_only,
+        "file": image["filename"],
+        "encrypted": False,
+        "detect_zeroes": n.detect_zeroes,
+        "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+        "cache": {"writeback": True, "direct": n.cache_direct, "no-flush": n.cache_no_flush},
+        "write_threshold": 0,
+        "backing_file_depth": depth,
+        "image": image,
+    }
+    cow = g.cow_child(n)
+    if cow is not None:
+        info["backing_file"] = refresh_filename(g, cow, cache).filename
+    if profile.node_active_field:
+        info["active"] = True
+    return info
+
+
+def query_named_block_nodes(g: Graph, profile: VersionProfile) -> list[dict]:
+    cache: dict = {}
+    nodes = sorted(g.nodes.values(), key=lambda n: n.seq, reverse=True)
+    return [node_info(g, n, profile, cache) for n in nodes]
+
+
+def project(nodes: list[dict]) -> list[dict]:
+    """The compared view of a ``query-named-block-nodes`` reply (see module docstring)."""
+    return [_project_node(n) for n in nodes]
+
+
+def _project_node(n: dict) -> dict:
+    out = dict(n)
+    if "image" in out:
+        out["image"] = _project_image(out["image"])
+    return out
+
+
+def _project_image(im: dict) -> dict:
+    out = {k: v for k, v in im.items() if k != "actual-size"}
+    if "backing-image" in out:
+        out["backing-image"] = _project_image(out["backing-image"])
+    return out

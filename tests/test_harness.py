@@ -1,0 +1,364 @@
+"""The QEMU harness: fuzz.qmpsync, fuzz.qemu, fuzz.images.
+
+Tests marked ``qemu`` run a real QEMU: ``$QEMU_PROG`` (qemu-system-x86_64; qemu-img and qemu-io
+are taken from the same directory) or the dev build under /tmp/qdev/10.0. The others are pure.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import attrs
+import pytest
+
+from fuzz.images import ImageSpec, Write, make_images
+from fuzz.qemu import (
+    HarnessError, NodeNames, QemuCrashed, QemuHung, QemuProcess, _canon, stdout_lines,
+)
+from models.outcome import Outcome, QmpError
+
+# -- finding QEMU (the one place to change when the fetched QEMU takes over) ----------------
+
+_DEFAULT_QEMU = "/tmp/qdev/10.0/root/usr/bin/qemu-system-x86_64"
+
+
+@attrs.frozen
+class LocalBinaries:
+    system: str
+    img: str
+    io: str
+    env: dict
+
+
+def _local_binaries(system: str) -> LocalBinaries:
+    bindir = Path(system).parent
+    root = bindir.parent.parent          # <root>/usr/bin/qemu-system-x86_64
+    env = {}
+    if root != Path("/"):                # an unpacked .deb tree needs its libraries and modules
+        env = {
+            "LD_LIBRARY_PATH": f"{root}/usr/lib/x86_64-linux-gnu:{root}/lib/x86_64-linux-gnu",
+            "QEMU_MODULE_DIR": f"{root}/usr/lib/x86_64-linux-gnu/qemu",
+        }
+    return LocalBinaries(system, str(bindir / "qemu-img"), str(bindir / "qemu-io"), env)
+
+
+@pytest.fixture(scope="session")
+def binaries() -> LocalBinaries:
+    system = os.environ.get("QEMU_PROG", _DEFAULT_QEMU)
+    if not os.access(system, os.X_OK):
+        pytest.skip(f"no QEMU at {system} (set QEMU_PROG)")
+    return _local_binaries(system)
+
+
+@pytest.fixture
+def qemu(binaries, tmp_path):
+    with QemuProcess(binaries, tmp_path) as q:
+        yield q
+
+
+SEED_IMAGES = [  # iotest 245's setUp
+    {"file": "hd0.img", "format": "qcow2", "size": 3145728,
+     "writes": [{"pattern": 0xa0, "offset": 0, "length": 1048576}]},
+    {"file": "hd1.img", "format": "qcow2", "backing-file": "hd0.img", "backing-format": "qcow2",
+     "writes": [{"pattern": 0xa1, "offset": 1048576, "length": 1048576}]},
+    {"file": "hd2.img", "format": "qcow2", "size": 3145728,
+     "writes": [{"pattern": 0xa2, "offset": 2097152, "length": 1048576}]},
+]
+
+
+def seed_specs() -> list[ImageSpec]:
+    return [ImageSpec.from_json(d) for d in SEED_IMAGES]
+
+
+def hd_opts(i: int, **extra) -> dict:
+    return {"driver": "qcow2", "node-name": f"hd{i}",
+            "file": {"driver": "file", "node-name": f"hd{i}-file", "filename": f"hd{i}.img"},
+            **extra}
+
+
+def qemu_io(q: QemuProcess, node: str, cmd: str) -> Outcome:
+    return q.execute("human-monitor-command", {"command-line": f'qemu-io {node} "{cmd}"'})
+
+
+# -- pure: output normalisation and name translation ----------------------------------------
+
+@pytest.mark.parametrize("line", [
+    "1 MiB, 1 ops; 00.00 sec (1.402 GiB/sec and 1435.6811 ops/sec)",
+    "512 bytes, 1 ops; 00.00 sec (16.669 MiB/sec and 34137.8486 ops/sec)",
+    "1.500000 KiB, 3 ops; 0:01:02.50 (45.807 KiB/sec and inf ops/sec)",
+    "64 MiB, 1 ops; 00.08 sec (798.319 MiB/sec and 12.4737 ops/sec)",
+    "512,1,0:00:00.00,11801313.818,23049.441",
+])
+def test_stats_lines_are_dropped(line):
+    assert stdout_lines(f"read 512/512 bytes at offset 0\n{line}\n") == (
+        "read 512/512 bytes at offset 0",)
+
+
+def test_other_lines_are_kept():
+    text = ("Pattern verification failed at offset 0, 1024 bytes\n"
+            "read 1024/1024 bytes at offset 0\n"
+            "1 KiB (0x400) bytes not allocated at offset 0 bytes (0x0)\n"
+            "read failed: Input/output error\n")
+    assert stdout_lines(text) == tuple(text.splitlines())
+    assert stdout_lines("") == ()
+
+
+def test_node_names_translate_args_and_hmp_device():
+    names = NodeNames()
+    names.learn([{"node-name": "#block147", "image": {"backing-image": {}}},
+                 {"node-name": "hd1", "children": [{"node-name": "#block052"}]}])
+    assert names.real == {"#block1": "#block147", "#block0": "#block052"}
+    args = {"options": [{"driver": "qcow2", "node-name": "hd1", "backing": "#block1",
+                         "file": {"driver": "file", "filename": "#block1"}}]}
+    assert names.to_real("blockdev-reopen", args) == {
+        "options": [{"driver": "qcow2", "node-name": "hd1", "backing": "#block147",
+                     "file": {"driver": "file", "filename": "#block147"}}]}
+    # Only the device token of an HMP line, never the qemu-io command text.
+    line = {"command-line": 'qemu-io #block0 "write -P 0xa0 0 #block0"'}
+    assert names.to_real("human-monitor-command", line) == {
+        "command-line": 'qemu-io #block052 "write -P 0xa0 0 #block0"'}
+    assert names.to_real("human-monitor-command", {"command-line": 'qemu-io -d #block1 "x"'}) \
+        == {"command-line": 'qemu-io -d #block147 "x"'}
+    # Unknown names pass through unchanged (QEMU then reports them as not found).
+    assert names.to_real("blockdev-del", {"node-name": "#block7"}) == {"node-name": "#block7"}
+    assert names.unknown("blockdev-del", {"node-name": "#block7"})
+    assert not names.unknown("blockdev-del", {"node-name": "#block1"})
+    assert names.unknown("human-monitor-command", {"command-line": 'qemu-io #block9 "read 0 1"'})
+
+
+def test_canon_reaches_every_string():
+    raw = [{"node-name": "#block130", "file": 'json:{"backing": "#block017", "x": 1}',
+            "image": {"backing-image": {"filename": "#block2042"}}, "n": 5}]
+    assert _canon(raw) == [{"node-name": "#block1", "file": 'json:{"backing": "#block0", "x": 1}',
+                            "image": {"backing-image": {"filename": "#block20"}}, "n": 5}]
+
+
+def test_image_spec_json_round_trip_and_validation():
+    for d in SEED_IMAGES:
+        assert ImageSpec.from_json(d).to_json() == d
+    assert ImageSpec.from_json({"file": "a.img", "format": "raw", "size": 1024}).writes == ()
+    for bad in [
+        {"file": "a.img", "format": "vmdk", "size": 1},
+        {"file": "../a.img", "format": "raw", "size": 1},
+        {"file": "-a.img", "format": "raw", "size": 1},
+        {"file": "a.img", "format": "raw"},                                   # no size
+        {"file": "a.img", "format": "raw", "size": 1, "backing-file": "b"},   # raw + backing
+        {"file": "a.img", "format": "raw", "size": 1, "bogus": 1},
+    ]:
+        with pytest.raises(ValueError):
+            ImageSpec.from_json(bad)
+    with pytest.raises(ValueError):
+        Write(256, 0, 1)
+
+
+# -- real QEMU ------------------------------------------------------------------------------
+
+@pytest.mark.qemu
+def test_blockdev_add_and_query_round_trip(qemu, binaries, tmp_path):
+    make_images(seed_specs()[:1], tmp_path, binaries)
+    assert qemu.execute("blockdev-add", hd_opts(0)) == Outcome(ret={})
+    nodes = qemu.query_nodes()
+    assert [n["node-name"] for n in nodes] == ["hd0", "hd0-file"]
+    assert nodes[0]["drv"] == "qcow2" and nodes[0]["file"] == "hd0.img"
+    assert nodes[0]["image"]["virtual-size"] == 3145728
+    assert qemu.version() >= (7, 2, 0)
+
+
+@pytest.mark.qemu
+def test_error_reply_is_exact(qemu):
+    assert qemu.execute("blockdev-del", {"node-name": "nope"}) == Outcome(
+        ret=None, error=QmpError("GenericError", "Failed to find node with node-name='nope'"))
+    assert qemu.execute("no-such-command").error == QmpError(
+        "CommandNotFound", "The command no-such-command has not been found")
+
+
+@pytest.mark.qemu
+def test_qemu_io_output_on_stdout_without_stats(qemu, binaries, tmp_path):
+    make_images(seed_specs()[:1], tmp_path, binaries)
+    qemu.execute("blockdev-add", hd_opts(0))
+    assert qemu_io(qemu, "hd0", "read -P 0xa0 0 1k") == Outcome(
+        ret="", stdout=("read 1024/1024 bytes at offset 0",))
+    assert qemu_io(qemu, "hd0", "read -P 0xa1 0 1k") == Outcome(
+        ret="", stdout=("Pattern verification failed at offset 0, 1024 bytes",
+                        "read 1024/1024 bytes at offset 0"))
+    # Lookup errors come back in the HMP return string, CRLF and all.
+    assert qemu_io(qemu, "nope", "read 0 1k") == Outcome(
+        ret="Error: Cannot find device='' nor node-name='nope'\r\n")
+
+
+@pytest.mark.qemu
+def test_auto_names_canonicalised_and_translated(qemu, binaries, tmp_path):
+    make_images(seed_specs()[:2], tmp_path, binaries)
+    qemu.execute("blockdev-add", hd_opts(1))   # header backing hd0.img opens as auto nodes
+    nodes = qemu.query_nodes()
+    assert [n["node-name"] for n in nodes] == ["#block1", "#block0", "hd1", "hd1-file"]
+    assert nodes[0]["drv"] == "qcow2" and nodes[1]["drv"] == "file"
+    # Canonical names going in are translated: QMP arguments ...
+    assert qemu.execute("blockdev-reopen", {"options": [hd_opts(1, backing="#block1")]}) \
+        == Outcome(ret={})
+    assert qemu.execute("blockdev-del", {"node-name": "#block1"}).error == QmpError(
+        "GenericError", "Node '#block1' is busy: node is used as backing hd of 'hd1'")
+    assert qemu.execute("blockdev-del", {"node-name": "#block0"}).error == QmpError(
+        "GenericError", "Node #block0 is not owned by the monitor")
+    # ... and the device token of a qemu-io line.
+    assert qemu_io(qemu, "#block1", "read -P 0xa0 0 1M") == Outcome(
+        ret="", stdout=("read 1048576/1048576 bytes at offset 0",))
+    # A node unknown to QEMU stays as written (and the error text shows it canonically).
+    assert qemu.execute("blockdev-del", {"node-name": "#block7"}).error == QmpError(
+        "GenericError", "Failed to find node with node-name='#block7'")
+
+
+@pytest.mark.qemu
+def test_names_learned_without_explicit_query(qemu, binaries, tmp_path):
+    # The engine may use a canonical name before anyone ran query-named-block-nodes.
+    make_images(seed_specs()[:2], tmp_path, binaries)
+    qemu.execute("blockdev-add", hd_opts(1))
+    assert qemu_io(qemu, "#block1", "read -P 0xa0 0 1k").stdout == (
+        "read 1024/1024 bytes at offset 0",)
+
+
+@pytest.mark.qemu
+def test_events_are_collected(qemu):
+    assert qemu.drain_events() == []
+    qemu.execute("stop")
+    assert [e["event"] for e in qemu.drain_events()] == ["STOP"]
+    assert qemu.drain_events(wait=0.05) == []
+    qemu.execute("cont")
+    assert [e["event"] for e in qemu.drain_events(wait=1)] == ["RESUME"]
+
+
+@pytest.mark.qemu
+def test_sigkill_is_a_crash(qemu):
+    qemu.execute("query-version")
+    os.kill(qemu.pid, signal.SIGKILL)
+    with pytest.raises(QemuCrashed) as info:
+        qemu.execute("query-version")
+    assert info.value.signal == signal.SIGKILL and info.value.command == "query-version"
+    with pytest.raises(HarnessError):     # the process is spent
+        qemu.execute("query-version")
+
+
+@pytest.mark.qemu
+def test_sigstop_is_a_hang_and_close_cleans_up(binaries, tmp_path):
+    fds_before = set(os.listdir("/proc/self/fd"))
+    q = QemuProcess(binaries, tmp_path, timeout=0.5).start()
+    pid = q.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(QemuHung) as info:
+            q.execute("query-named-block-nodes")
+        assert 0.5 <= time.monotonic() - t0 < 1.5
+        assert info.value.timeout == 0.5
+    finally:
+        assert q.close() == -signal.SIGKILL
+    with pytest.raises(ChildProcessError):   # reaped: no zombie left
+        os.waitpid(pid, os.WNOHANG)
+    assert set(os.listdir("/proc/self/fd")) == fds_before
+    assert sorted(os.listdir(tmp_path)) == ["qemu.stderr.log", "qemu.stdout.log"]
+
+
+@pytest.mark.qemu
+def test_clean_close_quits(binaries, tmp_path):
+    with QemuProcess(binaries, tmp_path) as q:
+        q.execute("query-version")
+    assert q.close() == 0
+
+
+@pytest.mark.qemu
+def test_launch_failure_is_a_harness_error(binaries, tmp_path):
+    with pytest.raises(HarnessError, match="invalid option"):
+        QemuProcess(binaries, tmp_path, extra_args=["-bogus-option"]).start()
+    with pytest.raises(HarnessError, match="cannot launch"):
+        QemuProcess(attrs.evolve(binaries, system=str(tmp_path / "missing")), tmp_path).start()
+
+
+FAKE_QEMU = r"""
+import json, os, re, socket, sys, time
+# Just enough QMP to stand in for QEMU: the fd comes from -chardev socket,id=qmp,fd=N.
+fd = int(re.search(r"fd=(\d+)", " ".join(sys.argv)).group(1))
+sock = socket.socket(fileno=fd)
+f = sock.makefile("rwb", buffering=0)
+def send(obj):
+    f.write(json.dumps(obj).encode() + b"\n")
+send({"QMP": {"version": {"qemu": {"major": 0, "minor": 0, "micro": 0}, "package": ""},
+              "capabilities": []}})
+for line in f:
+    msg = json.loads(line)
+    cmd = msg["execute"]
+    if cmd == "assert":       # a glibc assertion message, but keep running
+        sys.stderr.write("qemu-system-x86_64: ../block.c:42: f: Assertion `x' failed.\n")
+        sys.stderr.flush()
+    reply = {"return": {}, **({"id": msg["id"]} if "id" in msg else {})}
+    if cmd == "exit":         # reply, then die
+        send(reply)
+        os._exit(3)
+    send(reply)
+"""
+
+
+@pytest.fixture
+def fake_qemu(tmp_path) -> LocalBinaries:
+    script = tmp_path / "fake-qemu"
+    script.write_text(f"#!{sys.executable}\n{FAKE_QEMU}")
+    script.chmod(0o755)
+    return LocalBinaries(str(script), "/bin/false", "/bin/false", {})
+
+
+def test_assertion_text_on_stderr_is_a_crash(fake_qemu, tmp_path):
+    with QemuProcess(fake_qemu, tmp_path, timeout=2) as q:
+        assert q.execute("ping") == Outcome(ret={})
+        with pytest.raises(QemuCrashed) as info:
+            q.execute("assert")
+        assert "Assertion `x' failed." in info.value.stderr_tail
+        assert info.value.command == "assert"
+
+
+def test_exit_right_after_reply_is_a_crash(fake_qemu, tmp_path):
+    with QemuProcess(fake_qemu, tmp_path, timeout=2) as q:
+        with pytest.raises(QemuCrashed) as info:
+            q.execute("exit")
+        assert info.value.returncode == 3 and info.value.signal is None
+
+
+@pytest.mark.qemu
+def test_images_backing_and_patterns_read_back(qemu, binaries, tmp_path):
+    make_images(seed_specs(), tmp_path, binaries)
+    qemu.execute("blockdev-add", hd_opts(1))
+    nodes = {n["node-name"]: n for n in qemu.query_nodes()}
+    assert nodes["hd1"]["backing_file"] == "hd0.img"            # relative name in the header
+    assert nodes["hd1"]["image"]["virtual-size"] == 3145728     # inherited from the backing file
+    for pattern, offset in [(0xa0, "0"), (0xa1, "1M"), (0x00, "2M")]:
+        out = qemu_io(qemu, "hd1", f"read -P {pattern:#x} {offset} 1M")
+        assert out.stdout == (f"read 1048576/1048576 bytes at offset {_bytes(offset)}",)
+
+
+def _bytes(s: str) -> int:
+    return int(s[:-1]) << 20 if s.endswith("M") else int(s)
+
+
+@pytest.mark.qemu
+def test_template_cache_hit_gives_identical_files(binaries, tmp_path):
+    raw = {"file": "r.img", "format": "raw", "size": 8 << 20,
+           "writes": [{"pattern": 7, "offset": 4 << 20, "length": 4096}]}
+    specs = seed_specs() + [ImageSpec.from_json(raw)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    make_images(specs, tmp_path / "a", binaries)
+    t0 = time.perf_counter()
+    make_images(specs, tmp_path / "b", binaries)
+    assert time.perf_counter() - t0 < 0.05      # no qemu-img / qemu-io runs on a hit
+    for s in specs:
+        a, b = tmp_path / "a" / s.file, tmp_path / "b" / s.file
+        assert a.read_bytes() == b.read_bytes(), s.file
+        assert os.stat(a).st_blocks == os.stat(b).st_blocks, f"{s.file}: holes not kept"
+
+
+@pytest.mark.qemu
+def test_bad_image_write_is_a_harness_error(binaries, tmp_path):
+    spec = ImageSpec("x.img", "raw", 4096, writes=(Write(1, 4096, 512),))
+    with pytest.raises(HarnessError):
+        make_images([spec], tmp_path, binaries, cache=False)
