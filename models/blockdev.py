@@ -274,18 +274,22 @@ class _Opener:
                 raise NotModeled("aio=native/io_uring and pr-manager are not modelled")
             node.filename = fn
             node.locking = options.get("locking", "auto") != "off"
-        elif drv == "qcow2":
-            for k in ("overlap-check", "encrypt", "data-file"):
-                if any(key == k or key.startswith(k + ".") for key in options):
-                    raise NotModeled(f"qcow2 option {k}")
-            if _bool_opt(options.get("lazy-refcounts")):
-                raise NotModeled("lazy-refcounts=on (dirty bit) is not modelled")
-            node.filename = _qcow2_image_of(g, file_edge_target)
-            qcow2_check_options(g, node.filename, options)
-        elif drv == "raw":
-            node.raw_offset, node.raw_size = raw_check_options(g, file_edge_target, options)
-        if file_edge_target is not None:
+        else:
+            if drv == "qcow2":
+                for k in ("overlap-check", "encrypt", "data-file"):
+                    if any(key == k or key.startswith(k + ".") for key in options):
+                        raise NotModeled(f"qcow2 option {k}")
+                if _bool_opt(options.get("lazy-refcounts")):
+                    raise NotModeled("lazy-refcounts=on (dirty bit) is not modelled")
+            # The driver attaches the (already opened) file child first; every attach
+            # refreshes permissions from the parent down (bdrv_attach_child()).
             g.attach(node, file_edge_target, "file", file_role)
+            P.refresh(g, [node.name])
+            if drv == "qcow2":
+                node.filename = _qcow2_image_of(g, file_edge_target)
+                qcow2_check_options(g, node.filename, options)
+            else:
+                node.raw_offset, node.raw_size = raw_check_options(g, file_edge_target, options)
 
         if drv == "qcow2":
             self.open_backing(node, options)
@@ -303,6 +307,7 @@ class _Opener:
         g = self.g
         img = g.images[node.filename]
         node.auto_backing_file = img.backing_file or ""
+        implicit = "backing" not in options and not any(k.startswith("backing.") for k in options)
         try:
             if "backing" in options:
                 ref = options["backing"]
@@ -311,29 +316,32 @@ class _Opener:
                 if ref == "":
                     raise NotModeled("backing: '' (deprecated) is not modelled")
                 target = _lookup_bs(g, ref)
-                g.attach(node, target, "backing", ROLE_COW)
-                return
-            sub = _extract(options, "backing.")
-            if sub:
-                child = self.open(sub, node, ROLE_COW)
-                g.attach(node, child, "backing", ROLE_COW)
-                return
-            if not img.backing_file:
-                return
-            sub = {}
-            if img.backing_format:
-                sub["driver"] = img.backing_format
             else:
-                raise NotModeled("header backing without a format (probing)")
-            if img.backing_file not in g.images:
-                raise NotModeled("missing header backing file")
-            child = self.open(sub, node, ROLE_COW, filename=img.backing_file)
-            g.attach(node, child, "backing", ROLE_COW)
-            # bdrv_open_backing_file(): implicit_backing -> auto_backing_file = child's filename
-            from .query import refresh_filename
-            node.auto_backing_file = refresh_filename(g, child).filename
+                target = self._open_backing_node(node, options, img)
+                if target is None:
+                    return
         except QmpFailure as e:
             raise QmpFailure("Could not open backing file: " + e.desc) from None
+        # bdrv_set_backing_hd(): not prefixed
+        g.attach(node, target, "backing", ROLE_COW)
+        P.refresh(g, [node.name])
+        if implicit:
+            # bdrv_open_backing_file(): implicit_backing -> auto_backing_file = child's filename
+            from .query import refresh_filename
+            node.auto_backing_file = refresh_filename(g, target).filename
+
+    def _open_backing_node(self, node: Node, options: dict, img) -> Node | None:
+        """The backing node from a ``backing.*`` dict or, failing that, the image header."""
+        sub = _extract(options, "backing.")
+        if sub:
+            return self.open(sub, node, ROLE_COW)
+        if not img.backing_file:
+            return None
+        if not img.backing_format:
+            raise NotModeled("header backing without a format (probing)")
+        if img.backing_file not in self.g.images:
+            raise NotModeled("missing header backing file")
+        return self.open({"driver": img.backing_format}, node, ROLE_COW, filename=img.backing_file)
 
 
 def blockdev_add(g: Graph, args: Any, profile: VersionProfile) -> None:
@@ -345,7 +353,6 @@ def blockdev_add(g: Graph, args: Any, profile: VersionProfile) -> None:
     options.setdefault("cache.no-flush", "off")
     options.setdefault("read-only", "off")
     top = _Opener(g, profile).open(options)
-    P.refresh(g, [top.name])
     top.monitor_owned = True
 
 
