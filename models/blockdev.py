@@ -95,20 +95,34 @@ def inherit_options(role: str, child: dict, parent: dict) -> None:
     child.setdefault("discard", "unmap")
 
 
+def _host_sectors(g: Graph, filename: str) -> int:
+    """The host file's length rounded up to whole sectors (``bdrv_refresh_total_sectors()``)."""
+    return -(-g.images[filename].host_length() // SECTOR) * SECTOR
+
+
 def node_length(g: Graph, n: Node) -> int:
-    """``bdrv_getlength()`` of a node."""
+    """``bdrv_getlength()`` of a node.  Regular files have no variable length, so file and raw
+    nodes answer from ``total_sectors``, which is refreshed when the node is opened or reopened
+    (``bdrv_refresh_total_sectors()``) and grows only by the node's own writes past its end."""
+    if n.drv in ("file", "raw"):
+        return n.cached_length
+    if n.drv == "qcow2":
+        return g.images[n.filename].size
+    raise NotModeled(n.drv)
+
+
+def refreshed_length(g: Graph, n: Node) -> int:
+    """What ``bdrv_refresh_total_sectors()`` sets: the driver's own idea of the length."""
     if n.drv == "file":
-        host = g.images[n.filename].host_length()
-        return -(-host // SECTOR) * SECTOR
+        return _host_sectors(g, n.filename)
     if n.drv == "qcow2":
         return g.images[n.filename].size
     if n.drv == "raw":
         flen = node_length(g, g.nodes[n.child("file").child])
         if flen < n.raw_offset:
             return 0
-        if n.raw_size is not None:
-            return min(n.raw_size, flen - n.raw_offset)
-        return flen - n.raw_offset
+        size = min(n.raw_size, flen - n.raw_offset) if n.raw_size is not None else flen - n.raw_offset
+        return -(-size // SECTOR) * SECTOR  # total_sectors is whole sectors
     raise NotModeled(n.drv)
 
 
@@ -274,6 +288,7 @@ class _Opener:
                 raise NotModeled("aio=native/io_uring and pr-manager are not modelled")
             node.filename = fn
             node.locking = options.get("locking", "auto") != "off"
+            node.cached_length = refreshed_length(g, node)
         else:
             if drv == "qcow2":
                 for k in ("overlap-check", "encrypt", "data-file"):
@@ -290,8 +305,10 @@ class _Opener:
                 qcow2_check_options(g, node.filename, options)
             else:
                 node.raw_offset, node.raw_size = raw_check_options(g, file_edge_target, options)
+                node.cached_length = refreshed_length(g, node)
 
         if drv == "qcow2":
+            node.options = options  # the backing child inherits from bs->options
             self.open_backing(node, options)
 
         # bs->options / explicit_options without child keys
@@ -556,6 +573,8 @@ def _commit(g: Graph, e: _Entry) -> None:
     bs.detect_zeroes = e.detect_zeroes
     if e.raw is not None:
         bs.raw_offset, bs.raw_size = e.raw
+    if bs.drv in ("file", "raw"):
+        bs.cached_length = refreshed_length(g, bs)
 
 
 def blockdev_reopen(g: Graph, args: Any, profile: VersionProfile) -> None:

@@ -55,6 +55,7 @@ class Node:
     raw_offset: int = 0
     raw_size: int | None = None
     auto_backing_file: str = ""      # qcow2: bs->auto_backing_file
+    cached_length: int = 0           # file: bs->total_sectors * 512
     seq: int = 0                     # name-assignment order (query-named-block-nodes)
 
     def clone(self) -> "Node":

@@ -122,5 +122,9 @@ def write(g: Graph, n: Node, off: int, payload: bytes) -> None:
                 img.data[lo:hi] = visible
                 img.allocated.add(c)
         img.data[off:end] = payload
+        # the qcow2 driver grew the host file through its current file child
+        fc = g.nodes[n.child("file").child]
+        host = -(-img.host_length() // 512) * 512
+        fc.cached_length = max(fc.cached_length, host)
         return
     raise AssertionError(n.drv)

@@ -1,0 +1,88 @@
+"""Unit tests of the model's mechanisms, with expected values taken from QEMU's sources and the
+semantics notes (not from the model's own output)."""
+from __future__ import annotations
+
+import pytest
+
+from models import PROFILES, ImageSpec, Model, Write
+from models.qdict import bucket, qdict_order, to_json
+
+MiB = 1 << 20
+IMAGES = (ImageSpec("hd0.img", "qcow2", 3 * MiB, writes=(Write(0xA0, 0, MiB),)),
+          ImageSpec("hd1.img", "qcow2", None, "hd0.img", "qcow2", writes=(Write(0xA1, MiB, MiB),)),
+          ImageSpec("hd2.img", "qcow2", 3 * MiB, writes=(Write(0xA2, 2 * MiB, MiB),)))
+
+
+def hd(i):
+    return {"driver": "qcow2", "node-name": f"hd{i}",
+            "file": {"driver": "file", "node-name": f"hd{i}-file", "filename": f"hd{i}.img"}}
+
+
+@pytest.mark.parametrize("key,expected", [("backing.driver", 85), ("backing.node-name", 96),
+                                          ("node-name", 212), ("driver", 239), ("locking", 52),
+                                          ("backing.backing.file.node-name", 18), ("aio", 403)])
+def test_qdict_buckets_match_qemu(key, expected):
+    assert bucket(key) == expected
+
+
+def test_qdict_order_and_json_filename():
+    assert qdict_order(["driver", "backing.driver", "node-name"]) == ["backing.driver", "node-name", "driver"]
+    # the pseudo-filename QEMU prints for a raw node with offset/size (observed on 7.2 and 10.0)
+    assert to_json({"driver": "raw", "file": {"driver": "file", "filename": "r.img"}, "offset": 512,
+                    "size": 1024}) == ('{"offset": 512, "driver": "raw", "size": 1024, '
+                                       '"file": {"driver": "file", "filename": "r.img"}}')
+
+
+def test_header_backing_gets_auto_names_file_first():
+    m = Model(PROFILES["10.0"], IMAGES)
+    assert m.execute("blockdev-add", hd(1)).ok
+    names = [n["node-name"] for n in m.query_named_block_nodes()]
+    assert names == ["#block1", "#block0", "hd1", "hd1-file"]
+
+
+def test_failed_command_leaves_state_untouched():
+    m = Model(PROFILES["10.0"], IMAGES)
+    m.execute("blockdev-add", hd(0))
+    before = m.query_named_block_nodes()
+    out = m.execute("blockdev-reopen", {"options": [dict(hd(0), **{"read-only": True}), {"driver": "qcow2", "node-name": "nope", "file": "x"}]})
+    assert out.error.desc == "Failed to find node with node-name='nope'"
+    assert m.query_named_block_nodes() == before
+
+
+def test_permission_conflict_message_format():
+    m = Model(PROFILES["10.0"], IMAGES)
+    m.execute("blockdev-add", hd(0))
+    m.execute("blockdev-add", hd(2))
+    out = m.execute("blockdev-reopen", {"options": [dict(hd(0), file="hd2-file")]})
+    assert out.error.desc == ("Permission conflict on node 'hd2-file': permissions 'write, resize' are "
+                              "both required by node 'hd2' (uses node 'hd2-file' as 'file' child) and "
+                              "unshared by node 'hd0' (uses node 'hd2-file' as 'file' child).")
+
+
+def test_swap_in_one_reopen_succeeds_and_moves_data():
+    m = Model(PROFILES["10.0"], IMAGES)
+    m.execute("blockdev-add", hd(0))
+    m.execute("blockdev-add", hd(2))
+    assert m.execute("blockdev-reopen", {"options": [dict(hd(0), file="hd2-file"), dict(hd(2), file="hd0-file")]}).ok
+    out = m.execute("human-monitor-command", {"command-line": 'qemu-io hd2 "read -P 0xa0 0 1M"'})
+    assert out.stdout == ("read 1048576/1048576 bytes at offset 0",)
+
+
+def test_read_only_write_is_refused_in_the_hmp_reply():
+    m = Model(PROFILES["10.0"], IMAGES)
+    m.execute("blockdev-add", dict(hd(0), **{"read-only": True}))
+    out = m.execute("human-monitor-command", {"command-line": 'qemu-io hd0 "write -P 1 0 512"'})
+    assert (out.ret, out.stdout) == ("Block node is read-only\r\n", ())
+
+
+def test_version_profiles_differ_only_where_qemu_does():
+    m7, m10 = (Model(PROFILES[v], IMAGES) for v in ("7.2", "10.0"))
+    for m in (m7, m10):
+        m.execute("blockdev-add", hd(0))
+    n7 = {n["node-name"]: n for n in m7.query_named_block_nodes()}
+    n10 = {n["node-name"]: n for n in m10.query_named_block_nodes()}
+    assert "active" not in n7["hd0"] and n10["hd0"]["active"] is True
+    assert "format-specific" not in n7["hd0-file"]["image"]
+    assert n10["hd0-file"]["image"]["format-specific"] == {"type": "file", "data": {}}
+    out = m7.execute("blockdev-reopen", {"options": [dict(hd(0), **{"discard-no-unref": True})]})
+    assert out.error.desc == "Parameter 'options[0].discard-no-unref' is unexpected"
