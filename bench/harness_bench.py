@@ -7,7 +7,7 @@ For each QEMU it prints median and 90th percentile of:
 
 * start -> QMP ready (QemuProcess.start), and close (quit + reap);
 * round trips of a trivial command (query-version) and of query-named-block-nodes on the
-  iotest-245 graph (hd1 over hd0 via its header + hd2: 7 nodes), three ways: a bare blocking
+  iotest-245 graph (hd1 over hd0 via its header + hd2: 6 nodes), three ways: a bare blocking
   socket (the floor), QmpSync, and QemuProcess.execute (adds name translation, stdout/stderr
   bookkeeping, crash checks and canonicalisation);
 * an HMP qemu-io read (includes stdout capture);

@@ -104,8 +104,9 @@ class ImageSpec:
             d["backing-file"] = self.backing_file
         if self.backing_format is not None:
             d["backing-format"] = self.backing_format
-        d["writes"] = [{"pattern": w.pattern, "offset": w.offset, "length": w.length}
-                       for w in self.writes]
+        if self.writes:   # omitted when empty, like models.ImageSpec.to_json
+            d["writes"] = [{"pattern": w.pattern, "offset": w.offset, "length": w.length}
+                           for w in self.writes]
         return d
 
 
@@ -225,10 +226,35 @@ class _TemplateCache:
     def _ensure_root(self) -> str:
         if not self._root_ok():
             self._sets.clear()
-            self._root = tempfile.mkdtemp(prefix="blockfuzz-images-")
+            _sweep_stale_roots()
+            self._root = tempfile.mkdtemp(prefix=f"{_ROOT_PREFIX}{os.getpid()}-")
             self._owner = os.getpid()
         assert self._root is not None
         return self._root
+
+
+_ROOT_PREFIX = "blockfuzz-images-"
+
+
+def _sweep_stale_roots() -> None:
+    """Remove template dirs of processes that died without running atexit (SIGTERM/SIGKILL)."""
+    tmp = tempfile.gettempdir()
+    try:
+        entries = os.listdir(tmp)
+    except OSError:
+        return
+    for name in entries:
+        if not name.startswith(_ROOT_PREFIX):
+            continue
+        pid = name[len(_ROOT_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        except OSError:
+            pass   # alive but not ours (EPERM): leave it
 
 
 _TEMPLATES = _TemplateCache()

@@ -58,7 +58,7 @@ STDERR_LOG = "qemu.stderr.log"
 
 # Grace periods for shutdown and for a dying process to be reaped after its socket closed.
 _QUIT_GRACE = 1.0
-_EXIT_GRACE = 2.0
+_EXIT_GRACE = 1.0
 _TAIL_BYTES = 4096
 
 
@@ -350,10 +350,10 @@ class QemuProcess:
             try:
                 if proc is not None and proc.poll() is None:
                     # quit lets QEMU close its images (and shows crashes on shutdown). A QEMU that
-                    # already hung, or does not answer quit, gets SIGKILL at once: no point
+                    # already failed, or does not answer quit, gets SIGKILL at once: no point
                     # waiting twice.
                     exiting = False
-                    if self._qmp is not None and not isinstance(self._failure, QemuHung):
+                    if self._qmp is not None and self._failure is None:
                         try:
                             self._qmp.cmd("quit", timeout=_QUIT_GRACE)
                             exiting = True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,13 +17,15 @@ import pytest
 
 from fuzz.images import ImageSpec, Write, make_images
 from fuzz.qemu import (
-    HarnessError, NodeNames, QemuCrashed, QemuHung, QemuProcess, _canon, stdout_lines,
+    HarnessError, NodeNames, QemuCrashed, QemuHung, QemuProcess, _canon, binaries_env,
+    stdout_lines,
 )
+from fuzz.qmpsync import QmpGone, QmpSync
 from models.outcome import Outcome, QmpError
 
 # -- finding QEMU (the one place to change when the fetched QEMU takes over) ----------------
 
-_DEFAULT_QEMU = "/tmp/qdev/10.0/root/usr/bin/qemu-system-x86_64"
+_DEFAULT_QEMU = str(__import__("fuzz.qemufetch", fromlist=["x"]).installed("10.0").binary("system")) if __import__("fuzz.qemufetch", fromlist=["x"]).installed("10.0") else "/nonexistent"
 
 
 @attrs.frozen
@@ -139,7 +142,9 @@ def test_canon_reaches_every_string():
 def test_image_spec_json_round_trip_and_validation():
     for d in SEED_IMAGES:
         assert ImageSpec.from_json(d).to_json() == d
-    assert ImageSpec.from_json({"file": "a.img", "format": "raw", "size": 1024}).writes == ()
+    plain = {"file": "a.img", "format": "raw", "size": 1024}
+    assert ImageSpec.from_json(plain).writes == ()
+    assert ImageSpec.from_json(plain).to_json() == plain
     for bad in [
         {"file": "a.img", "format": "vmdk", "size": 1},
         {"file": "../a.img", "format": "raw", "size": 1},
@@ -231,6 +236,32 @@ def test_events_are_collected(qemu):
 
 
 @pytest.mark.qemu
+def test_qmpsync_over_a_listening_unix_socket(binaries, tmp_path):
+    # The other way to reach QMP (QemuProcess uses a socketpair): -qmp unix:PATH,server=on,wait=off.
+    path = tmp_path / "qmp.sock"
+    p = subprocess.Popen([binaries.system, "-M", "none", "-nodefaults", "-display", "none",
+                          "-qmp", f"unix:{path},server=on,wait=off"], env=binaries_env(binaries),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with QmpSync() as qmp:
+            qmp.connect(str(path), timeout=5)
+            assert "qemu" in qmp.cmd("query-version")["return"]
+            assert qmp.cmd("blockdev-del", {"node-name": "nope"}) == {"error": {
+                "class": "GenericError", "desc": "Failed to find node with node-name='nope'"}}
+            p.kill()
+            p.wait()
+            with pytest.raises(QmpGone):
+                qmp.cmd("query-version")
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.qemu
 def test_sigkill_is_a_crash(qemu):
     qemu.execute("query-version")
     os.kill(qemu.pid, signal.SIGKILL)
@@ -277,26 +308,31 @@ def test_launch_failure_is_a_harness_error(binaries, tmp_path):
 
 
 FAKE_QEMU = r"""
-import json, os, re, socket, sys, time
+import json, os, re, socket, sys
 # Just enough QMP to stand in for QEMU: the fd comes from -chardev socket,id=qmp,fd=N.
-fd = int(re.search(r"fd=(\d+)", " ".join(sys.argv)).group(1))
-sock = socket.socket(fileno=fd)
-f = sock.makefile("rwb", buffering=0)
+sock = socket.socket(fileno=int(re.search(r"fd=(\d+)", " ".join(sys.argv)).group(1)))
 def send(obj):
-    f.write(json.dumps(obj).encode() + b"\n")
-send({"QMP": {"version": {"qemu": {"major": 0, "minor": 0, "micro": 0}, "package": ""},
-              "capabilities": []}})
-for line in f:
-    msg = json.loads(line)
-    cmd = msg["execute"]
-    if cmd == "assert":       # a glibc assertion message, but keep running
+    sock.sendall(json.dumps(obj).encode() + b"\n")
+def handle(msg):
+    reply = {"return": {}, **({"id": msg["id"]} if "id" in msg else {})}
+    if msg["execute"] == "assert":     # a glibc assertion message, but keep running
         sys.stderr.write("qemu-system-x86_64: ../block.c:42: f: Assertion `x' failed.\n")
         sys.stderr.flush()
-    reply = {"return": {}, **({"id": msg["id"]} if "id" in msg else {})}
-    if cmd == "exit":         # reply, then die
-        send(reply)
-        os._exit(3)
     send(reply)
+    if msg["execute"] == "exit":       # reply, then die
+        os._exit(3)
+send({"QMP": {"version": {"qemu": {"major": 0, "minor": 0, "micro": 0}, "package": ""},
+              "capabilities": []}})
+buf, decoder = "", json.JSONDecoder()
+while data := sock.recv(65536):        # QMP messages need not end with a newline
+    buf += data.decode()
+    while buf.strip():
+        try:
+            msg, end = decoder.raw_decode(buf.lstrip())
+        except ValueError:
+            break
+        buf = buf.lstrip()[end:]
+        handle(msg)
 """
 
 
@@ -320,7 +356,9 @@ def test_assertion_text_on_stderr_is_a_crash(fake_qemu, tmp_path):
 def test_exit_right_after_reply_is_a_crash(fake_qemu, tmp_path):
     with QemuProcess(fake_qemu, tmp_path, timeout=2) as q:
         with pytest.raises(QemuCrashed) as info:
-            q.execute("exit")
+            q.execute("exit")     # caught here if the exit beats our check (a race) ...
+            time.sleep(0.2)
+            q.execute("ping")     # ... else before the next command is sent
         assert info.value.returncode == 3 and info.value.signal is None
 
 
