@@ -173,6 +173,8 @@ class Runner:
         self.check_graph = check_graph
         self.snapshots: dict[str, list[dict]] = {}
         self.done: list[dict] = []
+        #: per executed step: what each side answered (for the trace's reader, never trusted)
+        self.observed: list[dict | None] = []
         self._qemu_graph: list[dict] | None = None
 
     # the current graph as each side sees it
@@ -187,6 +189,7 @@ class Runner:
     def run(self, step: dict) -> Outcome | None:
         index = len(self.done)
         self.done.append(step)
+        self.observed.append(None)
         if "qmp" in step:
             return self._qmp(index, step)
         if "snapshot" in step:
@@ -204,15 +207,19 @@ class Runner:
 
         cmd, args = step["qmp"], step.get("args", {})
         predicted = self.model.execute(cmd, args)
+        self.observed[index] = {"model": predicted.to_json()}
         actual = None
         if self.qemu is not None:
             self._qemu_graph = None
             try:
                 actual = self.qemu.execute(cmd, args)
             except QemuHung as e:
+                self.observed[index]["qemu"] = f"hang: {e}"
                 raise QemuHang(index, step, e) from e
             except QemuCrashed as e:
+                self.observed[index]["qemu"] = f"crash: {e}"
                 raise QemuCrash(index, step, e) from e
+            self.observed[index]["qemu"] = actual.to_json()
         self.events.emit(StepDone(index, step, predicted, actual))
         exp = expectation_for(step, self.profile_name)
         if exp is not None:

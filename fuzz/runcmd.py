@@ -115,7 +115,7 @@ class FindingWriter:
         sig = getattr(error, "signature", lambda: type(error).__name__)()
         digest = hashlib.sha1(sig.encode()).hexdigest()[:12]
         folder = os.path.join(self.out, f"{getattr(error, 'kind', 'error')}-{digest}")
-        tr = T.Trace(name=f"finding {digest}", images=list(machine.images), steps=list(machine.steps),
+        tr = T.Trace(name=f"finding {digest}", images=list(machine.images), steps=machine.recorded_steps(),
                      description=f"{sig}\n{error}")
         if digest not in self.seen:
             T.save(tr, os.path.join(folder, "first.json"))

@@ -104,6 +104,8 @@ def node_length(g: Graph, n: Node) -> int:
     """``bdrv_getlength()`` of a node.  Regular files have no variable length, so file and raw
     nodes answer from ``total_sectors``, which is refreshed when the node is opened or reopened
     (``bdrv_refresh_total_sectors()``) and grows only by the node's own writes past its end."""
+    if n.drv == "raw" and g.profile is not None and g.profile.raw_variable_length:
+        return refreshed_length(g, n)
     if n.drv in ("file", "raw"):
         return n.cached_length
     if n.drv == "qcow2":
@@ -573,7 +575,7 @@ def _commit(g: Graph, e: _Entry) -> None:
     bs.detect_zeroes = e.detect_zeroes
     if e.raw is not None:
         bs.raw_offset, bs.raw_size = e.raw
-    if bs.drv in ("file", "raw"):
+    if bs.drv in ("file", "raw") and g.profile.reopen_refreshes_length:
         bs.cached_length = refreshed_length(g, bs)
 
 

@@ -77,6 +77,8 @@ class Graph:
     seq: int = 0
     #: file-posix lock bytes currently held by each file node: (perm, unshared)
     locks: dict = attrs.field(factory=dict)
+    #: the VersionProfile (models.profiles) the graph behaves by
+    profile: object = None
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -95,7 +97,7 @@ class Graph:
             m.children = [copy_edge(e) for e in n.children]
             m.parents = [copy_edge(e) for e in n.parents]
             nodes[name] = m
-        return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks))
+        return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks), self.profile)
 
     # -- lookups ---------------------------------------------------------------------------
     def get(self, name: str) -> Node | None:

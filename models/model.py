@@ -100,7 +100,7 @@ class Model:
 
     def __init__(self, profile: VersionProfile, images: Iterable[ImageSpec]):
         self.profile = profile
-        self.graph = Graph(images=build_images(images))
+        self.graph = Graph(images=build_images(images), profile=profile)
 
     def execute(self, cmd: str, args: Any) -> Outcome:
         """Predict one QMP command.  Raises ``NotModeled`` for commands outside the model."""
