@@ -277,6 +277,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
     def io_nodes(self, write: bool) -> list[str]:
         out = []
         for name, n in sorted(self.g.nodes.items()):
+            if self.g.reaches_stuck(n):
+                continue  # known QEMU bug: this I/O would hang (VersionProfile)
             try:
                 if write:
                     if iodata.can_write(self.g, n):

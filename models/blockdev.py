@@ -412,6 +412,8 @@ def _queue_child(g: Graph, queue: list[_Entry], node: Node, options: dict | None
     """``bdrv_reopen_queue_child()``."""
     options = dict(options or {})
     entry = next((e for e in queue if e.node is node), None)
+    if entry is not None and g.profile.reopen_duplicate_drain_leak:
+        g.stuck.add(node.name)
     if entry is not None or keep_old:
         _join_options(node, options, entry.explicit if entry is not None else node.explicit)
     explicit = dict(options)

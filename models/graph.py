@@ -79,6 +79,9 @@ class Graph:
     locks: dict = attrs.field(factory=dict)
     #: the VersionProfile (models.profiles) the graph behaves by
     profile: object = None
+    #: nodes a known QEMU bug left drained (see VersionProfile.reopen_duplicate_drain_leak):
+    #: I/O that reaches them never completes
+    stuck: set = attrs.field(factory=set)
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -97,7 +100,8 @@ class Graph:
             m.children = [copy_edge(e) for e in n.children]
             m.parents = [copy_edge(e) for e in n.parents]
             nodes[name] = m
-        return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks), self.profile)
+        return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks), self.profile,
+                     set(self.stuck))
 
     # -- lookups ---------------------------------------------------------------------------
     def get(self, name: str) -> Node | None:
@@ -117,6 +121,12 @@ class Graph:
         if node.name == target:
             return True
         return any(self.has_child_recursive(self.nodes[c.child], target) for c in node.children)
+
+    def reaches_stuck(self, node: Node) -> bool:
+        """Whether I/O through ``node`` may reach a node left drained by a known QEMU bug."""
+        if node.name in self.stuck:
+            return True
+        return any(self.reaches_stuck(self.nodes[c.child]) for c in node.children)
 
     def refcount(self, node: Node) -> int:
         return len(node.parents) + (1 if node.monitor_owned else 0)
@@ -171,6 +181,7 @@ class Graph:
             self.detach(edge)
         del self.nodes[node.name]
         self.locks.pop(node.name, None)
+        self.stuck.discard(node.name)
         for edge in edges:
             child = self.nodes.get(edge.child)
             if child is not None:

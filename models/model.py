@@ -122,6 +122,7 @@ class Model:
         except QmpFailure as e:
             # The auto-name counter is not rolled back: id_generate() has no undo.
             self.graph.auto_counter = g.auto_counter
+            self.graph.stuck |= g.stuck & set(self.graph.nodes)  # the drain leak happens anyway
             return Outcome.failure(e.desc, e.cls)
         self.graph = g
         return Outcome.success({})

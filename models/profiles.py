@@ -24,15 +24,20 @@ class VersionProfile:
     #: ``bdrv_reopen_commit()`` refreshes ``total_sectors`` (10.0), so a reopened file node sees
     #: growth that other nodes made to its host file; 7.2 keeps the old length.
     reopen_refreshes_length: bool
+    #: QEMU bug (10.0.2, not 7.2): a blockdev-reopen that queues a node more than once leaves
+    #: it drained, successful or not; later I/O reaching it hangs.  The model still predicts
+    #: correct behaviour; the fuzzer only stops generating I/O into such nodes, so the known bug
+    #: is not found again and again (corpus/findings/qemu10-reopen-dup-node-hang.json).
+    reopen_duplicate_drain_leak: bool
 
 
 PROFILES: dict[str, VersionProfile] = {
     "7.2": VersionProfile("7.2", (7, 2), node_active_field=False, file_format_specific=False,
                           qcow2_discard_no_unref=False, raw_variable_length=True,
-                          reopen_refreshes_length=False),
+                          reopen_refreshes_length=False, reopen_duplicate_drain_leak=False),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, raw_variable_length=False,
-                           reopen_refreshes_length=True),
+                           reopen_refreshes_length=True, reopen_duplicate_drain_leak=True),
 }
 
 
