@@ -225,7 +225,7 @@ class Runner:
         if exp is not None:
             want = Outcome.from_json(exp)
             stdout_checked = "stdout" in exp
-            for side, got in (("model", predicted), ("qemu", actual)):
+            for side, got in (("qemu", actual), ("model", predicted)):
                 if got is None:
                     continue
                 if (got.ret, got.error) != (want.ret, want.error) or (stdout_checked and got.stdout != want.stdout):
@@ -244,7 +244,7 @@ class Runner:
     def _assert(self, index: int, step: dict) -> None:
         sides = [("model", self.model_graph())]
         if self.qemu is not None:
-            sides.append(("qemu", self.qemu_graph()))
+            sides.insert(0, ("qemu", self.qemu_graph()))
         for side, graph in sides:
             if step["assert"] == "graph-equals":
                 key = step["snapshot"] if side == "model" else "qemu:" + step["snapshot"]

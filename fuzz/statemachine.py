@@ -40,14 +40,15 @@ CONTEXT: dict[str, Any] = {}
 
 
 def image_sets() -> st.SearchStrategy[tuple[ImageSpec, ...]]:
-    """The seed's setUp, plus a randomly sized qcow2 and raw image."""
-    extra = st.tuples(
-        st.integers(1, 16).map(lambda k: k * 128 * 1024),
-        st.integers(1, 8).map(lambda k: k * 64 * 1024),
-        st.integers(1, 255),
-    ).map(lambda t: (
-        ImageSpec("hd3.img", "qcow2", t[0], writes=(Write(t[2], 0, min(t[0], 65536)),)),
-        ImageSpec("r0.img", "raw", t[1], writes=(Write(t[2] ^ 0x5A or 1, 0, t[1] // 2),)),
+    """The seed's setUp, plus a qcow2 and a raw image of a few different sizes.
+
+    The choices are few on purpose: image sets are created once per campaign and then copied
+    from a template cache (~1.5 ms instead of ~45 ms per set)."""
+    extra = st.tuples(st.sampled_from([384 * 1024, 1024 * 1024, 1536 * 1024 + 512]),
+                      st.sampled_from([64 * 1024, 192 * 1024, 10240]),
+                      st.sampled_from([0x3C, 0x5A])).map(lambda t: (
+        ImageSpec("hd3.img", "qcow2", t[0], writes=(Write(t[2], 0, 65536),)),
+        ImageSpec("r0.img", "raw", t[1], writes=(Write(t[2] ^ 0xFF, 0, t[1] // 2),)),
     ))
     return extra.map(lambda e: SEED_IMAGES + e)
 

@@ -549,6 +549,11 @@ def _prepare(g: Graph, e: _Entry, profile: VersionProfile) -> None:
             if c is not None and c.child == new:
                 continue
         if not _qobject_equal(new, old):
+            if bs.drv == "qcow2" and e.old_file is not None:
+                # qcow2_reopen_abort() runs inside bdrv_reopen_prepare(), before the
+                # transaction puts the old file child back: s->data_file keeps the new one,
+                # which the abort then frees.  QEMU reports it as an external data file.
+                g.dangling_data_file.add(bs.name)
             raise QmpFailure(f"Cannot change the option '{key}'")
 
 

@@ -82,6 +82,9 @@ class Graph:
     #: nodes a known QEMU bug left drained (see VersionProfile.reopen_duplicate_drain_leak):
     #: I/O that reaches them never completes
     stuck: set = attrs.field(factory=set)
+    #: qcow2 nodes whose s->data_file points at a BdrvChild a failed reopen removed (QEMU bug,
+    #: 7.2 and 10.0; corpus/findings/qcow2-failed-reopen-dangling-data-file.json)
+    dangling_data_file: set = attrs.field(factory=set)
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -101,7 +104,7 @@ class Graph:
             m.parents = [copy_edge(e) for e in n.parents]
             nodes[name] = m
         return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks), self.profile,
-                     set(self.stuck))
+                     set(self.stuck), set(self.dangling_data_file))
 
     # -- lookups ---------------------------------------------------------------------------
     def get(self, name: str) -> Node | None:
@@ -124,7 +127,7 @@ class Graph:
 
     def reaches_stuck(self, node: Node) -> bool:
         """Whether I/O through ``node`` may reach a node left drained by a known QEMU bug."""
-        if node.name in self.stuck:
+        if node.name in self.stuck or node.name in self.dangling_data_file:
             return True
         return any(self.reaches_stuck(self.nodes[c.child]) for c in node.children)
 
@@ -182,6 +185,7 @@ class Graph:
         del self.nodes[node.name]
         self.locks.pop(node.name, None)
         self.stuck.discard(node.name)
+        self.dangling_data_file.discard(node.name)
         for edge in edges:
             child = self.nodes.get(edge.child)
             if child is not None:

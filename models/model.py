@@ -122,7 +122,9 @@ class Model:
         except QmpFailure as e:
             # The auto-name counter is not rolled back: id_generate() has no undo.
             self.graph.auto_counter = g.auto_counter
-            self.graph.stuck |= g.stuck & set(self.graph.nodes)  # the drain leak happens anyway
+            # known QEMU bugs whose effect survives the rollback
+            self.graph.stuck |= g.stuck & set(self.graph.nodes)
+            self.graph.dangling_data_file |= g.dangling_data_file & set(self.graph.nodes)
             return Outcome.failure(e.desc, e.cls)
         self.graph = g
         return Outcome.success({})

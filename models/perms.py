@@ -96,7 +96,10 @@ class Perms:
             self.node[name] = (p, s)
             n = g.nodes[name]
             for c in n.children:
-                self.edge[id(c)] = child_perm(c.role, n.drv, self.is_writable(n), p, s)
+                cp, cs = child_perm(c.role, n.drv, self.is_writable(n), p, s)
+                if g.nodes[c.child].force_share:
+                    cs = ALL  # bdrv_child_perm(): a force-share child shares everything
+                self.edge[id(c)] = (cp, cs)
 
     def is_writable(self, n: Node) -> bool:
         return self.writable.get(n.name, not n.read_only)

@@ -109,6 +109,9 @@ def image_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
         info["cluster-size"] = cs
     if n.drv == "qcow2":
         info["format-specific"] = QCOW2_FORMAT_SPECIFIC
+        if n.name in g.dangling_data_file:
+            data = dict(QCOW2_FORMAT_SPECIFIC["data"], **{"data-file-raw": False})
+            info["format-specific"] = {"type": "qcow2", "data": data}
         img = g.images[n.filename]
         if img.backing_file:
             info["backing-filename"] = img.backing_file
