@@ -141,55 +141,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         self.do({"qmp": "blockdev-add", "args": d})
 
     def add_args(self):
-        g = self.g
-        names = self.named_nodes()
-        files = [i.file for i in self.images]
-
-        @st.composite
-        def build(draw):
-            drv = draw(st.sampled_from(["qcow2", "qcow2", "raw", "file"]))
-            name = draw(st.sampled_from(NAMES + tuple(names[:3]) + ("", "1bad", "x" * 32)))
-            d: dict = {"driver": drv, "node-name": name}
-            if drv == "file":
-                d["filename"] = draw(st.sampled_from(files))
-                if draw(st.booleans()):
-                    d["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
-            else:
-                if names and draw(st.integers(0, 3)) == 0:
-                    d["file"] = draw(st.sampled_from(names))
-                else:
-                    fd = {"driver": "file", "filename": draw(st.sampled_from(files))}
-                    if draw(st.booleans()):
-                        fd["node-name"] = name + "-file" if name else "f9"
-                    d["file"] = fd
-                if drv == "qcow2":
-                    b = draw(st.integers(0, 5))
-                    if b == 1:
-                        d["backing"] = None
-                    elif b == 2 and names:
-                        d["backing"] = draw(st.sampled_from(names))
-                if drv == "raw" and draw(st.integers(0, 3)) == 0:
-                    d["offset"] = draw(st.sampled_from([0, 512, 65536, 1 << 30]))
-                    if draw(st.booleans()):
-                        d["size"] = draw(st.sampled_from([512, 1000, 65536]))
-            self._generic(draw, d)
-            return d
-        return build()
-
-    def _generic(self, draw, d: dict) -> None:
-        if draw(st.integers(0, 3)) == 0:
-            d["read-only"] = draw(st.booleans())
-        if draw(st.integers(0, 4)) == 0:
-            d["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
-        if draw(st.integers(0, 4)) == 0:
-            d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
-        if draw(st.integers(0, 6)) == 0:
-            d["cache"] = {"no-flush": draw(st.booleans())}
-        if draw(st.integers(0, 12)) == 0:
-            d["force-share"] = draw(st.booleans())
-        if draw(st.integers(0, 15)) == 0:
-            d[draw(st.sampled_from(["bogus", "detect-zeroes", "read-only", "driver"]))] = \
-                draw(st.sampled_from([None, 7, "", "nope"]))
+        return add_args(tuple(self.named_nodes()), tuple(i.file for i in self.images))
 
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
@@ -200,74 +152,9 @@ class BlockGraphMachine(RuleBasedStateMachine):
         elements = []
         for name in picked:
             opts = self.options_of(name)
-            opts = data.draw(self.mutate(opts, names))
+            opts = data.draw(mutate(opts, tuple(names)))
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
-
-    def mutate(self, opts: dict, names: list[str]):
-        @st.composite
-        def build(draw):
-            d = copy.deepcopy(opts)
-            for _ in range(draw(st.integers(0, 3))):
-                kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "file", "drop",
-                                             "child", "qcow2", "raw", "bad", "noflush", "swapname"]))
-                if kind == "ro":
-                    d["read-only"] = draw(st.booleans())
-                elif kind == "dz":
-                    d["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
-                elif kind == "discard":
-                    d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
-                elif kind == "noflush":
-                    d["cache"] = {"no-flush": draw(st.booleans())}
-                elif kind == "backing" and d.get("driver") == "qcow2":
-                    d["backing"] = draw(st.sampled_from([None, *names, "nope", ""]))
-                elif kind == "file" and d.get("driver") in ("qcow2", "raw"):
-                    d["file"] = draw(st.sampled_from([*names, "nope"]))
-                elif kind == "drop":
-                    keys = sorted(k for k in d if k not in ("node-name",))
-                    if keys:
-                        del d[draw(st.sampled_from(keys))]
-                elif kind == "child":
-                    kids = sorted(k for k, v in d.items() if isinstance(v, dict) and k != "cache")
-                    if kids:
-                        k = draw(st.sampled_from(kids))
-                        sub = d[k]
-                        choice = draw(st.sampled_from(["ro", "dz", "name", "drop-name", "locking"]))
-                        if choice == "ro":
-                            sub["read-only"] = draw(st.booleans())
-                        elif choice == "dz":
-                            sub["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
-                        elif choice == "name":
-                            sub["node-name"] = draw(st.sampled_from(["newname", *names]))
-                        elif choice == "drop-name":
-                            sub.pop("node-name", None)
-                        elif choice == "locking" and sub.get("driver") == "file":
-                            sub["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
-                elif kind == "qcow2" and d.get("driver") == "qcow2":
-                    key = draw(st.sampled_from(["l2-cache-size", "cache-size", "refcount-cache-size",
-                                                "l2-cache-entry-size", "cache-clean-interval",
-                                                "pass-discard-request", "pass-discard-other"]))
-                    sizes = [0, 512, 4096, 65536, 131072, 1 << 20, 4 << 20]
-                    if key in ("l2-cache-size", "l2-cache-entry-size", "cache-clean-interval"):
-                        # clamped or checked, never allocated: huge values are deterministic.
-                        # A huge cache-size/refcount-cache-size is allocated for real and
-                        # fails or not depending on the host's memory overcommit.
-                        sizes.append(1 << 40)
-                    if key.startswith("pass"):
-                        d[key] = draw(st.booleans())
-                    else:
-                        d[key] = draw(st.sampled_from(sizes))
-                elif kind == "raw" and d.get("driver") == "raw":
-                    key = draw(st.sampled_from(["offset", "size"]))
-                    d[key] = draw(st.sampled_from([0, 512, 1000, 65536, 1 << 20, 1 << 30]))
-                elif kind == "bad":
-                    what = draw(st.sampled_from(["node-name", "driver", "bogus", "file", "force-share",
-                                                 "discard"]))
-                    d[what] = draw(st.sampled_from([None, "", "nope", "raw", True, 3]))
-                elif kind == "swapname":
-                    d["node-name"] = draw(st.sampled_from([*names, "not-found"]))
-            return d
-        return build()
 
     @precondition(lambda self: self.runner is not None)
     @rule(data=st.data())
@@ -320,16 +207,128 @@ class BlockGraphMachine(RuleBasedStateMachine):
                  "args": {"command-line": f'qemu-io {name} "read -P 0x{pattern:02x} {off} {ln}"'}})
 
 
-def _range(length: int):
-    @st.composite
-    def build(draw):
-        if length == 0 or draw(st.integers(0, 12)) == 0:
-            return draw(st.sampled_from([(0, 512), (length, 512), (max(0, length - 512), 1024)]))
-        unit = draw(st.sampled_from([1, 512, 65536]))
-        off = draw(st.integers(0, max(0, (length - 1) // unit))) * unit
-        ln = draw(st.integers(1, max(1, min(4 * 65536, length - off) // unit))) * unit
-        return off, min(ln, length - off) if unit == 1 else ln
-    return build()
+@st.composite
+def _range(draw, length: int):
+    if length == 0 or draw(st.integers(0, 12)) == 0:
+        return draw(st.sampled_from([(0, 512), (length, 512), (max(0, length - 512), 1024)]))
+    unit = draw(st.sampled_from([1, 512, 65536]))
+    off = draw(st.integers(0, max(0, (length - 1) // unit))) * unit
+    ln = draw(st.integers(1, max(1, min(4 * 65536, length - off) // unit))) * unit
+    return off, min(ln, length - off) if unit == 1 else ln
+
+
+@st.composite
+def add_args(draw, names: tuple, files: tuple) -> dict:
+    """blockdev-add arguments: valid trees mostly, invalid names and values sometimes."""
+    drv = draw(st.sampled_from(["qcow2", "qcow2", "raw", "file"]))
+    name = draw(st.sampled_from(NAMES + tuple(names[:3]) + ("", "1bad", "x" * 32)))
+    d: dict = {"driver": drv, "node-name": name}
+    if drv == "file":
+        d["filename"] = draw(st.sampled_from(files))
+        if draw(st.booleans()):
+            d["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
+    else:
+        if names and draw(st.integers(0, 3)) == 0:
+            d["file"] = draw(st.sampled_from(names))
+        else:
+            fd = {"driver": "file", "filename": draw(st.sampled_from(files))}
+            if draw(st.booleans()):
+                fd["node-name"] = name + "-file" if name else "f9"
+            d["file"] = fd
+        if drv == "qcow2":
+            b = draw(st.integers(0, 5))
+            if b == 1:
+                d["backing"] = None
+            elif b == 2 and names:
+                d["backing"] = draw(st.sampled_from(names))
+        if drv == "raw" and draw(st.integers(0, 3)) == 0:
+            d["offset"] = draw(st.sampled_from([0, 512, 65536, 1 << 30]))
+            if draw(st.booleans()):
+                d["size"] = draw(st.sampled_from([512, 1000, 65536]))
+    _generic(draw, d)
+    return d
+
+
+def _generic(draw, d: dict) -> None:
+    if draw(st.integers(0, 3)) == 0:
+        d["read-only"] = draw(st.booleans())
+    if draw(st.integers(0, 4)) == 0:
+        d["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
+    if draw(st.integers(0, 4)) == 0:
+        d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
+    if draw(st.integers(0, 6)) == 0:
+        d["cache"] = {"no-flush": draw(st.booleans())}
+    if draw(st.integers(0, 12)) == 0:
+        d["force-share"] = draw(st.booleans())
+    if draw(st.integers(0, 15)) == 0:
+        d[draw(st.sampled_from(["bogus", "detect-zeroes", "read-only", "driver"]))] = \
+            draw(st.sampled_from([None, 7, "", "nope"]))
+
+
+@st.composite
+def mutate(draw, opts: dict, names: tuple) -> dict:
+    """Random mutations of a node's current options: drop, change, invalidate, swap
+    references, null; children's dicts too."""
+    d = copy.deepcopy(opts)
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "file", "drop",
+                                     "child", "qcow2", "raw", "bad", "noflush", "swapname"]))
+        if kind == "ro":
+            d["read-only"] = draw(st.booleans())
+        elif kind == "dz":
+            d["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
+        elif kind == "discard":
+            d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
+        elif kind == "noflush":
+            d["cache"] = {"no-flush": draw(st.booleans())}
+        elif kind == "backing" and d.get("driver") == "qcow2":
+            d["backing"] = draw(st.sampled_from([None, *names, "nope", ""]))
+        elif kind == "file" and d.get("driver") in ("qcow2", "raw"):
+            d["file"] = draw(st.sampled_from([*names, "nope"]))
+        elif kind == "drop":
+            keys = sorted(k for k in d if k not in ("node-name",))
+            if keys:
+                del d[draw(st.sampled_from(keys))]
+        elif kind == "child":
+            kids = sorted(k for k, v in d.items() if isinstance(v, dict) and k != "cache")
+            if kids:
+                k = draw(st.sampled_from(kids))
+                sub = d[k]
+                choice = draw(st.sampled_from(["ro", "dz", "name", "drop-name", "locking"]))
+                if choice == "ro":
+                    sub["read-only"] = draw(st.booleans())
+                elif choice == "dz":
+                    sub["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
+                elif choice == "name":
+                    sub["node-name"] = draw(st.sampled_from(["newname", *names]))
+                elif choice == "drop-name":
+                    sub.pop("node-name", None)
+                elif choice == "locking" and sub.get("driver") == "file":
+                    sub["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
+        elif kind == "qcow2" and d.get("driver") == "qcow2":
+            key = draw(st.sampled_from(["l2-cache-size", "cache-size", "refcount-cache-size",
+                                        "l2-cache-entry-size", "cache-clean-interval",
+                                        "pass-discard-request", "pass-discard-other"]))
+            sizes = [0, 512, 4096, 65536, 131072, 1 << 20, 4 << 20]
+            if key in ("l2-cache-size", "l2-cache-entry-size", "cache-clean-interval"):
+                # clamped or checked, never allocated: huge values are deterministic.
+                # A huge cache-size/refcount-cache-size is allocated for real and
+                # fails or not depending on the host's memory overcommit.
+                sizes.append(1 << 40)
+            if key.startswith("pass"):
+                d[key] = draw(st.booleans())
+            else:
+                d[key] = draw(st.sampled_from(sizes))
+        elif kind == "raw" and d.get("driver") == "raw":
+            key = draw(st.sampled_from(["offset", "size"]))
+            d[key] = draw(st.sampled_from([0, 512, 1000, 65536, 1 << 20, 1 << 30]))
+        elif kind == "bad":
+            what = draw(st.sampled_from(["node-name", "driver", "bogus", "file", "force-share",
+                                         "discard"]))
+            d[what] = draw(st.sampled_from([None, "", "nope", "raw", True, 3]))
+        elif kind == "swapname":
+            d["node-name"] = draw(st.sampled_from([*names, "not-found"]))
+    return d
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:
