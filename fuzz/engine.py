@@ -9,6 +9,7 @@ violated written expectation), so Hypothesis shrinks every kind of bug on its ow
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -44,8 +45,12 @@ class Disagreement(AssertionError):
         return f"{head}: expected {_short(self.expected)}, got {_short(self.actual)}"
 
     def signature(self) -> str:
-        """What identifies the bug, independent of the path that led to it."""
-        return f"{self.kind}:{self.step.get('qmp') or self.step.get('assert')}:{self.detail}"
+        """What identifies the bug, independent of the path that led to it: the kind, the
+        command and both sides' answers with names and numbers folded."""
+        what = self.step.get("qmp") or self.step.get("assert")
+        if self.kind == "graph":
+            return f"graph:{what}:{generalise(self.detail.split(':')[0])}"
+        return f"{self.kind}:{what}:{generalise(_short(self.expected))}|{generalise(_short(self.actual))}"
 
 
 class ResultMismatch(Disagreement):
@@ -84,6 +89,13 @@ class QemuHang(QemuCrash):
 
     def signature(self) -> str:
         return f"hang:{self.step.get('qmp')}"
+
+
+def generalise(text: str) -> str:
+    """Fold node names, quoted values and numbers, so equal kinds of outcome compare equal."""
+    text = re.sub(r"'[^']*'", "'X'", text)
+    text = re.sub(r"#block\d+", "#blockN", text)
+    return re.sub(r"\d+", "N", text)
 
 
 def _short(v: Any, limit: int = 400) -> str:

@@ -28,7 +28,7 @@ from hypothesis.errors import DeadlineExceeded, Flaky
 from hypothesis.stateful import run_state_machine_as_test
 
 from . import trace as T
-from .engine import Disagreement, Events, QemuCrash, StepDone
+from .engine import Disagreement, Events, QemuCrash, StepDone, generalise
 
 _BASE = dict(deadline=None, print_blob=False, report_multiple_bugs=True,
              suppress_health_check=list(HealthCheck), stateful_step_count=25)
@@ -97,10 +97,7 @@ class Coverage:
         return {"steps": self.steps, "rules": dict(self.rules), "outcomes": dict(self.outcomes)}
 
 
-def _generalise(text: str) -> str:
-    """Error texts with names and numbers folded, so the table counts kinds of outcome."""
-    text = re.sub(r"'[^']*'", "'X'", text)
-    return re.sub(r"\d+", "N", text)
+_generalise = generalise
 
 
 class FindingWriter:

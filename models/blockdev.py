@@ -129,15 +129,21 @@ def refreshed_length(g: Graph, n: Node) -> int:
 
 
 def _qcow2_image_of(g: Graph, file_node: Node) -> str:
-    """The image a qcow2 node opens through its file child; only file nodes are modelled."""
-    if file_node.drv != "file":
-        if file_node.drv == "raw":
-            raise NotModeled("qcow2 over a raw node")
-        raise QmpFailure("Image is not in qcow2 format")
-    img = g.images[file_node.filename]
-    if img.fmt != "qcow2":
-        raise QmpFailure("Image is not in qcow2 format")
-    return img.file
+    """The image a qcow2 node opens through its file child (``qcow2_do_open()`` reads the
+    header).  Only a file node on a qcow2 image is modelled as a success; any other child
+    whose first bytes the model knows and which are not the qcow2 magic is refused."""
+    from . import iodata
+
+    if file_node.drv == "file":
+        img = g.images[file_node.filename]
+        if img.fmt == "qcow2":
+            return img.file
+    if node_length(g, file_node) < SECTOR:
+        raise NotModeled("qcow2 over a child shorter than its header")
+    head = iodata.read(g, file_node, 0, 4)
+    if head is None or head == b"QFI\xfb":
+        raise NotModeled("qcow2 over a child whose first bytes may be a qcow2 header")
+    raise QmpFailure("Image is not in qcow2 format")
 
 
 # --------------------------------------------------------------------------------------------
