@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -161,6 +162,13 @@ def run_campaign(args: argparse.Namespace) -> int:
         machine = hyp_seed(args.seed)(type("SeededMachine", (SM.BlockGraphMachine,), {}))
     start = time.monotonic()
     findings: list[str] = []
+    if deadline is not None:
+        # Examples check the deadline when they start; this catches a long shrink or a stuck
+        # example.  Leaving via _TimeUp still runs each example's teardown (QEMU is killed).
+        def _alarm(signum, frame):
+            raise _TimeUp()
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(int(deadline - time.monotonic()) + 60)
     try:
         run_state_machine_as_test(machine, settings=settings(parent=settings.get_profile("blockfuzz-nightly"), **prof))
     except _TimeUp:
@@ -172,6 +180,8 @@ def run_campaign(args: argparse.Namespace) -> int:
         elif not writer.seen:
             print(f"blockfuzz: harness error: {type(e).__name__}: {e}", file=sys.stderr)
             return 2
+    finally:
+        signal.alarm(0)
     elapsed = time.monotonic() - start
     findings = sorted(writer.seen.values())
     with open(os.path.join(args.out, "coverage.json"), "w") as f:

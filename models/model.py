@@ -25,6 +25,7 @@ from .graph import Graph
 from .imagedata import Image
 from .outcome import Outcome
 from .profiles import VersionProfile
+from .perms import settle_locks
 from .query import project, query_named_block_nodes
 
 
@@ -126,6 +127,7 @@ class Model:
             self.graph.stuck |= g.stuck & set(self.graph.nodes)
             self.graph.dangling_data_file |= g.dangling_data_file & set(self.graph.nodes)
             return Outcome.failure(e.desc, e.cls)
+        settle_locks(g)
         self.graph = g
         return Outcome.success({})
 

@@ -178,3 +178,14 @@ def refresh(g: Graph, roots: Iterable[str], writable: dict[str, bool] | None = N
             p, s = perms.node[name]
             g.locks[name] = (p, ALL & ~s)
     return perms
+
+
+def settle_locks(g: Graph) -> None:
+    """After a command completes, every file node holds exactly the lock bytes of its current
+    permissions: detaching a parent drops them (``bdrv_child_free()`` refreshes the old child,
+    and giving up permissions never fails), and a temporary user's are released with it."""
+    perms = Perms(g, {}, {})
+    for name, n in g.nodes.items():
+        if n.drv == "file" and n.locking:
+            p, s = perms.node[name]
+            g.locks[name] = (p, ALL & ~s)
