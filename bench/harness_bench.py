@@ -1,6 +1,6 @@
 """Micro-benchmark of the QEMU harness (not a test).
 
-    .venv/bin/python bench/harness_bench.py                       # the dev QEMUs under /tmp/qdev
+    .venv/bin/python bench/harness_bench.py                       # the fetched QEMUs (make qemu)
     .venv/bin/python bench/harness_bench.py /path/to/qemu-system-x86_64 ...
 
 For each QEMU it prints median and 90th percentile of:
@@ -33,7 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fuzz.images import ImageSpec, make_images  # noqa: E402
 from fuzz.qemu import QemuProcess, binaries_env  # noqa: E402
 
-DEFAULT_QEMUS = [f"/tmp/qdev/{v}/root/usr/bin/qemu-system-x86_64" for v in ("7.2", "10.0")]
+def _default_qemus() -> list[str]:
+    from fuzz.qemufetch import installed
+    return [str(i.binary("system")) for v in ("7.2", "10.0") if (i := installed(v)) is not None]
+
+
+DEFAULT_QEMUS = _default_qemus()
 
 SEED_IMAGES = [
     {"file": "hd0.img", "format": "qcow2", "size": 3145728,
@@ -45,22 +50,9 @@ SEED_IMAGES = [
 ]
 
 
-@attrs.frozen
-class Binaries:
-    system: str
-    img: str
-    io: str
-    env: dict
-
-
-def binaries_for(system: str) -> Binaries:
-    bindir = Path(system).parent
-    root = bindir.parent.parent
-    env = {} if root == Path("/") else {
-        "LD_LIBRARY_PATH": f"{root}/usr/lib/x86_64-linux-gnu:{root}/lib/x86_64-linux-gnu",
-        "QEMU_MODULE_DIR": f"{root}/usr/lib/x86_64-linux-gnu/qemu",
-    }
-    return Binaries(system, str(bindir / "qemu-img"), str(bindir / "qemu-io"), env)
+def binaries_for(system: str):
+    from fuzz.qemufetch import resolve_qemu
+    return resolve_qemu(system)
 
 
 def timed(fn: Callable[[], object], n: int) -> list[float]:

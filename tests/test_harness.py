@@ -23,37 +23,21 @@ from fuzz.qemu import (
 from fuzz.qmpsync import QmpGone, QmpSync
 from models.outcome import Outcome, QmpError
 
-# -- finding QEMU (the one place to change when the fetched QEMU takes over) ----------------
-
-_DEFAULT_QEMU = str(__import__("fuzz.qemufetch", fromlist=["x"]).installed("10.0").binary("system")) if __import__("fuzz.qemufetch", fromlist=["x"]).installed("10.0") else "/nonexistent"
-
+# -- finding QEMU: the fetched 10.0 (conftest.qemu10); QEMU_PROG overrides, as everywhere ------
 
 @attrs.frozen
 class LocalBinaries:
+    """A stand-in binaries value for the fake-QEMU tests below."""
+
     system: str
     img: str
     io: str
     env: dict
 
 
-def _local_binaries(system: str) -> LocalBinaries:
-    bindir = Path(system).parent
-    root = bindir.parent.parent          # <root>/usr/bin/qemu-system-x86_64
-    env = {}
-    if root != Path("/"):                # an unpacked .deb tree needs its libraries and modules
-        env = {
-            "LD_LIBRARY_PATH": f"{root}/usr/lib/x86_64-linux-gnu:{root}/lib/x86_64-linux-gnu",
-            "QEMU_MODULE_DIR": f"{root}/usr/lib/x86_64-linux-gnu/qemu",
-        }
-    return LocalBinaries(system, str(bindir / "qemu-img"), str(bindir / "qemu-io"), env)
-
-
 @pytest.fixture(scope="session")
-def binaries() -> LocalBinaries:
-    system = os.environ.get("QEMU_PROG", _DEFAULT_QEMU)
-    if not os.access(system, os.X_OK):
-        pytest.skip(f"no QEMU at {system} (set QEMU_PROG)")
-    return _local_binaries(system)
+def binaries(qemu10):
+    return qemu10
 
 
 @pytest.fixture
