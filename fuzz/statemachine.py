@@ -76,6 +76,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         self.session = Session(CONTEXT["binaries"], images, events=CONTEXT.get("events"),
                                timeout=CONTEXT.get("timeout", 5.0)).__enter__()
         self.runner = self.session.runner
+        self.runner.model.graph.guard_known_crashes = True
 
     def teardown(self) -> None:
         if self.session is not None:

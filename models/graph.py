@@ -85,6 +85,9 @@ class Graph:
     #: qcow2 nodes whose s->data_file points at a BdrvChild a failed reopen removed (QEMU bug,
     #: 7.2 and 10.0; corpus/findings/qcow2-failed-reopen-dangling-data-file.json)
     dangling_data_file: set = attrs.field(factory=set)
+    #: refuse (NotModeled) commands that crash QEMU through a known bug, so a campaign does
+    #: not find them again; replay leaves it off and lets QEMU show the crash
+    guard_known_crashes: bool = False
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -104,7 +107,7 @@ class Graph:
             m.parents = [copy_edge(e) for e in n.parents]
             nodes[name] = m
         return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks), self.profile,
-                     set(self.stuck), set(self.dangling_data_file))
+                     set(self.stuck), set(self.dangling_data_file), self.guard_known_crashes)
 
     # -- lookups ---------------------------------------------------------------------------
     def get(self, name: str) -> Node | None:

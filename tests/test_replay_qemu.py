@@ -59,3 +59,16 @@ def test_missing_trace_and_bad_qemu_exit_2(tmp_path, qemu10):
 def test_bad_flag_exits_2():
     r = blockfuzz("run", "--time", "soon")
     assert r.returncode == 2
+
+
+@pytest.mark.qemu
+def test_known_qemu_bugs_still_reproduce_on_10_0(qemu10):
+    """The findings corpus documents QEMU bugs in the fetched 10.0; each must still FAIL there
+    (crash, hang, wrong graph), which also proves the harness detects each kind."""
+    findings = sorted(glob.glob(os.path.join(ROOT, "corpus", "findings", "*.json")))
+    assert len(findings) >= 3
+    r = blockfuzz("replay", *findings, "--qemu", qemu10.system, "--timeout", "1")
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == len(findings) and all(l.startswith("FAIL ") for l in lines), r.stdout
+    assert any("SIGSEGV" in l for l in lines) and any("hung" in l for l in lines)
