@@ -108,6 +108,7 @@ class FindingWriter:
     def __init__(self, out: str):
         self.out = out
         self.seen: dict[str, str] = {}
+        self.signatures: dict[str, str] = {}
 
     def __call__(self, machine, error: BaseException) -> None:
         sig = getattr(error, "signature", lambda: type(error).__name__)()
@@ -119,6 +120,7 @@ class FindingWriter:
             T.save(tr, os.path.join(folder, "first.json"))
         T.save(tr, os.path.join(folder, "minimal.json"))
         self.seen[digest] = folder
+        self.signatures[folder] = sig
         _atomic_text(os.path.join(folder, "summary.txt"), f"{error}\nsignature: {sig}\n"
                      f"replay: blockfuzz replay {os.path.join(folder, 'minimal.json')}\n")
 
@@ -184,6 +186,8 @@ def run_campaign(args: argparse.Namespace) -> int:
         signal.alarm(0)
     elapsed = time.monotonic() - start
     findings = sorted(writer.seen.values())
+    for folder in findings:
+        _minimize_finding(folder, writer.signatures[folder], binaries, args.timeout)
     with open(os.path.join(args.out, "coverage.json"), "w") as f:
         json.dump(dict(coverage.to_json(), examples=examples, seconds=elapsed), f, indent=1)
     print(coverage.table())
@@ -196,6 +200,19 @@ def run_campaign(args: argparse.Namespace) -> int:
         return 1
     print("no findings")
     return 0
+
+
+def _minimize_finding(folder: str, signature: str, binaries, timeout: float) -> None:
+    """Shorten Hypothesis' minimal example by deleting steps (fuzz.minimize)."""
+    from .minimize import minimize
+
+    path = os.path.join(folder, "minimal.json")
+    tr = T.load(path)
+    before = len(tr.steps)
+    small = minimize(tr, binaries, signature, timeout=timeout)
+    if len(small.steps) < before:
+        T.save(small, path)
+        print(f"{folder}: minimized from {before} to {len(small.steps)} steps")
 
 
 class _TimeUp(KeyboardInterrupt):
