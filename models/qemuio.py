@@ -70,6 +70,8 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     if node is None:
         return IoResult(f"Error: Cannot find device='' nor node-name='{cmd.device}'\r\n", ())
     length = iodata._length(g, node)
+    if _reaches(g, node, g.dangling_data_file):
+        raise NotModeled("I/O through a qcow2 node with a dangling data_file (known QEMU bug)")
     if cmd.op == "read":
         if cmd.offset + cmd.length > length:
             return IoResult("", ("read failed: Input/output error",))
@@ -99,3 +101,9 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
         raise NotModeled("zero writes with detect-zeroes")
     iodata.write(g, node, cmd.offset, bytes([pattern]) * cmd.length)
     return IoResult("", (f"wrote {cmd.length}/{cmd.length} bytes at offset {cmd.offset}",))
+
+
+def _reaches(g: Graph, node, names: set) -> bool:
+    if node.name in names:
+        return True
+    return any(_reaches(g, g.nodes[c.child], names) for c in node.children)
