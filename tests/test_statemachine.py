@@ -50,3 +50,34 @@ def test_wrong_rule_is_caught_and_shrunk(qemu10, tmp_path, monkeypatch):
     assert len(steps) <= 2, steps
     assert steps[-1]["qmp"] == "blockdev-del"
     assert os.path.exists(os.path.join(os.path.dirname(minimal[0]), "first.json"))
+
+
+@pytest.mark.qemu
+def test_minimize_deletes_irrelevant_steps(qemu10, monkeypatch):
+    from fuzz import trace as T
+    from fuzz.minimize import failure_of, minimize
+    from models import blockdev
+    from fuzz.statemachine import SEED_IMAGES
+
+    real = blockdev.blockdev_del
+
+    def mutant(g, args):  # a wrong rule: the model misnames the error for a busy backing node
+        try:
+            real(g, args)
+        except blockdev.QmpFailure as e:
+            raise blockdev.QmpFailure(e.desc.replace("busy", "taken")) from None
+
+    monkeypatch.setattr(blockdev, "blockdev_del", mutant)
+    hd = lambda i: {"driver": "qcow2", "node-name": f"hd{i}",
+                    "file": {"driver": "file", "node-name": f"hd{i}-file", "filename": f"hd{i}.img"}}
+    noise = {"qmp": "human-monitor-command", "args": {"command-line": 'qemu-io hd2 "read 0 512"'}}
+    steps = [{"qmp": "blockdev-add", "args": hd(2)}, noise, {"qmp": "blockdev-add", "args": hd(1)}, noise,
+             {"qmp": "blockdev-del", "args": {"node-name": "nope"}}, noise,
+             {"qmp": "blockdev-del", "args": {"node-name": "#block1"}}]
+    tr = T.Trace("t", list(SEED_IMAGES), steps)
+    err = failure_of(tr, qemu10, 2.0)
+    assert isinstance(err, ResultMismatch) and "busy" in str(err)
+    small = minimize(tr, qemu10, err.signature(), 2.0)
+    assert [s["qmp"] for s in small.steps] == ["blockdev-add", "blockdev-del"]
+    assert small.steps[-1]["args"] == {"node-name": "#block1"}
+    assert "observed" in small.steps[-1]
