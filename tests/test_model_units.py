@@ -86,3 +86,25 @@ def test_version_profiles_differ_only_where_qemu_does():
     assert n10["hd0-file"]["image"]["format-specific"] == {"type": "file", "data": {}}
     out = m7.execute("blockdev-reopen", {"options": [dict(hd(0), **{"discard-no-unref": True})]})
     assert out.error.desc == "Parameter 'options[0].discard-no-unref' is unexpected"
+
+
+def test_guard_refuses_known_crashes_only_when_asked():
+    from models import NotModeled
+
+    f2 = {"driver": "file", "node-name": "f2", "filename": "hd0.img", "locking": "off"}
+    base = dict(hd(0), file=dict(hd(0)["file"], locking="off"))
+    for guard in (False, True):
+        m = Model(PROFILES["10.0"], IMAGES)
+        m.graph.guard_known_crashes = guard
+        m.execute("blockdev-add", f2)
+        m.execute("blockdev-add", base)
+        out = m.execute("blockdev-reopen", {"options": [dict(base, file="f2", **{"force-share": False})]})
+        assert out.error.desc == "Cannot change the option 'force-share'"
+        # the QEMU bug's visible effect is predicted either way
+        hd0 = {n["node-name"]: n for n in m.query_named_block_nodes()}["hd0"]
+        assert hd0["image"]["format-specific"]["data"]["data-file-raw"] is False
+        if guard:
+            with pytest.raises(NotModeled):
+                m.execute("blockdev-del", {"node-name": "hd0"})
+        else:
+            assert m.execute("blockdev-del", {"node-name": "hd0"}).ok
