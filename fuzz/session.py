@@ -18,7 +18,7 @@ from models import ImageSpec, Model, profile_for
 from models.profiles import VersionProfile
 
 from .engine import Events, Runner
-from .images import ImageSpec as HarnessImageSpec, make_images
+from .images import make_images
 from .qemu import QemuProcess
 
 
@@ -46,8 +46,7 @@ class Session:
     def __enter__(self) -> "Session":
         self.workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=self.workdir_root)
         try:
-            make_images([HarnessImageSpec.from_json(i.to_json()) for i in self.images],
-                        self.workdir, self.binaries)
+            make_images(self.images, self.workdir, self.binaries)
             self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout).start()
             self.profile = self._profile()
             self.runner = Runner(Model(self.profile, self.images), self.qemu, self.events)
