@@ -30,6 +30,7 @@ import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fuzz.statemachine import SEED_IMAGES as _SEED
 from fuzz.images import ImageSpec, make_images  # noqa: E402
 from fuzz.qemu import QemuProcess, binaries_env  # noqa: E402
 
@@ -40,14 +41,7 @@ def _default_qemus() -> list[str]:
 
 DEFAULT_QEMUS = _default_qemus()
 
-SEED_IMAGES = [
-    {"file": "hd0.img", "format": "qcow2", "size": 3145728,
-     "writes": [{"pattern": 0xa0, "offset": 0, "length": 1048576}]},
-    {"file": "hd1.img", "format": "qcow2", "backing-file": "hd0.img", "backing-format": "qcow2",
-     "writes": [{"pattern": 0xa1, "offset": 1048576, "length": 1048576}]},
-    {"file": "hd2.img", "format": "qcow2", "size": 3145728,
-     "writes": [{"pattern": 0xa2, "offset": 2097152, "length": 1048576}]},
-]
+SEED_IMAGES = [i.to_json() for i in _SEED]  # iotest 245's setUp
 
 
 def binaries_for(system: str):

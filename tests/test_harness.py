@@ -15,6 +15,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+from fuzz.statemachine import SEED_IMAGES as _SEED
 from fuzz.images import ImageSpec, Write, make_images
 from fuzz.qemu import (
     HarnessError, NodeNames, QemuCrashed, QemuHung, QemuProcess, _canon, binaries_env,
@@ -46,14 +47,7 @@ def qemu(binaries, tmp_path):
         yield q
 
 
-SEED_IMAGES = [  # iotest 245's setUp
-    {"file": "hd0.img", "format": "qcow2", "size": 3145728,
-     "writes": [{"pattern": 0xa0, "offset": 0, "length": 1048576}]},
-    {"file": "hd1.img", "format": "qcow2", "backing-file": "hd0.img", "backing-format": "qcow2",
-     "writes": [{"pattern": 0xa1, "offset": 1048576, "length": 1048576}]},
-    {"file": "hd2.img", "format": "qcow2", "size": 3145728,
-     "writes": [{"pattern": 0xa2, "offset": 2097152, "length": 1048576}]},
-]
+SEED_IMAGES = [i.to_json() for i in _SEED]  # iotest 245's setUp
 
 
 def seed_specs() -> list[ImageSpec]:
