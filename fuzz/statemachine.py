@@ -157,10 +157,11 @@ class BlockGraphMachine(RuleBasedStateMachine):
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
 
-    @precondition(lambda self: self.runner is not None)
+    @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
     def blockdev_del(self, data):
-        name = data.draw(st.sampled_from(self.named_nodes() + ["nope"]))
+        names = self.named_nodes()
+        name = data.draw(st.sampled_from(names)) if data.draw(st.integers(0, 15)) else "nope"
         self.do({"qmp": "blockdev-del", "args": {"node-name": name}})
 
     def io_nodes(self, write: bool) -> list[str]:
@@ -222,7 +223,10 @@ def _range(draw, length: int):
 def add_args(draw, names: tuple, files: tuple) -> dict:
     """blockdev-add arguments: valid trees mostly, invalid names and values sometimes."""
     drv = draw(st.sampled_from(["qcow2", "qcow2", "raw", "file"]))
-    name = draw(st.sampled_from(NAMES + tuple(names[:3]) + ("", "1bad", "x" * 32)))
+    if draw(st.integers(0, 15)) == 0:  # now and then a bad or duplicate name
+        name = draw(st.sampled_from(("", "1bad", "x" * 32, "a" * 31) + tuple(names[:3])))
+    else:
+        name = draw(st.sampled_from(NAMES))
     d: dict = {"driver": drv, "node-name": name}
     if drv == "file":
         d["filename"] = draw(st.sampled_from(files))
@@ -287,9 +291,11 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
         elif kind == "file" and d.get("driver") in ("qcow2", "raw"):
             d["file"] = draw(st.sampled_from([*names, "nope"]))
         elif kind == "drop":
-            keys = sorted(k for k in d if k not in ("node-name",))
+            keys = sorted(d)
             if keys:
-                del d[draw(st.sampled_from(keys))]
+                key = draw(st.sampled_from(keys))
+                if key != "node-name" or draw(st.integers(0, 7)) == 0:
+                    del d[key]
         elif kind == "child":
             kids = sorted(k for k, v in d.items() if isinstance(v, dict) and k != "cache")
             if kids:
@@ -307,19 +313,21 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
                 elif choice == "locking" and sub.get("driver") == "file":
                     sub["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
         elif kind == "qcow2" and d.get("driver") == "qcow2":
-            key = draw(st.sampled_from(["l2-cache-size", "cache-size", "refcount-cache-size",
-                                        "l2-cache-entry-size", "cache-clean-interval",
-                                        "pass-discard-request", "pass-discard-other"]))
-            sizes = [0, 512, 4096, 65536, 131072, 1 << 20, 4 << 20]
-            if key in ("l2-cache-size", "l2-cache-entry-size", "cache-clean-interval"):
-                # clamped or checked, never allocated: huge values are deterministic.
-                # A huge cache-size/refcount-cache-size is allocated for real and
-                # fails or not depending on the host's memory overcommit.
-                sizes.append(1 << 40)
-            if key.startswith("pass"):
-                d[key] = draw(st.booleans())
-            else:
-                d[key] = draw(st.sampled_from(sizes))
+            keys = draw(st.lists(st.sampled_from(
+                ["l2-cache-size", "cache-size", "refcount-cache-size", "l2-cache-entry-size",
+                 "cache-clean-interval", "pass-discard-request", "pass-discard-other"]),
+                min_size=1, max_size=3, unique=True))
+            for key in keys:
+                sizes = [0, 512, 4096, 65536, 131072, 512 * 1024, 1 << 20, 4 << 20]
+                if key in ("l2-cache-size", "l2-cache-entry-size", "cache-clean-interval"):
+                    # clamped or checked, never allocated: huge values are deterministic.
+                    # A huge cache-size/refcount-cache-size is allocated for real and
+                    # fails or not depending on the host's memory overcommit.
+                    sizes += [1000, 1 << 40]
+                if key.startswith("pass"):
+                    d[key] = draw(st.booleans())
+                else:
+                    d[key] = draw(st.sampled_from(sizes))
         elif kind == "raw" and d.get("driver") == "raw":
             key = draw(st.sampled_from(["offset", "size"]))
             d[key] = draw(st.sampled_from([0, 512, 1000, 65536, 1 << 20, 1 << 30]))
@@ -327,6 +335,8 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
             what = draw(st.sampled_from(["node-name", "driver", "bogus", "file", "force-share",
                                          "discard"]))
             d[what] = draw(st.sampled_from([None, "", "nope", "raw", True, 3]))
+        elif kind == "nonode":
+            d.pop("node-name", None)
         elif kind == "swapname":
             d["node-name"] = draw(st.sampled_from([*names, "not-found"]))
     return d
