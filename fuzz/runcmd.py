@@ -57,6 +57,9 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--out", default="findings", metavar="DIR", help="where findings go (default ./findings)")
     p.add_argument("--steps", type=int, default=25, metavar="N", help="steps per example (default 25)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per-command QEMU timeout")
+    p.add_argument("--profile", choices=["nightly", "repro"], default="nightly",
+                   help="nightly: random seeds, failures kept in DIR/.hypothesis (default); "
+                        "repro: only re-run the failures stored there by an earlier run")
     p.set_defaults(handler=run_campaign)
 
 
@@ -155,9 +158,9 @@ def run_campaign(args: argparse.Namespace) -> int:
 
     SM.CONTEXT.update(binaries=binaries, events=events, timeout=args.timeout,
                       on_failure=writer, on_example_start=on_start)
-    prof = dict(PROFILES["nightly"], stateful_step_count=args.steps,
+    prof = dict(PROFILES[args.profile], stateful_step_count=args.steps,
                 database=DirectoryBasedExampleDatabase(os.path.join(args.out, ".hypothesis")))
-    if args.examples is not None:
+    if args.examples is not None and args.profile != "repro":
         prof["max_examples"] = args.examples
     machine = SM.BlockGraphMachine
     if args.seed is not None:
@@ -172,7 +175,8 @@ def run_campaign(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGALRM, _alarm)
         signal.alarm(int(deadline - time.monotonic()) + 60)
     try:
-        run_state_machine_as_test(machine, settings=settings(parent=settings.get_profile("blockfuzz-nightly"), **prof))
+        run_state_machine_as_test(machine, settings=settings(
+            parent=settings.get_profile(f"blockfuzz-{args.profile}"), **prof))
     except _TimeUp:
         pass
     except BaseException as e:  # noqa: BLE001 - every failure is reported, then mapped to the exit code
