@@ -42,6 +42,7 @@ MUTABLE = {
 FILE_CONSUMED = ("drop-cache", "x-check-cache-dropped")
 FILE_PUT_BACK = ("filename", "pr-manager", "locking", "aio", "aio-max-batch")
 
+_FROM_FILENAME = "\0from-filename"  # marker: options made up from a filename, not given
 _NODE_NAME_OK = re.compile(r"[A-Za-z][A-Za-z0-9\-._]*\Z")
 
 
@@ -247,7 +248,8 @@ class _Opener:
     def open(self, options: dict, parent: Node | None = None, role: str | None = None,
              filename: str | None = None) -> Node:
         g = self.g
-        explicit = dict(options)
+        from_filename = options.pop(_FROM_FILENAME, False)
+        explicit = {} if from_filename else dict(options)
         if parent is not None:
             inherit_options(role, options, parent.options)
         drv = options.get("driver")
@@ -269,7 +271,9 @@ class _Opener:
             else:
                 child_opts = _extract(options, "file.")
                 if filename is not None and not child_opts:
-                    child_opts = {"driver": "file", "filename": filename}
+                    # bdrv_open_child_bs(filename, ...): the filename and the probed protocol
+                    # driver enter the child's options after its explicit_options were taken
+                    child_opts = {"driver": "file", "filename": filename, _FROM_FILENAME: True}
                 # the parent's options as they are when the child is opened
                 proto = Node(name="", auto_named=False, drv=drv, options=options, explicit=explicit,
                              read_only=read_only, cache_direct=False, cache_no_flush=False,
@@ -403,14 +407,20 @@ class _Entry:
 
 
 def _join_options(node: Node, options: dict, old: dict) -> None:
-    """``bdrv_join_options()`` (with ``qcow2_join_options()``'s cache rule)."""
+    """``bdrv_join_options()``, with ``qcow2_join_options()``'s cache rules for qcow2."""
     old = dict(old)
-    if node.drv == "qcow2" and "cache-size" in options:
+    new_total = "cache-size" in options
+    if node.drv == "qcow2" and new_total:
+        # a new total cache size overrides all old cache options
         old.pop("l2-cache-size", None)
         old.pop("refcount-cache-size", None)
     for k, v in old.items():
         if k not in options:
             options[k] = v
+    if node.drv == "qcow2" and not new_total and any(
+            k in options for k in ("cache-size", "l2-cache-size", "refcount-cache-size")):
+        # QEMU's "has_all_cache_options" is an OR: any cache option drops an old total size
+        options.pop("cache-size", None)
 
 
 def _queue_child(g: Graph, queue: list[_Entry], node: Node, options: dict | None,
