@@ -69,6 +69,7 @@ class Coverage:
     def __init__(self) -> None:
         self.rules: Counter = Counter()
         self.outcomes: Counter = Counter()
+        self.exact_errors: Counter = Counter()  # unfolded error texts, for exact look-ups
         self.steps = 0
 
     def __call__(self, event) -> None:
@@ -81,6 +82,7 @@ class Coverage:
         self.rules[cmd] += 1
         o = event.model
         if o.error is not None:
+            self.exact_errors[f"{cmd}: {o.error.desc}"] += 1
             key = f"{cmd}: error: {_generalise(o.error.desc)}"
         elif o.ret:
             key = f"{cmd}: {_generalise(o.ret.strip())}"
@@ -98,7 +100,8 @@ class Coverage:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"steps": self.steps, "rules": dict(self.rules), "outcomes": dict(self.outcomes)}
+        return {"steps": self.steps, "rules": dict(self.rules), "outcomes": dict(self.outcomes),
+                "exact-errors": dict(self.exact_errors)}
 
 
 _generalise = generalise
