@@ -32,6 +32,10 @@ def qcow2_image(g: Graph, n: Node) -> Image | None:
     not modelled.
     """
     meta = g.images[n.filename]
+    if any(o is not n and o.drv == "qcow2" and o.filename == n.filename for o in g.nodes.values()):
+        # Two qcow2 drivers on one image (possible with locking=off) each cache metadata and
+        # allocate on their own; what either then reads or writes is not modelled.
+        return None
     fc = g.nodes[n.child("file").child]
     if fc.drv != "file":
         return None
