@@ -21,6 +21,7 @@ import re
 import signal
 import sys
 import time
+import traceback
 from collections import Counter
 
 from hypothesis import HealthCheck, Phase, seed as hyp_seed, settings
@@ -115,11 +116,18 @@ class FindingWriter:
         self.out = out
         self.seen: dict[str, str] = {}
         self.signatures: dict[str, str] = {}
+        self.internal: set[str] = set()
 
     def __call__(self, machine, error: BaseException) -> None:
-        sig = getattr(error, "signature", lambda: type(error).__name__)()
+        internal = not isinstance(error, (Disagreement, QemuCrash))
+        if internal:  # a blockfuzz bug: keep the trace, report it as such
+            tb = traceback.extract_tb(error.__traceback__)[-1]
+            sig = f"internal:{type(error).__name__}:{os.path.basename(tb.filename)}:{tb.lineno}"
+        else:
+            sig = error.signature()
         digest = hashlib.sha1(sig.encode()).hexdigest()[:12]
-        folder = os.path.join(self.out, f"{getattr(error, 'kind', 'error')}-{digest}")
+        kind = "internal-error" if internal else error.kind
+        folder = os.path.join(self.out, f"{kind}-{digest}")
         tr = T.Trace(name=f"finding {digest}", images=list(machine.images), steps=machine.recorded_steps(),
                      description=f"{sig}\n{error}")
         if digest not in self.seen:
@@ -127,7 +135,10 @@ class FindingWriter:
         T.save(tr, os.path.join(folder, "minimal.json"))
         self.seen[digest] = folder
         self.signatures[folder] = sig
-        _atomic_text(os.path.join(folder, "summary.txt"), f"{error}\nsignature: {sig}\n"
+        if internal:
+            self.internal.add(folder)
+        detail = "".join(traceback.format_exception(error)) if internal else f"{error}\n"
+        _atomic_text(os.path.join(folder, "summary.txt"), f"{detail}signature: {sig}\n"
                      f"replay: blockfuzz replay {os.path.join(folder, 'minimal.json')}\n")
 
 
@@ -194,12 +205,17 @@ def run_campaign(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - start
     findings = sorted(writer.seen.values())
     for folder in findings:
-        _minimize_finding(folder, writer.signatures[folder], binaries, args.timeout)
+        if folder not in writer.internal:
+            _minimize_finding(folder, writer.signatures[folder], binaries, args.timeout)
     with open(os.path.join(args.out, "coverage.json"), "w") as f:
         json.dump(dict(coverage.to_json(), examples=examples, seconds=elapsed), f, indent=1)
     print(coverage.table())
     print(f"\n{examples} examples, {coverage.steps} steps in {elapsed:.1f} s "
           f"({examples / elapsed:.2f} examples/s, {coverage.steps / elapsed:.1f} steps/s)")
+    if writer.internal:
+        print(f"blockfuzz: internal error (a blockfuzz bug), trace kept: "
+              f"{sorted(writer.internal)[0]}/minimal.json", file=sys.stderr)
+        return 2
     if findings:
         print(f"{len(findings)} finding(s):")
         for f in findings:

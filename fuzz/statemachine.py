@@ -98,7 +98,9 @@ class BlockGraphMachine(RuleBasedStateMachine):
             self.runner.observed.pop()
             self.skipped += 1
             return
-        except (Disagreement, QemuCrash) as e:
+        except Exception as e:
+            # Disagreements and crashes are findings; anything else is a blockfuzz bug, and its
+            # trace is just as worth keeping.
             hook: Callable | None = CONTEXT.get("on_failure")
             if hook is not None:
                 hook(self, e)
@@ -173,7 +175,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 if write:
                     if iodata.can_write(self.g, n):
                         out.append(name)
-                elif iodata.read(self.g, n, 0, 0) is not None:
+                elif iodata.known(self.g, n):
                     out.append(name)
             except NotModeled:
                 continue

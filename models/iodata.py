@@ -90,23 +90,33 @@ def read(g: Graph, n: Node, off: int, length: int) -> bytes | None:
     return None
 
 
+def known(g: Graph, n: Node) -> bool:
+    """Whether the model knows every byte a read of ``n`` can return (the whole chain)."""
+    if n.name in g.dangling_data_file:
+        return False
+    if n.drv == "file":
+        return g.images[n.filename].fmt == "raw"
+    if n.drv == "raw":
+        return known(g, g.nodes[n.child("file").child])
+    if n.drv == "qcow2":
+        if qcow2_image(g, n) is None:
+            return False
+        b = n.child("backing")
+        return b is None or known(g, g.nodes[b.child])
+    return False
+
+
 def can_write(g: Graph, n: Node) -> bool:
     """Whether the model can predict the effect of writing through ``n``."""
     if n.drv == "file":
-        return g.images[n.filename].fmt == "raw"
+        return g.images[n.filename].fmt == "raw" and n.name not in g.dangling_data_file
     if n.drv == "raw":
         return can_write(g, g.nodes[n.child("file").child])
     if n.drv == "qcow2":
         img = qcow2_image(g, n)
-        if img is None or img is not g.images[n.filename]:
-            return False
-        b = n.child("backing")
-        return b is None or _readable(g, g.nodes[b.child])
+        # copy-on-write reads the backing chain, so all of it must be known
+        return img is g.images[n.filename] and known(g, n)
     return False
-
-
-def _readable(g: Graph, n: Node) -> bool:
-    return read(g, n, 0, 0) is not None
 
 
 def write(g: Graph, n: Node, off: int, payload: bytes) -> None:
