@@ -194,6 +194,16 @@ def qcow2_check_options(g: Graph, image: str, opts: dict) -> None:
         raise QmpFailure("Cache clean interval too big")
 
 
+def _qcow2_refuse_unmodelled(options: dict) -> None:
+    """qcow2 options outside the model: overlap checks, encryption, external data files, and
+    lazy refcounts (they set the header's dirty bit, which query reports)."""
+    for k in ("overlap-check", "encrypt", "data-file"):
+        if any(key == k or key.startswith(k + ".") for key in options):
+            raise NotModeled(f"qcow2 option {k}")
+    if _bool_opt(options.get("lazy-refcounts")):
+        raise NotModeled("lazy-refcounts=on (dirty bit) is not modelled")
+
+
 def raw_check_options(g: Graph, file_child: Node, opts: dict) -> tuple[int, int | None]:
     """``raw_read_options()`` + ``raw_apply_options()`` against the current file child."""
     offset = opts.get("offset", 0)
@@ -303,11 +313,7 @@ class _Opener:
             node.cached_length = refreshed_length(g, node)
         else:
             if drv == "qcow2":
-                for k in ("overlap-check", "encrypt", "data-file"):
-                    if any(key == k or key.startswith(k + ".") for key in options):
-                        raise NotModeled(f"qcow2 option {k}")
-                if _bool_opt(options.get("lazy-refcounts")):
-                    raise NotModeled("lazy-refcounts=on (dirty bit) is not modelled")
+                _qcow2_refuse_unmodelled(options)
             # The driver attaches the (already opened) file child first; every attach
             # refreshes permissions from the parent down (bdrv_attach_child()).
             g.attach(node, file_edge_target, "file", file_role)
@@ -516,8 +522,9 @@ def _prepare(g: Graph, e: _Entry, profile: VersionProfile) -> None:
     e.detect_zeroes = e.options.get("detect-zeroes", "off")
     if e.detect_zeroes == "unmap" and e.discard != "unmap":
         raise QmpFailure("setting detect-zeroes to unmap is not allowed without setting discard operation to unmap")
-    insertion = [k for k in e.options if k not in PUT_BACK_GENERIC and k not in COMMON_OPTIONS]
-    remaining: dict = {k: e.options[k] for k in insertion if k in e.options}
+    # what is left for the final comparison: generic options are consumed, and node-name,
+    # driver and force-share come back as strings (qemu_opts_to_qdict())
+    remaining = {k: v for k, v in e.options.items() if k not in PUT_BACK_GENERIC and k not in COMMON_OPTIONS}
     for k in PUT_BACK_GENERIC:
         if k in e.options:
             remaining[k] = qemu_opt_str(e.options[k])
@@ -527,11 +534,7 @@ def _prepare(g: Graph, e: _Entry, profile: VersionProfile) -> None:
             raise QmpFailure(f"Option '{key}' cannot be reset to its default value")
     # driver prepare
     if bs.drv == "qcow2":
-        for k in ("overlap-check", "encrypt", "data-file"):
-            if any(key == k or key.startswith(k + ".") for key in e.options):
-                raise NotModeled(f"qcow2 option {k}")
-        if _bool_opt(e.options.get("lazy-refcounts")):
-            raise NotModeled("lazy-refcounts=on (dirty bit) is not modelled")
+        _qcow2_refuse_unmodelled(e.options)
         qopts = {k: e.options[k] for k in QCOW2_RUNTIME if k in e.options}
         qcow2_check_options(g, bs.filename, qopts)
         for k in QCOW2_RUNTIME:
@@ -634,7 +637,7 @@ def blockdev_reopen(g: Graph, args: Any, profile: VersionProfile) -> None:
             if n is not None and g.refcount(n) == 0:
                 g.unref(n)
     closed = before - set(g.nodes)
-    if closed & {e.node.name for e in queue} and getattr(g, "guard_known_crashes", False):
+    if closed & {e.node.name for e in queue} and g.guard_known_crashes:
         # QEMU (7.2 and 10.0) crashes with SIGSEGV here: the queue entry of a node that the
         # reopen itself closes is used after the node was freed.
         # corpus/findings/reopen-closes-queued-node-segv.json
