@@ -108,3 +108,24 @@ def test_guard_refuses_known_crashes_only_when_asked():
                 m.execute("blockdev-del", {"node-name": "hd0"})
         else:
             assert m.execute("blockdev-del", {"node-name": "hd0"}).ok
+
+
+@pytest.mark.parametrize("version,expected,exact", [((7, 2), "7.2", True), ((10, 0), "10.0", True),
+                                                   ((8, 2), "7.2", False), ((10, 2), "10.0", False),
+                                                   ((9, 1), "10.0", False)])
+def test_unknown_versions_get_the_nearest_profile(version, expected, exact):
+    from models import profile_for
+
+    profile, is_exact = profile_for(*version)
+    assert (profile.name, is_exact) == (expected, exact)
+
+
+def test_hypothesis_profiles_never_come_from_the_ci_profile():
+    from hypothesis import settings
+
+    import fuzz.runcmd  # noqa: F401  (registers the profiles)
+
+    tests = settings.get_profile("blockfuzz-tests")
+    nightly = settings.get_profile("blockfuzz-nightly")
+    assert tests.derandomize is True and tests.database is None
+    assert nightly.derandomize is False
