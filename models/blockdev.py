@@ -661,9 +661,4 @@ def blockdev_del(g: Graph, args: Any) -> None:
     if g.refcount(node) > 1:
         raise QmpFailure(f"Block device {name} is in use")
     node.monitor_owned = False
-    before, dangling = set(g.nodes), set(g.dangling_data_file)
     g.unref(node)
-    if (before - set(g.nodes)) & dangling and g.guard_known_crashes:
-        # Closing a qcow2 node whose s->data_file dangles unrefs a freed BdrvChild: SIGSEGV or
-        # a corrupted neighbour (corpus/findings/qcow2-failed-reopen-dangling-data-file.json)
-        raise NotModeled("known QEMU crash: closing a qcow2 node with a dangling data_file")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import attrs
 
+from .errors import NotModeled
 from .imagedata import Image
 
 # BdrvChildRole, reduced to what the permission rules look at.
@@ -181,6 +182,11 @@ class Graph:
         """Drop a reference; close the node (and unref its children) when none is left."""
         if self.refcount(node) > 0:
             return
+        if node.name in self.dangling_data_file and self.guard_known_crashes:
+            # Closing a qcow2 node whose s->data_file dangles unrefs a freed BdrvChild: QEMU
+            # dies with SIGSEGV or corrupts a neighbour, whichever command closes it
+            # (corpus/findings/qcow2-dangling-data-file-close-corrupts-neighbour.json)
+            raise NotModeled("known QEMU crash: closing a qcow2 node with a dangling data_file")
         edges = list(node.children)
         for edge in edges:
             self.unset_inherits_from(node.name, edge)
