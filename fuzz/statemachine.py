@@ -278,8 +278,9 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
     references, null; children's dicts too."""
     d = copy.deepcopy(opts)
     for _ in range(draw(st.integers(0, 3))):
-        kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "file", "drop",
-                                     "child", "qcow2", "raw", "bad", "noflush", "swapname"]))
+        kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "file", "drop", "child",
+                                     "qcow2", "qcow2", "raw", "bad", "noflush", "swapname",
+                                     "nonode", "stale-dict"]))
         if kind == "ro":
             d["read-only"] = draw(st.booleans())
         elif kind == "dz":
@@ -303,7 +304,8 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
             if kids:
                 k = draw(st.sampled_from(kids))
                 sub = d[k]
-                choice = draw(st.sampled_from(["ro", "dz", "name", "drop-name", "locking"]))
+                choice = draw(st.sampled_from(["ro", "dz", "name", "drop-name", "locking",
+                                               "file-opt"]))
                 if choice == "ro":
                     sub["read-only"] = draw(st.booleans())
                 elif choice == "dz":
@@ -314,6 +316,20 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
                     sub.pop("node-name", None)
                 elif choice == "locking" and sub.get("driver") == "file":
                     sub["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
+                elif choice == "file-opt" and sub.get("driver") == "file":
+                    key = draw(st.sampled_from(["aio", "filename", "x-check-cache-dropped"]))
+                    sub[key] = draw(st.sampled_from({
+                        "aio": ["threads", "native"], "filename": [None, "hd1.img", 7],
+                        "x-check-cache-dropped": [True, False]}[key]))
+        elif kind == "stale-dict":
+            # a reference replaced by a dict of options, as if the child were still inline:
+            # reopen never opens new nodes ("Cannot change the option 'backing.driver'")
+            refs = sorted(k for k in ("backing", "file") if isinstance(d.get(k), str) and d[k] in names)
+            if refs:
+                k = draw(st.sampled_from(refs))
+                f = {"driver": "file", "filename": draw(st.sampled_from(["hd0.img", "hd2.img"]))}
+                d[k] = draw(st.sampled_from([dict(f, **{"node-name": d[k]}),
+                                             {"driver": "qcow2", "node-name": d[k], "file": f}]))
         elif kind == "qcow2" and d.get("driver") == "qcow2":
             keys = draw(st.lists(st.sampled_from(
                 ["l2-cache-size", "cache-size", "refcount-cache-size", "l2-cache-entry-size",
