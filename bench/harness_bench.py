@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import attrs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -69,7 +68,7 @@ def hd(i: int) -> dict:
             "file": {"driver": "file", "node-name": f"hd{i}-file", "filename": f"hd{i}.img"}}
 
 
-def raw_socket_rtt(b: Binaries, workdir: str, n: int) -> dict[str, list[float]]:
+def raw_socket_rtt(b, workdir: str, n: int) -> dict[str, list[float]]:
     """The floor: same QEMU command line, a blocking socket and json, nothing else."""
     ours, theirs = socket.socketpair()
     argv = [b.system, "-no-user-config", "-nodefaults", "-display", "none", "-M", "none",

@@ -30,9 +30,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Any, Iterable
+from typing import Iterable
 
-import attrs
 
 from fuzz.qemu import HarnessError, QemuBinaries, binaries_env
 from models.model import ImageSpec, Write

@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -26,7 +25,6 @@ from collections import Counter
 
 from hypothesis import HealthCheck, Phase, seed as hyp_seed, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.errors import DeadlineExceeded, Flaky
 from hypothesis.stateful import run_state_machine_as_test
 
 from . import trace as T

@@ -25,7 +25,7 @@ from models import ImageSpec, NotModeled, Write
 from models import iodata
 from models.blockdev import node_length
 
-from .engine import Disagreement, QemuCrash, Runner
+from .engine import Runner
 
 MiB = 1 << 20
 SEED_IMAGES = (

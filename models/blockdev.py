@@ -15,7 +15,7 @@ from typing import Any
 
 from . import perms as P
 from .errors import NotModeled, QmpFailure
-from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_STORAGE, Child, Graph, Node
+from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_STORAGE, Graph, Node
 from .imagedata import CLUSTER, SECTOR
 from .profiles import VersionProfile
 from .qapi import flatten, validate_blockdev_add, validate_blockdev_del, validate_blockdev_reopen

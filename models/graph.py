@@ -13,7 +13,6 @@ from __future__ import annotations
 import attrs
 
 from .errors import NotModeled
-from .imagedata import Image
 
 # BdrvChildRole, reduced to what the permission rules look at.
 ROLE_FILTERED = "filtered"   # BDRV_CHILD_FILTERED | PRIMARY (raw without offset/size)

@@ -100,7 +100,6 @@ class ImageSpec:
 def build_images(specs: Iterable[ImageSpec]) -> dict[str, Image]:
     """The images as ``qemu-img create`` and standalone ``qemu-io`` leave them."""
     from . import iodata
-    from .graph import Node
 
     images: dict[str, Image] = {}
     for spec in specs:

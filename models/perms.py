@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import attrs
 
 from .errors import QmpFailure
-from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_STORAGE, Graph, Node
+from .graph import ROLE_COW, ROLE_DATA, ROLE_STORAGE, Graph, Node
 
 CONSISTENT_READ, WRITE, WRITE_UNCHANGED, RESIZE = 1, 2, 4, 8
 ALL = 15
