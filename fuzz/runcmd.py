@@ -189,8 +189,8 @@ def run_campaign(args: argparse.Namespace) -> int:
     try:
         run_state_machine_as_test(machine, settings=settings(
             parent=settings.get_profile(f"blockfuzz-{args.profile}"), **prof))
-    except _TimeUp:
-        pass
+    except (_TimeUp, SM.BlockfuzzBug):
+        pass  # time is up / a blockfuzz bug: its trace is saved, reported below
     except BaseException as e:  # noqa: BLE001 - every failure is reported, then mapped to the exit code
         errors = list(getattr(e, "exceptions", [e]))
         if any(isinstance(x, _TimeUp) for x in errors) and not writer.seen:

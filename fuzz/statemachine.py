@@ -25,7 +25,7 @@ from models import ImageSpec, NotModeled, Write
 from models import iodata
 from models.blockdev import node_length
 
-from .engine import Runner
+from .engine import Disagreement, QemuCrash, Runner
 
 MiB = 1 << 20
 SEED_IMAGES = (
@@ -34,6 +34,15 @@ SEED_IMAGES = (
     ImageSpec("hd2.img", "qcow2", 3 * MiB, writes=(Write(0xA2, 2 * MiB, MiB),)),
 )
 NAMES = ("hd0", "hd1", "hd2", "hd3", "hd4", "f0", "f1", "r0", "r1")
+
+class BlockfuzzBug(KeyboardInterrupt):
+    """A bug in blockfuzz itself, raised after its trace was saved.  It derives from
+    KeyboardInterrupt because Hypothesis stops on that at once rather than shrinking."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
 
 # Hooks set by the runner (run command / tests) before the machine is used.
 CONTEXT: dict[str, Any] = {}
@@ -98,12 +107,18 @@ class BlockGraphMachine(RuleBasedStateMachine):
             self.runner.observed.pop()
             self.skipped += 1
             return
-        except Exception as e:
-            # Disagreements and crashes are findings; anything else is a blockfuzz bug, and its
-            # trace is just as worth keeping.
+        except (Disagreement, QemuCrash) as e:
             hook: Callable | None = CONTEXT.get("on_failure")
             if hook is not None:
                 hook(self, e)
+            raise
+        except Exception as e:
+            # Anything else is a bug in blockfuzz: keep its trace, then stop the campaign at
+            # once instead of letting Hypothesis shrink our own bug for minutes.
+            hook = CONTEXT.get("on_failure")
+            if hook is not None:
+                hook(self, e)
+                raise BlockfuzzBug(e) from e
             raise
 
     def recorded_steps(self) -> list[dict]:

@@ -81,3 +81,24 @@ def test_minimize_deletes_irrelevant_steps(qemu10, monkeypatch):
     assert [s["qmp"] for s in small.steps] == ["blockdev-add", "blockdev-del"]
     assert small.steps[-1]["args"] == {"node-name": "#block1"}
     assert "observed" in small.steps[-1]
+
+
+@pytest.mark.qemu
+def test_blockfuzz_bug_keeps_its_trace_and_exits_2(qemu10, tmp_path, monkeypatch, capsys):
+    """An exception that is neither a disagreement nor a crash is a bug in blockfuzz: the
+    campaign keeps the trace and the traceback, and exits 2, not 1."""
+    from fuzz.cli import main
+    from models import blockdev
+
+    def broken(g, args):
+        raise RuntimeError("model bug")
+
+    monkeypatch.setattr(blockdev, "blockdev_del", broken)
+    rc = main(["run", "--examples", "30", "--seed", "1", "--out", str(tmp_path), "--qemu", qemu10.system])
+    assert rc == 2
+    folders = glob.glob(str(tmp_path / "internal-error-*"))
+    assert len(folders) == 1
+    assert "RuntimeError: model bug" in open(os.path.join(folders[0], "summary.txt")).read()
+    steps = json.load(open(os.path.join(folders[0], "minimal.json")))["steps"]
+    assert steps[-1]["qmp"] == "blockdev-del"
+    assert "internal error" in capsys.readouterr().err
