@@ -49,7 +49,8 @@ def run_replay(args: argparse.Namespace) -> int:
             print(f"ERROR {path}: {e.message}")
             status = max(status, 2)
         except (Disagreement, QemuCrash) as e:
-            print(f"FAIL {tr.name}: {e}")
+            # one line per trace: a crash's stderr tail is folded onto it
+            print(f"FAIL {tr.name}: " + " | ".join(l for l in str(e).splitlines() if l.strip()))
             status = max(status, 1) if status != 2 else 2
         except NotModeled as e:
             print(f"ERROR {tr.name}: not covered by the model: {e}")

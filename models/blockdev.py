@@ -616,8 +616,13 @@ def blockdev_reopen(g: Graph, args: Any, profile: VersionProfile) -> None:
         if node is None:
             raise QmpFailure(f"Failed to find node with node-name='{name}'")
         _queue_child(g, queue, node, flatten(element), None, None, False)
-    for e in queue:
+    for i, e in enumerate(queue):
         _prepare(g, e, profile)
+        if profile.reopen_detached_entry_asserts and g.guard_known_crashes:
+            later = {f.node.name for f in queue[i + 1:]}
+            if {e.old_backing, e.old_file} & later:
+                raise NotModeled("known QEMU 7.2 abort: the reopen detaches a node that a later "
+                                 "entry of the same queue reopens")
     refresh_list: list[str] = []
     for e in queue:
         refresh_list.insert(0, e.node.name)

@@ -29,15 +29,22 @@ class VersionProfile:
     #: correct behaviour; the fuzzer only stops generating I/O into such nodes, so the known bug
     #: is not found again and again (corpus/findings/qemu10-reopen-dup-node-hang.json).
     reopen_duplicate_drain_leak: bool
+    #: QEMU bug (7.2.22, not 10.0): a reopen entry whose prepare detaches a node that is a later
+    #: entry of the same queue makes that node's prepare fail an assertion (``quiesce_counter
+    #: > 0`` in bdrv_reopen_multiple()): 7.2 drains the subtree of each element, and the
+    #: detached node is no longer in it.  corpus/findings/qemu72-reopen-detached-entry-abort.json
+    reopen_detached_entry_asserts: bool
 
 
 PROFILES: dict[str, VersionProfile] = {
     "7.2": VersionProfile("7.2", (7, 2), node_active_field=False, file_format_specific=False,
                           qcow2_discard_no_unref=False, raw_variable_length=True,
-                          reopen_refreshes_length=False, reopen_duplicate_drain_leak=False),
+                          reopen_refreshes_length=False, reopen_duplicate_drain_leak=False,
+                          reopen_detached_entry_asserts=True),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, raw_variable_length=False,
-                           reopen_refreshes_length=True, reopen_duplicate_drain_leak=True),
+                           reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,
+                           reopen_detached_entry_asserts=False),
 }
 
 

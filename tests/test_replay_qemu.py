@@ -62,13 +62,23 @@ def test_bad_flag_exits_2():
 
 
 @pytest.mark.qemu
-def test_known_qemu_bugs_still_reproduce_on_10_0(qemu10):
-    """The findings corpus documents QEMU bugs in the fetched 10.0; each must still FAIL there
-    (crash, hang, wrong graph), which also proves the harness detects each kind."""
+def test_known_qemu_bugs_reproduce_exactly_where_they_should(any_qemu):
+    """corpus/findings documents QEMU bugs; each trace lists the versions it affects.  On those
+    it must still FAIL (crash, hang, wrong graph), which also proves the harness detects each
+    kind; on the others it must PASS."""
+    import subprocess as sp
+    version = sp.run([any_qemu.system, "--version"], capture_output=True, text=True,
+                     env=dict(os.environ, **any_qemu.env)).stdout.split()[3]
+    short = ".".join(version.split(".")[:2])
     findings = sorted(glob.glob(os.path.join(ROOT, "corpus", "findings", "*.json")))
-    assert len(findings) >= 3
-    r = blockfuzz("replay", *findings, "--qemu", qemu10.system, "--timeout", "1")
-    assert r.returncode == 1, r.stdout + r.stderr
-    lines = r.stdout.strip().splitlines()
-    assert len(lines) == len(findings) and all(l.startswith("FAIL ") for l in lines), r.stdout
-    assert any("SIGSEGV" in l for l in lines) and any("hung" in l for l in lines)
+    assert len(findings) >= 5
+    r = blockfuzz("replay", *findings, "--qemu", any_qemu.system, "--timeout", "1")
+    # "FAIL name: ..." / "PASS name"
+    lines = {l.split(" ", 2)[1].rstrip(":"): l for l in r.stdout.strip().splitlines()}
+    assert len(lines) == len(findings), r.stdout
+    for path in findings:
+        tr = json.load(open(path))
+        want = "FAIL" if short in tr["affects"] else "PASS"
+        assert lines[tr["name"]].startswith(want), (short, lines[tr["name"]])
+    kinds = " ".join(lines.values())
+    assert "SIGSEGV" in kinds
