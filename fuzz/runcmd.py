@@ -82,11 +82,11 @@ class Coverage:
         o = event.model
         if o.error is not None:
             self.exact_errors[f"{cmd}: {o.error.desc}"] += 1
-            key = f"{cmd}: error: {_generalise(o.error.desc)}"
+            key = f"{cmd}: error: {generalise(o.error.desc)}"
         elif o.ret:
-            key = f"{cmd}: {_generalise(o.ret.strip())}"
+            key = f"{cmd}: {generalise(o.ret.strip())}"
         elif o.stdout:
-            key = f"{cmd}: " + " / ".join(_generalise(l) for l in o.stdout)
+            key = f"{cmd}: " + " / ".join(generalise(l) for l in o.stdout)
         else:
             key = f"{cmd}: success"
         self.outcomes[key] += 1
@@ -103,7 +103,6 @@ class Coverage:
                 "exact-errors": dict(self.exact_errors)}
 
 
-_generalise = generalise
 
 
 class FindingWriter:

@@ -238,9 +238,8 @@ def check_generic_flags(options: dict, read_only: bool) -> tuple[str, str, bool]
 class _Opener:
     """One ``bdrv_open_inherit()`` call tree."""
 
-    def __init__(self, g: Graph, profile: VersionProfile):
+    def __init__(self, g: Graph):
         self.g = g
-        self.profile = profile
 
     def assign_name(self, explicit: str | None) -> tuple[str, bool]:
         """``bdrv_assign_node_name()``."""
@@ -255,13 +254,15 @@ class _Opener:
             raise QmpFailure("Node name too long")
         return explicit, False
 
-    def open(self, options: dict, parent: Node | None = None, role: str | None = None,
-             filename: str | None = None) -> Node:
+    def open(self, options: dict, parent_options: dict | None = None, role: str | None = None,
+             filename: str | None = None, parent_name: str | None = None) -> Node:
+        """Open one node; a child gets its parent's options to inherit from and, once the
+        parent has a name, ``inherits_from`` (the file child is opened before that)."""
         g = self.g
         from_filename = options.pop(_FROM_FILENAME, False)
         explicit = {} if from_filename else dict(options)
-        if parent is not None:
-            inherit_options(role, options, parent.options)
+        if parent_options is not None:
+            inherit_options(role, options, parent_options)
         drv = options.get("driver")
         if drv not in ("file", "qcow2", "raw"):
             raise NotModeled(f"driver {drv!r}")
@@ -284,11 +285,8 @@ class _Opener:
                     # bdrv_open_child_bs(filename, ...): the filename and the probed protocol
                     # driver enter the child's options after its explicit_options were taken
                     child_opts = {"driver": "file", "filename": filename, _FROM_FILENAME: True}
-                # the parent's options as they are when the child is opened
-                proto = Node(name="", auto_named=False, drv=drv, options=options, explicit=explicit,
-                             read_only=read_only, cache_direct=False, cache_no_flush=False,
-                             discard="ignore", detect_zeroes="off", force_share=False)
-                file_edge_target = self.open(child_opts, proto, file_role)
+                # inherits from the parent's options as they are when the child is opened
+                file_edge_target = self.open(child_opts, options, file_role)
 
         discard, detect, force_share = check_generic_flags(options, read_only)
         name, auto = self.assign_name(options.get("node-name"))
@@ -297,7 +295,7 @@ class _Opener:
                     read_only=read_only, cache_direct=_bool_opt(options.get("cache.direct")),
                     cache_no_flush=_bool_opt(options.get("cache.no-flush")), discard=discard,
                     detect_zeroes=detect, force_share=force_share, seq=g.seq,
-                    inherits_from=parent.name if parent is not None and parent.name else None)
+                    inherits_from=parent_name)
         g.nodes[name] = node
         if file_edge_target is not None and not isinstance(options.get("file"), str):
             file_edge_target.inherits_from = name  # opened from a nested dict: inherited
@@ -326,7 +324,6 @@ class _Opener:
                 node.cached_length = refreshed_length(g, node)
 
         if drv == "qcow2":
-            node.options = options  # the backing child inherits from bs->options
             self.open_backing(node, options)
 
         # bs->options / explicit_options without child keys
@@ -369,14 +366,15 @@ class _Opener:
         """The backing node from a ``backing.*`` dict or, failing that, the image header."""
         sub = _extract(options, "backing.")
         if sub:
-            return self.open(sub, node, ROLE_COW)
+            return self.open(sub, options, ROLE_COW, parent_name=node.name)
         if not img.backing_file:
             return None
         if not img.backing_format:
             raise NotModeled("header backing without a format (probing)")
         if img.backing_file not in self.g.images:
             raise NotModeled("missing header backing file")
-        return self.open({"driver": img.backing_format}, node, ROLE_COW, filename=img.backing_file)
+        return self.open({"driver": img.backing_format}, options, ROLE_COW,
+                         filename=img.backing_file, parent_name=node.name)
 
 
 def blockdev_add(g: Graph, args: Any, profile: VersionProfile) -> None:
@@ -387,7 +385,7 @@ def blockdev_add(g: Graph, args: Any, profile: VersionProfile) -> None:
     options.setdefault("cache.direct", "off")
     options.setdefault("cache.no-flush", "off")
     options.setdefault("read-only", "off")
-    top = _Opener(g, profile).open(options)
+    top = _Opener(g).open(options)
     top.monitor_owned = True
 
 

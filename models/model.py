@@ -112,7 +112,7 @@ def build_images(specs: Iterable[ImageSpec]) -> dict[str, Image]:
         if spec.writes:
             # qemu-io -f FMT opens the image with its header backing chain.
             g = Graph(images=images)
-            op = blockdev._Opener(g, None)  # type: ignore[arg-type]
+            op = blockdev._Opener(g)
             top = op.open(_standalone_options(spec))
             for w in spec.writes:
                 iodata.write(g, top, w.offset, bytes([w.pattern]) * w.length)
