@@ -18,7 +18,14 @@ from models import ImageSpec
 
 FORMAT_KEY = "blockfuzz-trace"
 FORMAT_VERSION = 1
-QMP_COMMANDS = ("blockdev-add", "blockdev-reopen", "blockdev-del", "human-monitor-command")
+QMP_COMMANDS = ("blockdev-add", "blockdev-reopen", "blockdev-del", "human-monitor-command",
+                "object-add", "object-del", "block-stream", "block-commit", "job-finalize",
+                "job-dismiss", "job-cancel", "block-job-complete", "device_add", "device_del")
+#: QEMU machine types a trace may ask for: ``none`` (default) has no buses; ``pc`` (with
+#: ``-accel tcg -S``) has PCI for virtio-scsi controllers, which the iothread scenarios need.
+MACHINES = ("none", "pc")
+JOB_STATUSES = ("created", "running", "paused", "ready", "standby", "waiting", "pending",
+                "aborting", "concluded", "undefined", "null")
 
 
 class TraceError(ValueError):
@@ -59,6 +66,8 @@ class Trace:
             raise TraceError(path, f"bad image entry: {e}") from None
         for i, step in enumerate(d["steps"]):
             _check_step(path, i, step)
+        if d.get("machine", "none") not in MACHINES:
+            raise TraceError(path, f"\"machine\" must be one of {', '.join(MACHINES)}")
         extra = {k: v for k, v in d.items() if k not in (FORMAT_KEY, "name", "description", "images", "steps")}
         return cls(d["name"], images, d["steps"], d.get("description", ""), extra)
 
@@ -79,10 +88,13 @@ def _check_step(path: str, i: int, step: Any) -> None:
                     isinstance(c, dict) and ("return" in c or "error" in c) for c in cases.values()):
                 raise TraceError(path, f"{where}: \"expect\" needs \"return\" or \"error\"")
     elif "assert" in step:
-        if step["assert"] not in ("node", "graph-equals"):
+        if step["assert"] not in ("node", "graph-equals", "job"):
             raise TraceError(path, f"{where}: unknown assertion {step['assert']!r}")
         if step["assert"] == "node" and not isinstance(step.get("node"), str):
             raise TraceError(path, f"{where}: node assertion without \"node\"")
+        if step["assert"] == "job" and (not isinstance(step.get("id"), str) or (
+                not step.get("absent") and step.get("status") not in JOB_STATUSES)):
+            raise TraceError(path, f"{where}: job assertion needs \"id\" and a \"status\" or \"absent\"")
         if step["assert"] == "graph-equals" and not isinstance(step.get("snapshot"), str):
             raise TraceError(path, f"{where}: graph-equals without \"snapshot\"")
     elif "snapshot" in step:

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import perms as P
 from .errors import NotModeled, QmpFailure
+from .drivers import DRIVERS, FILE_FIRST
 from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_STORAGE, Graph, Node
 from .imagedata import CLUSTER, SECTOR
 from .profiles import VersionProfile
@@ -28,15 +29,9 @@ COMMON_OPTIONS = ("node-name", "discard", "cache.direct", "cache.no-flush", "rea
 # bdrv_runtime_opts that bdrv_reopen_prepare() puts back for the final comparison.
 PUT_BACK_GENERIC = ("node-name", "driver", "force-share")
 
-QCOW2_RUNTIME = ("lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
-                 "pass-discard-other", "discard-no-unref", "overlap-check", "cache-size",
-                 "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size",
-                 "cache-clean-interval")
-MUTABLE = {
-    "file": ("x-check-cache-dropped",),
-    "raw": ("offset", "size"),
-    "qcow2": QCOW2_RUNTIME,
-}
+from .drivers import QCOW2_RUNTIME  # noqa: E402
+#: drivers whose nodes a compress filter can sit on (``block_driver_can_compress()``)
+COMPRESSIBLE = ("qcow2", "throttle", "copy-on-read")
 # file-posix's raw_reopen_prepare() absorbs its runtime options, consumes these two and puts the
 # rest back *as strings* (qemu_opts_to_qdict()).
 FILE_CONSUMED = ("drop-cache", "x-check-cache-dropped")
@@ -102,15 +97,16 @@ def _host_sectors(g: Graph, filename: str) -> int:
 
 
 def node_length(g: Graph, n: Node) -> int:
-    """``bdrv_getlength()`` of a node.  Regular files have no variable length, so file and raw
-    nodes answer from ``total_sectors``, which is refreshed when the node is opened or reopened
-    (``bdrv_refresh_total_sectors()``) and grows only by the node's own writes past its end."""
+    """``bdrv_getlength()`` of a node.  Regular files have no variable length, so file, raw and
+    filter nodes answer from ``total_sectors``, which is refreshed when the node is opened or
+    reopened (``bdrv_refresh_total_sectors()``) and grows only by the node's own writes past
+    its end."""
     if n.drv == "raw" and g.profile is not None and g.profile.raw_variable_length:
         return refreshed_length(g, n)
-    if n.drv in ("file", "raw"):
-        return n.cached_length
     if n.drv == "qcow2":
         return g.images[n.filename].size
+    if n.drv in DRIVERS:
+        return n.cached_length
     raise NotModeled(n.drv)
 
 
@@ -126,7 +122,39 @@ def refreshed_length(g: Graph, n: Node) -> int:
             return 0
         size = min(n.raw_size, flen - n.raw_offset) if n.raw_size is not None else flen - n.raw_offset
         return -(-size // SECTOR) * SECTOR  # total_sectors is whole sectors
+    if n.drv == "null-co":
+        return -(-n.cached_length // SECTOR) * SECTOR
+    if n.drv == "quorum":
+        # quorum_co_getlength(): children.0's length; differing children are not modelled
+        lengths = {node_length(g, g.nodes[c.child]) for c in n.children}
+        if len(lengths) != 1:
+            raise NotModeled("quorum children of different lengths")
+        return lengths.pop()
+    if n.drv == "blkverify":
+        return node_length(g, g.nodes[n.child("test").child])
+    d = DRIVERS.get(n.drv)
+    if d is not None and d.is_filter:
+        return node_length(g, g.nodes[n.child(d.children[0][0]).child])
     raise NotModeled(n.drv)
+
+
+def throttle_check_group(g: Graph, options: dict) -> str:
+    """``throttle_parse_options()``."""
+    group = options.get("throttle-group")
+    if group is None:
+        raise QmpFailure("Please specify a throttle group")
+    obj = g.objects.get(group)
+    if obj is None or obj.qom_type != "throttle-group":
+        raise QmpFailure(f"Throttle group '{group}' does not exist")
+    return group
+
+
+def _array_entries(options: dict, prefix: str) -> int:
+    """``qdict_array_entries()`` for the forms QAPI lets through: ``prefix.0``, ``prefix.1``..."""
+    count = 0
+    while any(k == f"{prefix}.{count}" or k.startswith(f"{prefix}.{count}.") for k in options):
+        count += 1
+    return count
 
 
 def _qcow2_image_of(g: Graph, file_node: Node) -> str:
@@ -256,26 +284,29 @@ class _Opener:
 
     def open(self, options: dict, parent_options: dict | None = None, role: str | None = None,
              filename: str | None = None, parent_name: str | None = None) -> Node:
-        """Open one node; a child gets its parent's options to inherit from and, once the
-        parent has a name, ``inherits_from`` (the file child is opened before that)."""
+        """Open one node (``bdrv_open_inherit()``); a child gets its parent's options to inherit
+        from and, once the parent has a name, ``inherits_from`` (a non-protocol node's ``file``
+        child is opened before that)."""
         g = self.g
         from_filename = options.pop(_FROM_FILENAME, False)
         explicit = {} if from_filename else dict(options)
         if parent_options is not None:
             inherit_options(role, options, parent_options)
         drv = options.get("driver")
-        if drv not in ("file", "qcow2", "raw"):
+        if drv not in DRIVERS:
             raise NotModeled(f"driver {drv!r}")
+        d = DRIVERS[drv]
         read_only = _bool_opt(options.get("read-only"))
 
-        # Format drivers open their file child first; its name is assigned before the parent's.
+        # Non-protocol drivers get their file child opened (and named) before themselves.
         file_edge_target: Node | None = None
         file_role = None
-        if drv in ("qcow2", "raw"):
+        file_inline = False
+        if drv in FILE_FIRST:
             if drv == "raw":
                 file_role = ROLE_DATA if (options.get("offset") or "size" in options) else ROLE_FILTERED
             else:
-                file_role = ROLE_STORAGE
+                file_role = dict(d.children)["file"]
             ref = options.get("file")
             if isinstance(ref, str):
                 file_edge_target = _lookup_bs(g, ref)
@@ -287,6 +318,7 @@ class _Opener:
                     child_opts = {"driver": "file", "filename": filename, _FROM_FILENAME: True}
                 # inherits from the parent's options as they are when the child is opened
                 file_edge_target = self.open(child_opts, options, file_role)
+                file_inline = True
 
         discard, detect, force_share = check_generic_flags(options, read_only)
         name, auto = self.assign_name(options.get("node-name"))
@@ -297,8 +329,14 @@ class _Opener:
                     detect_zeroes=detect, force_share=force_share, seq=g.seq,
                     inherits_from=parent_name)
         g.nodes[name] = node
-        if file_edge_target is not None and not isinstance(options.get("file"), str):
+        if file_edge_target is not None and file_inline:
             file_edge_target.inherits_from = name  # opened from a nested dict: inherited
+
+        if file_edge_target is not None:
+            # The driver attaches the (already opened) file child first; every attach
+            # refreshes permissions from the parent down (bdrv_attach_child()).
+            g.attach(node, file_edge_target, "file", file_role)
+            P.refresh(g, [node.name])
 
         if drv == "file":
             fn = options["filename"]
@@ -309,19 +347,52 @@ class _Opener:
             node.filename = fn
             node.locking = options.get("locking", "auto") != "off"
             node.cached_length = refreshed_length(g, node)
-        else:
-            if drv == "qcow2":
-                _qcow2_refuse_unmodelled(options)
-            # The driver attaches the (already opened) file child first; every attach
-            # refreshes permissions from the parent down (bdrv_attach_child()).
-            g.attach(node, file_edge_target, "file", file_role)
-            P.refresh(g, [node.name])
-            if drv == "qcow2":
-                node.filename = _qcow2_image_of(g, file_edge_target)
-                qcow2_check_options(g, node.filename, options)
-            else:
-                node.raw_offset, node.raw_size = raw_check_options(g, file_edge_target, options)
-                node.cached_length = refreshed_length(g, node)
+        elif drv == "qcow2":
+            _qcow2_refuse_unmodelled(options)
+            node.filename = _qcow2_image_of(g, file_edge_target)
+            qcow2_check_options(g, node.filename, options)
+        elif drv == "raw":
+            node.raw_offset, node.raw_size = raw_check_options(g, file_edge_target, options)
+            node.cached_length = refreshed_length(g, node)
+        elif drv == "throttle":
+            node.throttle_group = throttle_check_group(g, options)
+        elif drv == "compress":
+            if file_edge_target.drv not in COMPRESSIBLE:
+                raise QmpFailure("Compression is not supported for underlying format: "
+                                 f"{file_edge_target.drv}")
+        elif drv == "null-co":
+            node.cached_length = options.get("size", 1 << 30)
+            if node.cached_length < 0:
+                raise NotModeled("negative null-co size")
+            node.read_zeroes = _bool_opt(options.get("read-zeroes"))
+        elif drv == "blkdebug":
+            config = options.get("config")
+            if config is not None and config != "/dev/null":
+                raise NotModeled("blkdebug config files other than /dev/null")
+            self.open_child(node, options, "image", ROLE_FILTERED)
+            align = options.get("align", 0)
+            if align and (align >= 2**31 - 1 or align & (align - 1) or align < 0):
+                raise QmpFailure(f"Cannot meet constraints with align {align % 2**64}")
+            if align > 512:
+                raise NotModeled("blkdebug align > 512 (request alignment rules)")
+        elif drv == "quorum":
+            count = _array_entries(options, "children")
+            if count < 1:
+                raise QmpFailure("Number of provided children must be 1 or more")
+            threshold = options["vote-threshold"]
+            if threshold < 1:
+                raise QmpFailure("Parameter 'vote-threshold' expects a value >= 1")
+            if threshold > count:
+                raise QmpFailure("threshold may not exceed children count")
+            for i in range(count):
+                self.open_child(node, options, f"children.{i}", ROLE_DATA)
+        elif drv == "blkverify":
+            self.open_child(node, options, "raw", ROLE_FILTERED)
+            self.open_child(node, options, "test", ROLE_DATA)
+        elif drv == "copy-on-read":
+            pass
+        if d.is_filter or drv in ("null-co", "quorum"):
+            node.cached_length = refreshed_length(g, node)
 
         if drv == "qcow2":
             self.open_backing(node, options)
@@ -333,6 +404,22 @@ class _Opener:
         node.explicit = {k: v for k, v in explicit.items()
                          if k not in child_names and not any(k.startswith(c + ".") for c in child_names)}
         return node
+
+    def open_child(self, node: Node, options: dict, child_name: str, role: str) -> Node:
+        """``bdrv_open_child()`` inside a driver's open: a reference or a nested dict (opened
+        now, after the parent got its name), then attached."""
+        g = self.g
+        ref = options.get(child_name)
+        if isinstance(ref, str):
+            target = _lookup_bs(g, ref)
+        else:
+            sub = _extract(options, child_name + ".")
+            if not sub:
+                raise NotModeled(f"child {child_name!r} without options")
+            target = self.open(sub, options, role, parent_name=node.name)
+        g.attach(node, target, child_name, role)
+        P.refresh(g, [node.name])
+        return target
 
     def open_backing(self, node: Node, options: dict) -> None:
         """``bdrv_open_backing_file()``: after the node itself is open."""
@@ -408,6 +495,7 @@ class _Entry:
         self.discard = node.discard
         self.detect_zeroes = "off"
         self.raw: tuple[int, int | None] | None = None
+        self.throttle_group: str | None = None
 
 
 def _join_options(node: Node, options: dict, old: dict) -> None:
@@ -483,15 +571,25 @@ def _parse_file_or_backing(g: Graph, e: _Entry, is_backing: bool) -> None:
             raise QmpFailure(f"Cannot find device='' nor node-name='{value}'")
         if g.has_child_recursive(new, bs.name):
             raise QmpFailure(f"Making '{value}' a {child_name} child of '{bs.name}' would create a cycle")
+    d = DRIVERS[bs.drv]
     old_edge = bs.child(child_name)
     old = g.nodes[old_edge.child] if old_edge else None
     if old is new:
         return
+    if old is not None:
+        if g.skip_implicit_filters(old) is new:
+            return
+        if old.implicit:
+            raise QmpFailure(f"Cannot replace implicit {child_name} child of {bs.name}")
+    if d.is_filter and old is None:
+        raise QmpFailure(f"'{bs.name}' is a {bs.drv} filter node that does not support a {child_name} child")
     if old_edge is not None and old_edge.frozen:
         raise QmpFailure(f"Cannot change frozen '{child_name}' link from '{bs.name}' to '{old.name}'")
-    if is_backing and bs.drv != "qcow2":
+    if is_backing and not d.is_filter and not d.supports_backing:
         raise QmpFailure(f"Driver '{bs.drv}' of node '{bs.name}' does not support backing files")
-    if is_backing:
+    if d.is_filter:
+        role = ROLE_FILTERED
+    elif is_backing:
         role = ROLE_COW
     else:
         if old_edge is None:
@@ -526,12 +624,19 @@ def _prepare(g: Graph, e: _Entry, profile: VersionProfile) -> None:
     for k in PUT_BACK_GENERIC:
         if k in e.options:
             remaining[k] = qemu_opt_str(e.options[k])
+    d = DRIVERS[bs.drv]
+    if not d.reopen:
+        raise QmpFailure(f"Block format '{bs.drv}' used by node '{bs.name}' does not support reopening files")
     # reset-to-default (bdrv_reset_options_allowed), in QDict order of the old options
     for key in qdict_order(bs.options):
-        if key not in e.options and key not in COMMON_OPTIONS and key not in MUTABLE[bs.drv]:
+        if key not in e.options and key not in COMMON_OPTIONS and key not in d.mutable:
             raise QmpFailure(f"Option '{key}' cannot be reset to its default value")
     # driver prepare
-    if bs.drv == "qcow2":
+    for k in d.absorbed:
+        remaining.pop(k, None)
+    if bs.drv == "throttle":
+        e.throttle_group = throttle_check_group(g, e.options)
+    elif bs.drv == "qcow2":
         _qcow2_refuse_unmodelled(e.options)
         qopts = {k: e.options[k] for k in QCOW2_RUNTIME if k in e.options}
         qcow2_check_options(g, bs.filename, qopts)
@@ -551,7 +656,7 @@ def _prepare(g: Graph, e: _Entry, profile: VersionProfile) -> None:
         remaining.pop("offset", None)
         remaining.pop("size", None)
     # backing is missing
-    if bs.drv == "qcow2" and e.backing_missing and (bs.child("backing") or g.images[bs.filename].backing_file):
+    if d.supports_backing and e.backing_missing and (bs.child("backing") or g.images[bs.filename].backing_file):
         raise QmpFailure(f"backing is missing for '{bs.name}'")
     _parse_file_or_backing(g, e, True)
     remaining.pop("backing", None)
@@ -599,7 +704,9 @@ def _commit(g: Graph, e: _Entry) -> None:
     bs.detect_zeroes = e.detect_zeroes
     if e.raw is not None:
         bs.raw_offset, bs.raw_size = e.raw
-    if bs.drv in ("file", "raw") and g.profile.reopen_refreshes_length:
+    if e.throttle_group is not None:
+        bs.throttle_group = e.throttle_group  # throttle_reopen_commit() switches groups
+    if bs.drv not in ("qcow2", "null-co") and g.profile.reopen_refreshes_length:
         bs.cached_length = refreshed_length(g, bs)
 
 

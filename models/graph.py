@@ -55,8 +55,11 @@ class Node:
     raw_offset: int = 0
     raw_size: int | None = None
     auto_backing_file: str = ""      # qcow2: bs->auto_backing_file
-    cached_length: int = 0           # file: bs->total_sectors * 512
+    cached_length: int = 0           # bs->total_sectors * 512 (null-co: its size)
+    throttle_group: str | None = None  # throttle: the group it is a member of
+    read_zeroes: bool = False        # null-co
     seq: int = 0                     # name-assignment order (query-named-block-nodes)
+    implicit: bool = False           # bs->implicit: a job filter nobody named
 
     def clone(self) -> "Node":
         return attrs.evolve(self, options=dict(self.options), explicit=dict(self.explicit),
@@ -77,6 +80,8 @@ class Graph:
     seq: int = 0
     #: file-posix lock bytes currently held by each file node: (perm, unshared)
     locks: dict = attrs.field(factory=dict)
+    #: QOM objects by id (models.objects.QomObject): throttle groups, iothreads
+    objects: dict = attrs.field(factory=dict)
     #: the VersionProfile (models.profiles) the graph behaves by
     profile: object = None
     #: nodes a known QEMU bug left drained (see VersionProfile.reopen_duplicate_drain_leak):
@@ -106,8 +111,9 @@ class Graph:
             m.children = [copy_edge(e) for e in n.children]
             m.parents = [copy_edge(e) for e in n.parents]
             nodes[name] = m
-        return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks), self.profile,
-                     set(self.stuck), set(self.dangling_data_file), self.guard_known_crashes)
+        return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks),
+                     dict(self.objects), self.profile, set(self.stuck), set(self.dangling_data_file),
+                     self.guard_known_crashes)
 
     # -- lookups ---------------------------------------------------------------------------
     def get(self, name: str) -> Node | None:
@@ -118,9 +124,23 @@ class Graph:
         c = node.child("backing")
         return self.nodes[c.child] if c else None
 
+    def filter_child(self, node: Node) -> Node | None:
+        """``bdrv_filter_bs()``: the filtered child of a filter node."""
+        from .drivers import filtered_child_name
+
+        name = filtered_child_name(node.drv)
+        c = node.child(name) if name else None
+        return self.nodes[c.child] if c else None
+
     def filter_or_cow_child(self, node: Node) -> Node | None:
-        """``bdrv_filter_or_cow_bs()``; none of the modelled drivers is a filter."""
-        return self.cow_child(node)
+        """``bdrv_filter_or_cow_bs()``."""
+        return self.filter_child(node) or self.cow_child(node)
+
+    def skip_implicit_filters(self, node: Node) -> Node:
+        """``bdrv_skip_implicit_filters()``."""
+        while node.implicit:
+            node = self.filter_child(node) or self.cow_child(node)
+        return node
 
     def has_child_recursive(self, node: Node, target: str) -> bool:
         """``bdrv_recurse_has_child()``: is ``target`` ``node`` or below it (any role)?"""

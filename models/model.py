@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from . import blockdev, qemuio
+from . import blockdev, objects, qemuio
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
@@ -141,6 +141,8 @@ class Model:
             "blockdev-add": lambda g: blockdev.blockdev_add(g, args, self.profile),
             "blockdev-reopen": lambda g: blockdev.blockdev_reopen(g, args, self.profile),
             "blockdev-del": lambda g: blockdev.blockdev_del(g, args),
+            "object-add": lambda g: objects.object_add(g, args),
+            "object-del": lambda g: objects.object_del(g, args),
         }.get(cmd)
         if handler is None:
             raise NotModeled(f"command {cmd!r}")

@@ -39,6 +39,13 @@ class ExternalParent:
 def child_perm(role: str, parent_drv: str, parent_writable: bool, perm: int, shared: int) -> tuple[int, int]:
     """``bdrv_default_perms()`` (+ ``raw_child_perm()`` for raw parents)."""
     parent_perm = perm
+    if parent_drv == "copy-on-read":
+        # cor_child_perm(): always asks for 'write unchanged' (copy-on-read writes)
+        passthrough = CONSISTENT_READ | WRITE | RESIZE
+        return (perm & passthrough) | WRITE_UNCHANGED, (shared & passthrough) | (ALL & ~passthrough)
+    if parent_drv == "quorum":
+        # quorum_child_perm(): children must not diverge, so no write/resize for others
+        return perm & ALL, shared & (CONSISTENT_READ | WRITE_UNCHANGED)
     if role == ROLE_COW:
         nperm = perm & CONSISTENT_READ
         nshared = (WRITE | RESIZE) if shared & WRITE else 0

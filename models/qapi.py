@@ -18,13 +18,14 @@ from .profiles import VersionProfile
 
 # BlockdevDriver in 7.2 and 10.0 (Debian builds).  Only the first group is modelled; the rest are
 # valid enum values the model refuses to predict.
-MODELLED_DRIVERS = ("file", "qcow2", "raw")
+MODELLED_DRIVERS = ("file", "qcow2", "raw", "throttle", "copy-on-read", "compress", "null-co",
+                    "blkdebug", "quorum", "blkverify")
 OTHER_DRIVERS = (
-    "blkdebug", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
-    "copy-before-write", "copy-on-read", "dmg", "snapshot-access", "ftp", "ftps", "gluster",
+    "blklogwrites", "blkreplay", "bochs", "cloop",
+    "copy-before-write", "dmg", "snapshot-access", "ftp", "ftps", "gluster",
     "host_cdrom", "host_device", "http", "https", "io_uring", "iscsi", "luks", "nbd", "nfs",
-    "null-aio", "null-co", "nvme", "nvme-io_uring", "parallels", "preallocate", "qcow", "qed",
-    "quorum", "rbd", "replication", "ssh", "throttle", "vdi", "vhdx", "virtio-blk-vfio-pci",
+    "null-aio", "nvme", "nvme-io_uring", "parallels", "preallocate", "qcow", "qed",
+    "rbd", "replication", "ssh", "vdi", "vhdx", "virtio-blk-vfio-pci",
     "virtio-blk-vhost-user", "virtio-blk-vhost-vdpa", "vmdk", "vpc", "vvfat",
 )
 
@@ -91,6 +92,24 @@ def qcow2_members(profile: VersionProfile) -> tuple:
 
 
 RAW_MEMBERS = (("file", REF, True), ("offset", INT, False), ("size", INT, False))
+THROTTLE_MEMBERS = (("throttle-group", STR, True), ("file", REF, True))
+GENERIC_FORMAT_MEMBERS = (("file", REF, True),)
+COR_MEMBERS = (("file", REF, True), ("bottom", T("unmodelled"), False))
+NULL_MEMBERS = (("size", INT, False), ("latency-ns", T("unmodelled"), False), ("read-zeroes", BOOL, False))
+BLKDEBUG_MEMBERS = (
+    ("image", REF, True), ("config", STR, False), ("align", INT, False),
+    ("max-transfer", T("unmodelled"), False), ("opt-write-zero", T("unmodelled"), False),
+    ("max-write-zero", T("unmodelled"), False), ("opt-discard", T("unmodelled"), False),
+    ("max-discard", T("unmodelled"), False), ("inject-error", T("unmodelled"), False),
+    ("set-state", T("unmodelled"), False), ("take-child-perms", T("unmodelled"), False),
+    ("unshare-child-perms", T("unmodelled"), False),
+)
+QUORUM_MEMBERS = (
+    ("blkverify", T("unmodelled"), False), ("children", T("list", members=(REF,)), True),
+    ("vote-threshold", INT, True), ("rewrite-corrupted", T("unmodelled"), False),
+    ("read-pattern", T("unmodelled"), False),
+)
+BLKVERIFY_MEMBERS = (("test", REF, True), ("raw", REF, True))
 
 
 def _path(prefix: str, name: str) -> str:
@@ -134,6 +153,12 @@ def _visit(value: Any, t: T, name: str, path: str, profile: VersionProfile) -> N
         _visit_members(value, t.members, path + ".", profile)
         _check_struct(value, {m[0] for m in t.members}, path + ".")
         return
+    if t.kind == "list":
+        if not isinstance(value, list):
+            raise QmpFailure(f"Invalid parameter type for '{path}', expected: array")
+        for i, element in enumerate(value):
+            _visit(element, t.members[0], f"{name}[{i}]", f"{path}[{i}]", profile)
+        return
     if t.kind == "unmodelled":
         raise NotModeled(f"option '{path}' is not modelled")
     raise AssertionError(t.kind)
@@ -165,6 +190,20 @@ def variant_members(driver: str, profile: VersionProfile) -> tuple:
         return qcow2_members(profile)
     if driver == "raw":
         return RAW_MEMBERS
+    if driver == "throttle":
+        return THROTTLE_MEMBERS
+    if driver == "compress":
+        return GENERIC_FORMAT_MEMBERS
+    if driver == "copy-on-read":
+        return COR_MEMBERS
+    if driver == "null-co":
+        return NULL_MEMBERS
+    if driver == "blkdebug":
+        return BLKDEBUG_MEMBERS
+    if driver == "quorum":
+        return QUORUM_MEMBERS
+    if driver == "blkverify":
+        return BLKVERIFY_MEMBERS
     raise NotModeled(f"driver '{driver}' is not modelled")
 
 
@@ -206,9 +245,11 @@ def validate_blockdev_del(args: Any) -> str:
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
-    """``qdict_flatten()``: nested dicts become dotted keys; lists are not used here."""
+    """``qdict_flatten()``: nested dicts become dotted keys, list elements ``key.N``."""
     out: dict = {}
     for k, v in d.items():
+        if isinstance(v, list):
+            v = {str(i): e for i, e in enumerate(v)}
         if isinstance(v, dict):
             out.update(flatten(v, f"{prefix}{k}."))
         else:

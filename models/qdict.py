@@ -39,6 +39,8 @@ def to_json(value) -> str:
     if isinstance(value, dict):
         items = [f'"{k}": {to_json(value[k])}' for k in qdict_order(value)]
         return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
     if value is None:
         return "null"
     if value is True:

@@ -18,7 +18,8 @@ import attrs
 
 from .graph import Graph, Node
 from .profiles import VersionProfile
-from .qdict import to_json
+from .drivers import DRIVERS
+from .qdict import qdict_order, to_json
 
 QCOW2_FORMAT_SPECIFIC = {
     "type": "qcow2",
@@ -34,8 +35,19 @@ class Filename:
     filename: str       # bs->filename
 
 
-_STRONG = {"file": ("driver", "filename"), "qcow2": ("driver", "filename"),
-           "raw": ("driver", "filename", "offset", "size")}
+def _strong_options(n: Node) -> dict:
+    """``append_strong_runtime_options()``: driver, filename, then the driver's strong options
+    (a trailing '.' is a prefix), in that order of insertion."""
+    d = DRIVERS[n.drv]
+    out: dict = {}
+    for key in ("driver", "filename") + d.strong + (("offset", "size") if n.drv == "raw" else ()):
+        if key.endswith("."):
+            for k in qdict_order(n.options):
+                if k.startswith(key):
+                    out[k] = n.options[k]
+        elif key in n.options and key not in out:
+            out[key] = n.options[key]
+    return out
 
 
 def backing_overridden(g: Graph, n: Node, cache: dict) -> bool:
@@ -47,38 +59,56 @@ def backing_overridden(g: Graph, n: Node, cache: dict) -> bool:
 
 
 def refresh_filename(g: Graph, n: Node, cache: dict | None = None) -> Filename:
-    """``bdrv_refresh_filename()`` for file, raw and qcow2 nodes."""
+    """``bdrv_refresh_filename()``."""
     if cache is None:
         cache = {}
     if n.name in cache:
         return cache[n.name]
     children = {c.name: refresh_filename(g, g.nodes[c.child], cache) for c in n.children}
-    overridden = n.drv == "qcow2" and backing_overridden(g, n, cache)
-    opts: dict = {}
-    found_any = False
-    for key in _STRONG[n.drv]:
-        if key in n.options:
-            opts[key] = n.options[key]
-            if key not in ("driver", "filename"):
-                found_any = True
+    if n.implicit:
+        # an implicit job filter shows its only child's names
+        result = children[n.children[0].name]
+        cache[n.name] = result
+        return result
+    d = DRIVERS[n.drv]
+    overridden = d.supports_backing and backing_overridden(g, n, cache)
+    opts = _strong_options(n)
+    found_any = any(k not in ("driver", "filename") for k in opts)
     opts.setdefault("driver", n.drv)
     generate_json = found_any or overridden
-    for c in n.children:
-        if c.name == "backing" and not overridden:
-            continue
-        opts[c.name] = children[c.name].full_open_options
-    if overridden and n.child("backing") is None:
-        opts["backing"] = None
+    if n.drv == "quorum":
+        # quorum_gather_child_options(): a gap-less list in child index order
+        kids = sorted((c for c in n.children), key=lambda c: int(c.name.split(".")[1]))
+        opts["children"] = [children[c.name].full_open_options for c in kids]
+    else:
+        for c in n.children:
+            if c.name == "backing" and not overridden:
+                continue
+            opts[c.name] = children[c.name].full_open_options
+        if overridden and n.child("backing") is None:
+            opts["backing"] = None
 
     exact = ""
     if n.drv == "file":
         exact = n.filename or ""
+    elif n.drv == "null-co":
+        # null_refresh_filename(): only if nothing but filename/driver/latency-ns was given
+        if all(k in ("filename", "driver", "latency-ns") for k in opts):
+            exact = "null-co://"
+    elif n.drv == "blkdebug":
+        img = children["image"]
+        if img.exact and all(k in ("config", "image", "x-image", "driver") for k in opts):
+            exact = f"blkdebug:{n.options.get('config', '')}:{img.exact}"
+    elif n.drv == "blkverify":
+        raw, test = children["raw"], children["test"]
+        if raw.exact and test.exact:
+            exact = f"blkverify:{raw.exact}:{test.exact}"
     else:
         fc = n.child("file")
-        if fc is not None:
+        if fc is not None and not d.is_filter:
             child = g.nodes[fc.child]
             cf = children["file"]
-            if cf.exact and child.drv == "file" and not generate_json:
+            if cf.exact and DRIVERS[child.drv].protocol and not generate_json:
                 exact = cf.exact
     filename = exact if exact else "json:" + to_json(opts)
     result = Filename(exact, opts, filename)
@@ -86,13 +116,19 @@ def refresh_filename(g: Graph, n: Node, cache: dict | None = None) -> Filename:
     return result
 
 
-def _cluster_size(g: Graph, n: Node) -> int | None:
-    """``bdrv_get_info()``: qcow2 answers, raw forwards to its file child, file-posix has none."""
+def _get_info(g: Graph, n: Node) -> tuple[bool, int | None]:
+    """``bdrv_get_info()``: (supported, cluster size).  qcow2 answers, file-posix answers with
+    no cluster size, raw and filters forward to their child; null-co and quorum have none."""
     if n.drv == "qcow2":
-        return 65536
+        return True, 65536
+    if n.drv == "file":
+        return True, None
     if n.drv == "raw":
-        return _cluster_size(g, g.nodes[n.child("file").child])
-    return None
+        return _get_info(g, g.nodes[n.child("file").child])
+    f = g.filter_child(n)
+    if f is not None:
+        return _get_info(g, f)
+    return False, None
 
 
 def image_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
@@ -102,9 +138,10 @@ def image_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
         "filename": refresh_filename(g, n, cache).filename,
         "format": n.drv,
         "virtual-size": node_length(g, n),
-        "dirty-flag": False,
     }
-    cs = _cluster_size(g, n)
+    has_info, cs = _get_info(g, n)
+    if has_info:
+        info["dirty-flag"] = False
     if cs is not None:
         info["cluster-size"] = cs
     if n.drv == "qcow2":

@@ -1,0 +1,117 @@
+"""QOM objects the block layer uses: ``object-add`` / ``object-del`` of throttle groups and
+iothreads.
+
+``user_creatable_add_type()`` (qom/object_interfaces.c) checks, in order: the id is well
+formed, the properties (QAPI ``ObjectOptions``), the id is free under ``/objects``
+(``object_property_try_add_child()``), then the type's ``complete`` hook
+(``throttle_group_obj_complete()`` -> ``throttle_is_valid()``).  ``object-del`` refuses an
+object somebody holds a reference to (``throttle_group_can_be_deleted()``): a throttle node is
+a member of its group until the node is closed or reopened into another group.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from .errors import NotModeled, QmpFailure
+from .graph import Graph
+
+#: ThrottleLimits members the model knows (all QAPI 'int'); burst lengths and iops-size are not
+LIMITS = ("iops-total", "iops-read", "iops-write", "bps-total", "bps-read", "bps-write",
+          "iops-total-max", "iops-read-max", "iops-write-max", "bps-total-max", "bps-read-max",
+          "bps-write-max")
+THROTTLE_VALUE_MAX = 1000000000000000
+_ID_OK = re.compile(r"[A-Za-z][A-Za-z0-9\-_.]*\Z")
+QOM_TYPES = ("throttle-group", "iothread")
+
+
+@attrs.frozen
+class QomObject:
+    id: str
+    qom_type: str
+    props: dict = attrs.field(factory=dict, eq=False)
+
+
+def _check_limits(limits: Any) -> None:
+    """QAPI ``ThrottleLimits`` then ``throttle_is_valid()``'s first checks."""
+    if not isinstance(limits, dict):
+        raise QmpFailure("Invalid parameter type for 'limits', expected: object")
+    for k, v in limits.items():
+        if k not in LIMITS:
+            raise NotModeled(f"throttle limit {k!r}")
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise QmpFailure(f"Invalid parameter type for 'limits.{k}', expected: integer")
+    avg = {k: limits.get(k, 0) for k in LIMITS}
+    for kind in ("bps", "iops"):
+        for suffix in ("", "-max"):
+            if avg[f"{kind}-total{suffix}"] and (avg[f"{kind}-read{suffix}"] or avg[f"{kind}-write{suffix}"]):
+                raise QmpFailure("bps/iops/max total values and read/write values cannot be used at the same time")
+    for v in avg.values():
+        if v % 2**64 > THROTTLE_VALUE_MAX:
+            raise QmpFailure(f"bps/iops/max values must be within [0, {THROTTLE_VALUE_MAX}]")
+    for kind in ("bps", "iops"):
+        for d in ("total", "read", "write"):
+            mx, a = avg[f"{kind}-{d}-max"], avg[f"{kind}-{d}"]
+            if mx and not a:
+                raise QmpFailure("bps_max/iops_max require corresponding bps/iops values")
+            if mx and mx < a:
+                raise QmpFailure("bps_max/iops_max cannot be lower than bps/iops")
+
+
+def object_add(g: Graph, args: Any) -> None:
+    if not isinstance(args, dict):
+        raise QmpFailure("Invalid parameter type for 'qom-type', expected: string")
+    if "qom-type" not in args:
+        raise QmpFailure("Parameter 'qom-type' is missing")
+    qom_type = args["qom-type"]
+    if not isinstance(qom_type, str):
+        raise QmpFailure("Invalid parameter type for 'qom-type', expected: string")
+    if qom_type not in QOM_TYPES:
+        raise NotModeled(f"qom-type {qom_type!r}")
+    if "id" not in args:
+        raise QmpFailure("Parameter 'id' is missing")
+    oid = args["id"]
+    if not isinstance(oid, str):
+        raise QmpFailure("Invalid parameter type for 'id', expected: string")
+    props = {k: v for k, v in args.items() if k not in ("qom-type", "id")}
+    allowed = {"throttle-group": ("limits",), "iothread": ()}[qom_type]
+    unexpected = [k for k in props if k not in allowed]
+    if len(unexpected) > 1:
+        raise NotModeled("several unexpected keys: GHashTable order")
+    if unexpected:
+        raise QmpFailure(f"Parameter '{unexpected[0]}' is unexpected")
+    if qom_type == "throttle-group" and "limits" in props:
+        if not isinstance(props["limits"], dict):
+            raise QmpFailure("Invalid parameter type for 'limits', expected: object")
+    if not _ID_OK.match(oid):
+        raise QmpFailure("Parameter 'id' expects an identifier")
+    if oid in g.objects:
+        raise QmpFailure(f"attempt to add duplicate property '{oid}' to object (type 'container')")
+    if qom_type == "throttle-group":
+        _check_limits(props.get("limits", {}))
+    g.objects[oid] = QomObject(oid, qom_type, props)
+
+
+def in_use(g: Graph, oid: str) -> bool:
+    return any(n.throttle_group == oid for n in g.nodes.values())
+
+
+def object_del(g: Graph, args: Any) -> None:
+    if not isinstance(args, dict) or "id" not in args:
+        raise QmpFailure("Parameter 'id' is missing")
+    oid = args["id"]
+    if not isinstance(oid, str):
+        raise QmpFailure("Invalid parameter type for 'id', expected: string")
+    if len(args) > 1:
+        extra = [k for k in args if k != "id"]
+        if len(extra) > 1:
+            raise NotModeled("several unexpected keys: GHashTable order")
+        raise QmpFailure(f"Parameter '{extra[0]}' is unexpected")
+    obj = g.objects.get(oid)
+    if obj is None:
+        raise QmpFailure(f"object '{oid}' not found")
+    if in_use(g, oid):
+        raise QmpFailure(f"object '{oid}' is in use, can not be deleted")
+    del g.objects[oid]
