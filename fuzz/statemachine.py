@@ -145,9 +145,17 @@ class BlockGraphMachine(RuleBasedStateMachine):
         for c in reversed(n.children):
             child = self.g.nodes[c.child]
             if child.inherits_from == name and not child.auto_named:
-                d[c.name] = self.options_of(child.name, top=False)
+                value: Any = self.options_of(child.name, top=False)
             else:
-                d[c.name] = child.name
+                value = child.name
+            if n.drv == "quorum":
+                # children.N -> the list QAPI wants, in index order
+                kids = d.setdefault("children", [])
+                index = int(c.name.split(".")[1])
+                kids.extend([None] * (index + 1 - len(kids)))
+                kids[index] = value
+            else:
+                d[c.name] = value
         if n.drv == "qcow2" and "backing" not in d and self.g.images[n.filename].backing_file:
             d["backing"] = None
         return d
@@ -159,7 +167,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
         self.do({"qmp": "blockdev-add", "args": d})
 
     def add_args(self):
-        return add_args(tuple(self.named_nodes()), tuple(i.file for i in self.images))
+        return add_args(tuple(self.named_nodes()), tuple(i.file for i in self.images),
+                        tuple(sorted(self.g.objects)))
 
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
@@ -173,6 +182,18 @@ class BlockGraphMachine(RuleBasedStateMachine):
             opts = data.draw(mutate(opts, tuple(names)))
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
+
+    @precondition(lambda self: self.runner is not None)
+    @rule(data=st.data())
+    def qom_object(self, data):
+        """object-add or object-del of a throttle group (one rule, so that objects do not
+        crowd out the block-graph rules)."""
+        if self.g.objects and data.draw(st.integers(0, 2)) == 0:
+            oid = data.draw(st.sampled_from(sorted(self.g.objects) + ["nope"]))
+            self.do({"qmp": "object-del", "args": {"id": oid}})
+        else:
+            self.do({"qmp": "object-add",
+                     "args": data.draw(object_add_args(tuple(sorted(self.g.objects))))})
 
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
@@ -236,10 +257,48 @@ def _range(draw, length: int):
     return off, min(ln, length - off) if unit == 1 else ln
 
 
+GROUPS = ("group0", "group1", "group2")
+
+
 @st.composite
-def add_args(draw, names: tuple, files: tuple) -> dict:
+def object_add_args(draw, existing: tuple) -> dict:
+    """object-add of a throttle group: fresh or duplicate ids, valid and invalid limits."""
+    oid = draw(st.sampled_from(GROUPS + existing[:1] + ("1bad",)))
+    d: dict = {"qom-type": "throttle-group", "id": oid}
+    if draw(st.integers(0, 5)):
+        keys = draw(st.lists(st.sampled_from(["iops-total", "iops-read", "bps-total", "bps-write",
+                                              "iops-total-max"]), max_size=2, unique=True))
+        # valid limits are high enough never to delay the fuzzer's I/O (a leaky bucket lets
+        # the first request through and then waits: bps-write 1000 makes a 192 KiB write take
+        # minutes, which would be reported as a hang)
+        d["limits"] = {k: draw(st.sampled_from(
+            [10**6, 2 * 10**6, 0, -1, 10**15 + 1] if k.startswith("iops") else
+            [10**12, 0, -1, 10**15 + 1])) for k in keys}
+    return d
+
+
+def _child_ref(draw, names: tuple, files: tuple, name: str):
+    """A child: a reference to an existing node, or an inline qcow2-over-file tree."""
+    if names and draw(st.integers(0, 2)):
+        return draw(st.sampled_from(names))
+    fd: dict = {"driver": "file", "filename": draw(st.sampled_from(files))}
+    if draw(st.booleans()):
+        fd["node-name"] = name + "-f" if len(name) < 28 and name else "f8"
+    if draw(st.booleans()):
+        return fd
+    return {"driver": "qcow2", "file": fd}
+
+
+@st.composite
+def add_args(draw, names: tuple, files: tuple, groups: tuple = ()) -> dict:
     """blockdev-add arguments: valid trees mostly, invalid names and values sometimes."""
-    drv = draw(st.sampled_from(["qcow2", "qcow2", "raw", "file"]))
+    drv = draw(st.sampled_from(["qcow2", "qcow2", "raw", "file", "filter", "special"]))
+    if drv == "filter":
+        drv = draw(st.sampled_from(["throttle", "throttle", "copy-on-read", "compress", "blkdebug"]))
+    elif drv == "special":
+        drv = draw(st.sampled_from(["null-co", "quorum", "blkverify"]))
+    if drv not in ("qcow2", "raw", "file"):
+        return draw(filter_args(drv, names, files, groups))
     if draw(st.integers(0, 15)) == 0:  # now and then a bad or duplicate name
         name = draw(st.sampled_from(("", "1bad", "x" * 32, "a" * 31) + tuple(names[:3])))
     else:
@@ -269,6 +328,41 @@ def add_args(draw, names: tuple, files: tuple) -> dict:
                 d["size"] = draw(st.sampled_from([512, 1000, 65536]))
     _generic(draw, d)
     return d
+
+
+@st.composite
+def filter_args(draw, drv: str, names: tuple, files: tuple, groups: tuple) -> dict:
+    name = draw(st.sampled_from(FILTER_NAMES))
+    d: dict = {"driver": drv, "node-name": name}
+    if drv in ("throttle", "copy-on-read", "compress"):
+        d["file"] = _child_ref(draw, names, files, name)
+    if drv == "throttle":
+        d["throttle-group"] = draw(st.sampled_from(groups + GROUPS[:1] + ("nope",)))
+    elif drv == "blkdebug":
+        d["image"] = _child_ref(draw, names, files, name)
+        if draw(st.booleans()):
+            d["config"] = "/dev/null"
+        if draw(st.integers(0, 3)) == 0:
+            d["align"] = draw(st.sampled_from([512, 3, 0]))
+    elif drv == "null-co":
+        if draw(st.booleans()):
+            d["size"] = draw(st.sampled_from([1024, 65536, 1 << 20, 1 << 30]))
+        if draw(st.booleans()):
+            d["read-zeroes"] = draw(st.booleans())
+    elif drv == "quorum":
+        kids = draw(st.lists(st.sampled_from(names) if names else st.just("nope"), min_size=0, max_size=3))
+        if draw(st.integers(0, 3)) == 0:
+            kids.append(_child_ref(draw, (), files, name))
+        d["children"] = kids
+        d["vote-threshold"] = draw(st.sampled_from([1, 1, 2, 0, 4]))
+    elif drv == "blkverify":
+        d["test"] = _child_ref(draw, names, files, name)
+        d["raw"] = _child_ref(draw, names, files, name + "r")
+    _generic(draw, d)
+    return d
+
+
+FILTER_NAMES = ("t0", "t1", "cor0", "c0", "bd", "n0", "q0", "bv")
 
 
 def _generic(draw, d: dict) -> None:
@@ -306,7 +400,7 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
             d["cache"] = {"no-flush": draw(st.booleans())}
         elif kind == "backing" and d.get("driver") == "qcow2":
             d["backing"] = draw(st.sampled_from([None, *names, "nope", ""]))
-        elif kind == "file" and d.get("driver") in ("qcow2", "raw"):
+        elif kind == "file" and d.get("driver") in ("qcow2", "raw", "throttle", "copy-on-read", "compress"):
             d["file"] = draw(st.sampled_from([*names, "nope"]))
         elif kind == "drop":
             keys = sorted(d)
@@ -361,6 +455,14 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
                     d[key] = draw(st.booleans())
                 else:
                     d[key] = draw(st.sampled_from(sizes))
+        elif kind == "raw" and d.get("driver") == "throttle":
+            d["throttle-group"] = draw(st.sampled_from(GROUPS + ("nope",)))
+        elif kind == "raw" and d.get("driver") == "null-co":
+            key = draw(st.sampled_from(["size", "read-zeroes"]))
+            d[key] = draw(st.sampled_from([1024, 1 << 30])) if key == "size" else draw(st.booleans())
+        elif kind == "raw" and d.get("driver") == "blkdebug":
+            key = draw(st.sampled_from(["align", "config", "image"]))
+            d[key] = {"align": 512, "config": "/dev/null", "image": draw(st.sampled_from(names))}[key]
         elif kind == "raw" and d.get("driver") == "raw":
             key = draw(st.sampled_from(["offset", "size"]))
             d[key] = draw(st.sampled_from([0, 512, 1000, 65536, 1 << 20, 1 << 30]))

@@ -16,7 +16,7 @@ from typing import Any
 from . import perms as P
 from .errors import NotModeled, QmpFailure
 from .drivers import DRIVERS, FILE_FIRST
-from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_STORAGE, Graph, Node
+from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, Graph, Node
 from .imagedata import CLUSTER, SECTOR
 from .profiles import VersionProfile
 from .qapi import flatten, validate_blockdev_add, validate_blockdev_del, validate_blockdev_reopen
@@ -101,7 +101,7 @@ def node_length(g: Graph, n: Node) -> int:
     filter nodes answer from ``total_sectors``, which is refreshed when the node is opened or
     reopened (``bdrv_refresh_total_sectors()``) and grows only by the node's own writes past
     its end."""
-    if n.drv == "raw" and g.profile is not None and g.profile.raw_variable_length:
+    if g.profile is not None and n.drv in g.profile.variable_length_drivers:
         return refreshed_length(g, n)
     if n.drv == "qcow2":
         return g.images[n.filename].size
@@ -163,8 +163,9 @@ def _qcow2_image_of(g: Graph, file_node: Node) -> str:
     whose first bytes the model knows and which are not the qcow2 magic is refused."""
     from . import iodata
 
-    if file_node.drv == "file":
-        img = g.images[file_node.filename]
+    leaf = iodata.storage_leaf(g, file_node)
+    if leaf.drv == "file":
+        img = g.images[leaf.filename]
         if img.fmt == "qcow2":
             return img.file
     if node_length(g, file_node) < SECTOR:

@@ -36,7 +36,7 @@ def qcow2_image(g: Graph, n: Node) -> Image | None:
         # Two qcow2 drivers on one image (possible with locking=off) each cache metadata and
         # allocate on their own; what either then reads or writes is not modelled.
         return None
-    fc = g.nodes[n.child("file").child]
+    fc = storage_leaf(g, g.nodes[n.child("file").child])
     if fc.drv != "file":
         return None
     cur = g.images[fc.filename]
@@ -49,9 +49,30 @@ def qcow2_image(g: Graph, n: Node) -> Image | None:
     return cur
 
 
+#: filters whose reads and writes go straight to their filtered child.  copy-on-read is not
+#: one of them for reads: a read through it also allocates in the child (not modelled).
+PASS_THROUGH = ("throttle", "blkdebug", "compress")
+
+
+#: filters a qcow2 node may have between itself and its image file without changing what it
+#: reads or writes (copy-on-read copies nothing from a file node: it is always allocated)
+FILE_FILTERS = ("throttle", "blkdebug", "copy-on-read")
+
+
+def storage_leaf(g: Graph, n: Node) -> Node:
+    """The node under ``n`` once pass-through filters are skipped."""
+    while n.drv in FILE_FILTERS:
+        n = g.filter_child(n)
+    return n
+
+
 def read(g: Graph, n: Node, off: int, length: int) -> bytes | None:
     if n.name in g.dangling_data_file:
         return None  # a known QEMU bug: I/O through a freed BdrvChild (Graph.dangling_data_file)
+    if n.drv in PASS_THROUGH:
+        return read(g, g.filter_child(n), off, length)
+    if n.drv == "null-co":
+        return bytes(length) if n.read_zeroes else None
     if n.drv == "file":
         img = g.images[n.filename]
         host = img.host_bytes(off, length)
@@ -98,6 +119,10 @@ def known(g: Graph, n: Node) -> bool:
         return g.images[n.filename].fmt == "raw"
     if n.drv == "raw":
         return known(g, g.nodes[n.child("file").child])
+    if n.drv in PASS_THROUGH:
+        return known(g, g.filter_child(n))
+    if n.drv == "null-co":
+        return n.read_zeroes
     if n.drv == "qcow2":
         if qcow2_image(g, n) is None:
             return False
@@ -112,6 +137,10 @@ def can_write(g: Graph, n: Node) -> bool:
         return g.images[n.filename].fmt == "raw" and n.name not in g.dangling_data_file
     if n.drv == "raw":
         return can_write(g, g.nodes[n.child("file").child])
+    if n.drv in ("throttle", "blkdebug", "copy-on-read"):
+        return can_write(g, g.filter_child(n))
+    if n.drv == "null-co":
+        return True  # writes are dropped
     if n.drv == "qcow2":
         img = qcow2_image(g, n)
         # copy-on-write reads the backing chain, so all of it must be known
@@ -126,6 +155,11 @@ def write(g: Graph, n: Node, off: int, payload: bytes) -> None:
     if n.drv == "raw":
         write(g, g.nodes[n.child("file").child], n.raw_offset + off, payload)
         return
+    if n.drv in ("throttle", "blkdebug", "copy-on-read"):
+        write(g, g.filter_child(n), off, payload)
+        return
+    if n.drv == "null-co":
+        return
     if n.drv == "qcow2":
         img = g.images[n.filename]
         end = off + len(payload)
@@ -139,8 +173,13 @@ def write(g: Graph, n: Node, off: int, payload: bytes) -> None:
                 img.allocated.add(c)
         img.data[off:end] = payload
         # the qcow2 driver grew the host file through its current file child
-        fc = g.nodes[n.child("file").child]
+        # every node on the way down sees the write past its end (bdrv_co_write_req_finish())
         host = -(-img.host_length() // 512) * 512
-        fc.cached_length = max(fc.cached_length, host)
+        fc = g.nodes[n.child("file").child]
+        while True:
+            fc.cached_length = max(fc.cached_length, host)
+            if fc.drv not in FILE_FILTERS:
+                break
+            fc = g.filter_child(fc)
         return
     raise AssertionError(n.drv)

@@ -2,9 +2,9 @@
 iothreads.
 
 ``user_creatable_add_type()`` (qom/object_interfaces.c) checks, in order: the id is well
-formed, the properties (QAPI ``ObjectOptions``), the id is free under ``/objects``
-(``object_property_try_add_child()``), then the type's ``complete`` hook
-(``throttle_group_obj_complete()`` -> ``throttle_is_valid()``).  ``object-del`` refuses an
+formed, the properties (QAPI ``ObjectOptions``; a throttle group's limits are validated as
+``throttle_is_valid()`` does, and 7.2 and 10.0 do it here), then that the id is free under
+``/objects`` (``object_property_try_add_child()``).  ``object-del`` refuses an
 object somebody holds a reference to (``throttle_group_can_be_deleted()``): a throttle node is
 a member of its group until the node is closed or reopened into another group.
 """
@@ -43,17 +43,17 @@ def _check_limits(limits: Any) -> None:
             raise NotModeled(f"throttle limit {k!r}")
         if not isinstance(v, int) or isinstance(v, bool):
             raise QmpFailure(f"Invalid parameter type for 'limits.{k}', expected: integer")
-    avg = {k: limits.get(k, 0) for k in LIMITS}
+    avg = {k: limits.get(k, 0) % 2**64 for k in LIMITS}   # the buckets are uint64
     for kind in ("bps", "iops"):
         for suffix in ("", "-max"):
             if avg[f"{kind}-total{suffix}"] and (avg[f"{kind}-read{suffix}"] or avg[f"{kind}-write{suffix}"]):
                 raise QmpFailure("bps/iops/max total values and read/write values cannot be used at the same time")
-    for v in avg.values():
-        if v % 2**64 > THROTTLE_VALUE_MAX:
-            raise QmpFailure(f"bps/iops/max values must be within [0, {THROTTLE_VALUE_MAX}]")
+    # then bucket by bucket (THROTTLE_BPS_TOTAL, _READ, _WRITE, THROTTLE_OPS_TOTAL, ...)
     for kind in ("bps", "iops"):
         for d in ("total", "read", "write"):
-            mx, a = avg[f"{kind}-{d}-max"], avg[f"{kind}-{d}"]
+            a, mx = avg[f"{kind}-{d}"], avg[f"{kind}-{d}-max"]
+            if a > THROTTLE_VALUE_MAX or mx > THROTTLE_VALUE_MAX:
+                raise QmpFailure(f"bps/iops/max values must be within [0, {THROTTLE_VALUE_MAX}]")
             if mx and not a:
                 raise QmpFailure("bps_max/iops_max require corresponding bps/iops values")
             if mx and mx < a:
@@ -87,10 +87,12 @@ def object_add(g: Graph, args: Any) -> None:
             raise QmpFailure("Invalid parameter type for 'limits', expected: object")
     if not _ID_OK.match(oid):
         raise QmpFailure("Parameter 'id' expects an identifier")
+    if qom_type == "throttle-group":
+        # observed on 7.2 and 10.0: the limits are validated while the property is set, before
+        # the object is added under /objects
+        _check_limits(props.get("limits", {}))
     if oid in g.objects:
         raise QmpFailure(f"attempt to add duplicate property '{oid}' to object (type 'container')")
-    if qom_type == "throttle-group":
-        _check_limits(props.get("limits", {}))
     g.objects[oid] = QomObject(oid, qom_type, props)
 
 

@@ -18,9 +18,10 @@ class VersionProfile:
     file_format_specific: bool
     #: qcow2 accepts ``discard-no-unref`` (8.1+).
     qcow2_discard_no_unref: bool
-    #: raw-format has variable length (``has_variable_length``), so its length follows its file
-    #: child's at every query (7.2); 10.0 inherits the flag from a regular file: cached.
-    raw_variable_length: bool
+    #: drivers with ``has_variable_length`` (7.2: raw, copy-on-read and compress set it, so their
+    #: length follows their child's at every query); 10.0 inherits the flag from the children
+    #: and a regular file has none, so every length is cached ``total_sectors``.
+    variable_length_drivers: tuple
     #: ``bdrv_reopen_commit()`` refreshes ``total_sectors`` (10.0), so a reopened file node sees
     #: growth that other nodes made to its host file; 7.2 keeps the old length.
     reopen_refreshes_length: bool
@@ -38,11 +39,12 @@ class VersionProfile:
 
 PROFILES: dict[str, VersionProfile] = {
     "7.2": VersionProfile("7.2", (7, 2), node_active_field=False, file_format_specific=False,
-                          qcow2_discard_no_unref=False, raw_variable_length=True,
+                          qcow2_discard_no_unref=False,
+                          variable_length_drivers=("raw", "copy-on-read", "compress"),
                           reopen_refreshes_length=False, reopen_duplicate_drain_leak=False,
                           reopen_detached_entry_asserts=True),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
-                           qcow2_discard_no_unref=True, raw_variable_length=False,
+                           qcow2_discard_no_unref=True, variable_length_drivers=(),
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,
                            reopen_detached_entry_asserts=False),
 }
