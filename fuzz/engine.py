@@ -188,6 +188,7 @@ class Runner:
         #: per executed step: what each side answered (for the trace's reader, never trusted)
         self.observed: list[dict | None] = []
         self._qemu_graph: list[dict] | None = None
+        self._job_seen = False  # once a job existed, query-jobs is compared after every step
 
     # the current graph as each side sees it
     def model_graph(self) -> list[dict]:
@@ -251,12 +252,37 @@ class Runner:
                 mg, qg = self.model_graph(), self.qemu_graph()
                 if mg != qg:
                     raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))
+                if self._jobs_in_play(cmd):
+                    mj, qj = self.model.query_jobs(), self.qemu.query_jobs()
+                    if mj != qj:
+                        raise GraphMismatch(index, step, mj, qj, "query-jobs")
         return predicted
+
+    def _jobs_in_play(self, cmd: str) -> bool:
+        """Whether query-jobs is compared after this step: whenever the model has a job, and
+        after any job command (so a job QEMU has and the model has not is caught)."""
+        from .qemu import JOB_COMMANDS
+
+        if self.model.graph.jobs or cmd in JOB_COMMANDS:
+            self._job_seen = True
+        return self._job_seen
+
+    def _jobs(self, side: str) -> list[dict]:
+        return self.model.query_jobs() if side == "model" else self.qemu.query_jobs()
 
     def _assert(self, index: int, step: dict) -> None:
         sides = [("model", self.model_graph())]
         if self.qemu is not None:
             sides.insert(0, ("qemu", self.qemu_graph()))
+        if step["assert"] == "job":
+            for side, _graph in sides:
+                job = next((j for j in self._jobs(side) if j["id"] == step["id"]), None)
+                if step.get("absent"):
+                    if job is not None:
+                        raise ExpectationMismatch(index, step, "absent", job, f"{side}: job {step['id']}")
+                elif job is None or job["status"] != step["status"]:
+                    raise ExpectationMismatch(index, step, step["status"], job, f"{side}: job {step['id']}")
+            return
         for side, graph in sides:
             if step["assert"] == "graph-equals":
                 key = step["snapshot"] if side == "model" else "qemu:" + step["snapshot"]

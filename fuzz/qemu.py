@@ -40,6 +40,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 from typing import Any, Mapping, NoReturn, Protocol, Sequence
 
 import attrs
@@ -166,6 +167,11 @@ _STATS_LINE = re.compile(
     r"|\d+,\d+,[\d:.]+,[\d.einfa]+,[\d.einfa]+"
 )
 # Text QEMU (glibc assert, glib g_assert, abort) leaves on stderr when it is going down.
+#: commands that may start or move a block job
+JOB_COMMANDS = frozenset({"block-stream", "block-commit", "job-finalize", "job-dismiss",
+                          "job-cancel", "block-job-complete"})
+#: job states the harness waits for after each command (see QemuProcess._settle_jobs)
+SETTLED_JOB_STATES = frozenset({"ready", "pending", "concluded"})
 _FATAL_STDERR = re.compile(r"Assertion|assertion failed|code should not be reached|Aborted|core dumped")
 
 
@@ -291,6 +297,7 @@ class QemuProcess:
         self._failure: QemuFailure | None = None
         self._closed = False
         self._version: tuple[int, int, int] | None = None
+        self._jobs_possible = False  # a job command succeeded and query-jobs was not yet empty
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -407,6 +414,10 @@ class QemuProcess:
         out0 = os.fstat(self._out_fd).st_size
         err0 = os.fstat(self._err_fd).st_size
         reply = self._call(cmd, wire, timeout)
+        if cmd in JOB_COMMANDS and "error" not in reply:
+            self._jobs_possible = True
+        if self._jobs_possible and cmd not in ("query-jobs", "query-named-block-nodes"):
+            self._settle_jobs(cmd)
         stdout = stdout_lines(_read_from(self._out_fd, out0))
         self._check_after(cmd, err0)
 
@@ -420,6 +431,35 @@ class QemuProcess:
             return Outcome(ret=None, error=QmpError(err["class"], canonicalize_text(err["desc"])),
                            stdout=stdout)
         return Outcome(ret=_canon(reply["return"]), error=None, stdout=stdout)
+
+    def _settle_jobs(self, cmd: str) -> None:
+        """Wait until every block job is in a settled state (``SETTLED_JOB_STATES``) or gone.
+
+        This is what makes jobs deterministic: a job's copying is over when the command that
+        started it returns, ``auto-finalize: false`` jobs wait in ``pending`` and active commits
+        in ``ready``; transient states (running, waiting, paused/standby around a drain) are
+        never observed.  A job that does not settle within the timeout is a hang."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._call("query-jobs", None, None)
+            jobs = reply.get("return", [])
+            if not jobs:
+                self._jobs_possible = False
+                return
+            if all(j.get("status") in SETTLED_JOB_STATES for j in jobs):
+                return
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{j.get('id')}={j.get('status')}" for j in jobs)
+                self._fail(QemuHung(cmd, self.timeout, f"jobs never settled: {states}"))
+            time.sleep(0.0005)
+
+    def query_jobs(self) -> list[dict]:
+        """``query-jobs`` as the model predicts it: id, type, status and error of each job,
+        newest first (progress counters are left out: they count bytes the job visited)."""
+        outcome = self.execute("query-jobs")
+        if outcome.error is not None:
+            raise HarnessError(f"query-jobs failed: {outcome.error}")
+        return [{k: j[k] for k in ("id", "type", "status", "error") if k in j} for j in outcome.ret]
 
     def query_nodes(self) -> list[dict]:
         """``query-named-block-nodes`` with every auto name canonicalised (also in json: names)."""

@@ -722,6 +722,18 @@ def blockdev_reopen(g: Graph, args: Any, profile: VersionProfile) -> None:
         if node is None:
             raise QmpFailure(f"Failed to find node with node-name='{name}'")
         _queue_child(g, queue, node, flatten(element), None, None, False)
+    reopen_multiple(g, queue, profile)
+
+
+def reopen_set_read_only(g: Graph, node: Node, read_only: bool) -> None:
+    """``bdrv_reopen_set_read_only()``: reopen keeping the old options, flipping read-only."""
+    queue: list[_Entry] = []
+    _queue_child(g, queue, node, {"read-only": read_only}, None, None, True)
+    reopen_multiple(g, queue, g.profile)
+
+
+def reopen_multiple(g: Graph, queue: list, profile: VersionProfile) -> None:
+    """``bdrv_reopen_multiple()``: prepare every entry, refresh permissions, commit."""
     for i, e in enumerate(queue):
         _prepare(g, e, profile)
         if profile.reopen_detached_entry_asserts and g.guard_known_crashes:
@@ -758,15 +770,29 @@ def blockdev_reopen(g: Graph, args: Any, profile: VersionProfile) -> None:
 # --------------------------------------------------------------------------------------------
 # blockdev-del
 
+def op_blocker(g: Graph, node: Node) -> str | None:
+    """The reason of the newest op blocker on ``node`` (``bdrv_op_is_blocked()`` reports
+    ``QLIST_FIRST``): a COW parent's "node is used as backing hd of ..." (``bdrv_backing_attach()``)
+    or a job's "block device is in use by block job: ..." (``block_job_add_bdrv()``)."""
+    reasons = [(c.seq, f"node is used as backing hd of '{c.parent}'")
+               for c in node.parents if c.role == ROLE_COW]
+    for j in g.jobs.values():
+        seq = j.blocks.get(node.name)
+        if seq is not None:
+            reasons.append((seq, f"block device is in use by block job: {j.type}"))
+    return max(reasons)[1] if reasons else None
+
+
 def blockdev_del(g: Graph, args: Any) -> None:
     name = validate_blockdev_del(args)
     node = g.get(name)
     if node is None:
         raise QmpFailure(f"Failed to find node with node-name='{name}'")
-    # op blockers: the newest "backing hd" blocker is reported
-    for c in node.parents:
-        if c.name == "backing":
-            raise QmpFailure(f"Node '{name}' is busy: node is used as backing hd of '{c.parent}'")
+    if g.has_blk(name):
+        raise QmpFailure(f"Node {name} is in use")
+    reason = op_blocker(g, node)
+    if reason is not None:
+        raise QmpFailure(f"Node '{name}' is busy: {reason}")
     if not node.monitor_owned:
         raise QmpFailure(f"Node {name} is not owned by the monitor")
     if g.refcount(node) > 1:

@@ -73,6 +73,12 @@ DRIVERS: dict[str, Driver] = {d.name: d for d in (
     # block/blkverify.c: "raw" is bs->file (opened first), "test" is DATA; no reopen
     Driver("blkverify", protocol=True, is_filter=True, reopen=False,
            children=(("raw", ROLE_FILTERED), ("test", ROLE_DATA))),
+    # job filters (block/commit.c, block/mirror.c): created by jobs only, filtered child is
+    # "backing", no reopen; their filename is their child's
+    Driver("commit_top", protocol=False, is_filter=True, reopen=False,
+           children=(("backing", ROLE_FILTERED),)),
+    Driver("mirror_top", protocol=False, is_filter=True, reopen=False,
+           children=(("backing", ROLE_FILTERED),)),
 )}
 
 #: drivers that open through a ``file`` child named before the node (non-protocol, with file)

@@ -30,6 +30,21 @@ class Child:
     name: str
     role: str
     frozen: bool = False
+    seq: int = 0        # when it was attached (or last moved): parents are listed newest first
+
+
+@attrs.frozen
+class JobParent:
+    """A parent that is not a node: a block job's BdrvChild (``block_job_add_bdrv()``) or a
+    BlockBackend a job (or device) holds.  ``blk`` parents make ``bdrv_has_blk()`` true."""
+
+    node: str
+    desc: str        # "stream job 'stream0'", "an unnamed block device"
+    child_name: str  # "intermediate node", "root", ...
+    perm: int
+    shared: int
+    seq: int
+    blk: bool = False
 
 
 @attrs.define
@@ -82,6 +97,9 @@ class Graph:
     locks: dict = attrs.field(factory=dict)
     #: QOM objects by id (models.objects.QomObject): throttle groups, iothreads
     objects: dict = attrs.field(factory=dict)
+    #: block jobs by id, oldest first (models.jobs.Job)
+    jobs: dict = attrs.field(factory=dict)
+    edge_seq: int = 0
     #: the VersionProfile (models.profiles) the graph behaves by
     profile: object = None
     #: nodes a known QEMU bug left drained (see VersionProfile.reopen_duplicate_drain_leak):
@@ -112,7 +130,8 @@ class Graph:
             m.parents = [copy_edge(e) for e in n.parents]
             nodes[name] = m
         return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks),
-                     dict(self.objects), self.profile, set(self.stuck), set(self.dangling_data_file),
+                     dict(self.objects), {k: j.clone() for k, j in self.jobs.items()},
+                     self.edge_seq, self.profile, set(self.stuck), set(self.dangling_data_file),
                      self.guard_known_crashes)
 
     # -- lookups ---------------------------------------------------------------------------
@@ -120,9 +139,10 @@ class Graph:
         return self.nodes.get(name)
 
     def cow_child(self, node: Node) -> Node | None:
-        """``bdrv_cow_bs()``: the backing child of a format node."""
+        """``bdrv_cow_bs()``: the backing child of a format node (a job filter's ``backing``
+        is a filtered child, not a COW one)."""
         c = node.child("backing")
-        return self.nodes[c.child] if c else None
+        return self.nodes[c.child] if c and c.role == ROLE_COW else None
 
     def filter_child(self, node: Node) -> Node | None:
         """``bdrv_filter_bs()``: the filtered child of a filter node."""
@@ -154,8 +174,20 @@ class Graph:
             return True
         return any(self.reaches_stuck(self.nodes[c.child]) for c in node.children)
 
+    def job_parents(self, name: str) -> list:
+        """Non-node parents of a node (JobParent), held by jobs."""
+        return [p for j in self.jobs.values() for p in j.parents if p.node == name]
+
+    def has_blk(self, name: str) -> bool:
+        """``bdrv_has_blk()``."""
+        return any(p.blk for p in self.job_parents(name))
+
     def refcount(self, node: Node) -> int:
-        return len(node.parents) + (1 if node.monitor_owned else 0)
+        return len(node.parents) + (1 if node.monitor_owned else 0) + len(self.job_parents(node.name))
+
+    def next_edge_seq(self) -> int:
+        self.edge_seq += 1
+        return self.edge_seq
 
     # -- naming ----------------------------------------------------------------------------
     def next_auto_name(self) -> str:
@@ -165,7 +197,7 @@ class Graph:
 
     # -- edges -----------------------------------------------------------------------------
     def attach(self, parent: Node, child: Node, name: str, role: str) -> Child:
-        edge = Child(parent.name, child.name, name, role)
+        edge = Child(parent.name, child.name, name, role, seq=self.next_edge_seq())
         parent.children.insert(0, edge)
         child.parents.insert(0, edge)
         return edge

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from . import blockdev, objects, qemuio
+from . import blockdev, jobs, objects, qemuio
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
@@ -143,6 +143,12 @@ class Model:
             "blockdev-del": lambda g: blockdev.blockdev_del(g, args),
             "object-add": lambda g: objects.object_add(g, args),
             "object-del": lambda g: objects.object_del(g, args),
+            "block-stream": lambda g: jobs.block_stream(g, args),
+            "block-commit": lambda g: jobs.block_commit(g, args),
+            "job-finalize": lambda g: jobs.job_finalize(g, args),
+            "job-dismiss": lambda g: jobs.job_dismiss(g, args),
+            "job-cancel": lambda g: jobs.job_cancel(g, args),
+            "block-job-complete": lambda g: jobs.block_job_complete(g, args),
         }.get(cmd)
         if handler is None:
             raise NotModeled(f"command {cmd!r}")
@@ -159,6 +165,10 @@ class Model:
         settle_locks(g)
         self.graph = g
         return Outcome.success({})
+
+    def query_jobs(self) -> list[dict]:
+        """``query-jobs`` as compared: id, type, status (and error), newest first."""
+        return jobs.query_jobs(self.graph)
 
     def query_named_block_nodes(self) -> list[dict]:
         """The projected ``query-named-block-nodes`` reply (see ``models.query.project``)."""

@@ -43,6 +43,12 @@ def child_perm(role: str, parent_drv: str, parent_writable: bool, perm: int, sha
         # cor_child_perm(): always asks for 'write unchanged' (copy-on-read writes)
         passthrough = CONSISTENT_READ | WRITE | RESIZE
         return (perm & passthrough) | WRITE_UNCHANGED, (shared & passthrough) | (ALL & ~passthrough)
+    if parent_drv == "commit_top":
+        return 0, ALL   # bdrv_commit_top_child_perm()
+    if parent_drv == "mirror_top":
+        # bdrv_mirror_top_child_perm() of a commit job: no consistent read, share write
+        nperm, nshared = perm & ALL, shared & ALL
+        return nperm & ~CONSISTENT_READ, nshared | WRITE
     if parent_drv == "quorum":
         # quorum_child_perm(): children must not diverge, so no write/resize for others
         return perm & ALL, shared & (CONSISTENT_READ | WRITE_UNCHANGED)
@@ -113,22 +119,23 @@ class Perms:
 
     def _cumulative(self, name: str) -> tuple[int, int]:
         perm, shared = 0, ALL
-        for e in self.external.get(name, ()):
-            perm |= e.perm
-            shared &= e.shared
-        for c in self.g.nodes[name].parents:
-            p, s = self.edge[id(c)]
+        for _desc, _child, p, s in self.parents_of(name):
             perm |= p
             shared &= s
         return perm, shared
 
     def parents_of(self, name: str) -> list[tuple[str, str, int, int]]:
-        """(description, child name, perm, shared) of every parent, newest first."""
+        """(description, child name, perm, shared) of every parent, newest first: a temporary
+        user first, then node edges and job-held parents by age."""
         out = [(e.desc, e.child_name, e.perm, e.shared) for e in self.external.get(name, ())]
+        aged = []
         for c in self.g.nodes[name].parents:
             p, s = self.edge[id(c)]
-            out.append((f"node '{c.parent}'", c.name, p, s))
-        return out
+            aged.append((c.seq, (f"node '{c.parent}'", c.name, p, s)))
+        for j in self.g.job_parents(name):
+            aged.append((j.seq, (j.desc, j.child_name, j.perm, j.shared)))
+        aged.sort(key=lambda t: -t[0])
+        return out + [t[1] for t in aged]
 
 
 def check_node(perms: Perms, name: str) -> None:

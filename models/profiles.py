@@ -35,6 +35,13 @@ class VersionProfile:
     #: > 0`` in bdrv_reopen_multiple()): 7.2 drains the subtree of each element, and the
     #: detached node is no longer in it.  corpus/findings/qemu72-reopen-detached-entry-abort.json
     reopen_detached_entry_asserts: bool
+    #: cancelling an active commit in READY puts a read-only base back to read-only (10.0);
+    #: 7.2 leaves it read-write
+    active_commit_cancel_restores_ro: bool
+    #: the active commit's dirty bitmap lives on the mirror_top filter (10.0, upstream ~8.2),
+    #: not on the source node (7.2): query-named-block-nodes shows it there, and writes that
+    #: bypass the filter (HMP qemu-io on the source) are not copied to the base
+    mirror_bitmap_on_filter: bool
 
 
 PROFILES: dict[str, VersionProfile] = {
@@ -42,11 +49,13 @@ PROFILES: dict[str, VersionProfile] = {
                           qcow2_discard_no_unref=False,
                           variable_length_drivers=("raw", "copy-on-read", "compress"),
                           reopen_refreshes_length=False, reopen_duplicate_drain_leak=False,
-                          reopen_detached_entry_asserts=True),
+                          reopen_detached_entry_asserts=True,
+                          active_commit_cancel_restores_ro=False, mirror_bitmap_on_filter=False),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, variable_length_drivers=(),
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,
-                           reopen_detached_entry_asserts=False),
+                           reopen_detached_entry_asserts=False,
+                           active_commit_cancel_restores_ro=True, mirror_bitmap_on_filter=True),
 }
 
 

@@ -19,6 +19,7 @@ import attrs
 from .graph import Graph, Node
 from .profiles import VersionProfile
 from .drivers import DRIVERS
+from .imagedata import CLUSTER
 from .qdict import qdict_order, to_json
 
 QCOW2_FORMAT_SPECIFIC = {
@@ -52,9 +53,9 @@ def _strong_options(n: Node) -> dict:
 
 def backing_overridden(g: Graph, n: Node, cache: dict) -> bool:
     """``bdrv_backing_overridden()``."""
-    b = g.cow_child(n)
-    if b is not None:
-        return n.auto_backing_file != refresh_filename(g, b, cache).filename
+    c = n.child("backing")
+    if c is not None:
+        return n.auto_backing_file != refresh_filename(g, g.nodes[c.child], cache).filename
     return n.auto_backing_file != ""
 
 
@@ -71,7 +72,7 @@ def refresh_filename(g: Graph, n: Node, cache: dict | None = None) -> Filename:
         cache[n.name] = result
         return result
     d = DRIVERS[n.drv]
-    overridden = d.supports_backing and backing_overridden(g, n, cache)
+    overridden = backing_overridden(g, n, cache)
     opts = _strong_options(n)
     found_any = any(k not in ("driver", "filename") for k in opts)
     opts.setdefault("driver", n.drv)
@@ -99,6 +100,9 @@ def refresh_filename(g: Graph, n: Node, cache: dict | None = None) -> Filename:
         img = children["image"]
         if img.exact and all(k in ("config", "image", "x-image", "driver") for k in opts):
             exact = f"blkdebug:{n.options.get('config', '')}:{img.exact}"
+    elif n.drv in ("commit_top", "mirror_top"):
+        # bdrv_commit_top_refresh_filename() / bdrv_mirror_top_refresh_filename()
+        exact = children["backing"].filename
     elif n.drv == "blkverify":
         raw, test = children["raw"], children["test"]
         if raw.exact and test.exact:
@@ -186,6 +190,17 @@ def node_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
     cow = g.cow_child(n)
     if cow is not None:
         info["backing_file"] = refresh_filename(g, cow, cache).filename
+    bitmaps = [j for j in g.jobs.values() if j.active and j.status in ("ready", "pending")
+               and (j.filter if profile.mirror_bitmap_on_filter else j.device) == n.name]
+    if bitmaps:
+        # the mirror's own dirty bitmap; nothing was written during the job, so its count is 0
+        # (the fuzzer does not write while an active commit runs).  7.2 records writes into it
+        # (enabled bitmap on the source); 10.0 disables it and marks it from mirror_top's
+        # write path (same profile flag)
+        info["dirty-bitmaps"] = [{"busy": False, "count": 0, "granularity": CLUSTER,
+                                  "persistent": False,
+                                  "recording": not profile.mirror_bitmap_on_filter}
+                                 for _ in bitmaps]
     if profile.node_active_field:
         info["active"] = True
     return info

@@ -1,0 +1,645 @@
+"""Block jobs: ``block-stream``, ``block-commit`` (non-active and active) and the job verbs.
+
+Timing is made deterministic by the harness, not guessed here: every command returns only once
+each job has reached a *settled* state (``pending``, ``ready``, ``concluded`` or gone).  So a
+job's copying is finished when the command that started it returns, and the model applies the
+data movement at once; the graph changes of ``prepare`` happen at finalize (at once with
+``auto-finalize``, else on ``job-finalize``); an active commit waits in ``ready`` until
+``block-job-complete``.
+
+What a job does to the graph, from ``stream_start()`` (block/stream.c), ``commit_start()``
+(block/commit.c) and ``mirror_start_job()`` (block/mirror.c):
+
+* a filter node above the device (stream: ``copy-on-read``; commit: ``commit_top`` above
+  ``top``; active commit: ``mirror_top``), implicit unless ``filter-node-name`` names it;
+* frozen links from the filter down to the bottom of the chain the job works on
+  (``bdrv_freeze_backing_chain()``);
+* job-held parents (``block_job_add_bdrv()``: "main node", "active node", "intermediate node",
+  "base", "source", "target") with their permissions and op blockers, and BlockBackends
+  (``bdrv_has_blk()``: "Node %s is in use");
+* read-only nodes made writable for the job and restored at clean.
+
+The model covers chains of qcow2 nodes of one size (others are ``NotModeled``).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import attrs
+
+from . import blockdev as B
+from . import iodata
+from . import perms as P
+from .errors import NotModeled, QmpFailure
+from .graph import ROLE_COW, ROLE_FILTERED, Graph, JobParent, Node
+from .imagedata import CLUSTER
+
+_ID_OK = re.compile(r"[A-Za-z][A-Za-z0-9\-_.]*\Z")
+SETTLED = ("ready", "pending", "concluded")
+READ, WRITE, WU, RESIZE, ALL = P.CONSISTENT_READ, P.WRITE, P.WRITE_UNCHANGED, P.RESIZE, P.ALL
+
+
+@attrs.define
+class Job:
+    id: str
+    type: str                 # "stream" | "commit"
+    status: str
+    auto_finalize: bool
+    auto_dismiss: bool
+    active: bool = False      # active commit (a mirror job)
+    device: str = ""          # stream: the node streamed into; commit: the root
+    filter: str | None = None
+    top: str | None = None
+    base: str | None = None
+    above_base: str | None = None
+    restore_ro: str | None = None
+    error: str | None = None
+    parents: list = attrs.field(factory=list)   # JobParent
+    blocks: dict = attrs.field(factory=dict)    # node -> seq of its op blocker
+    frozen: list = attrs.field(factory=list)    # (parent, child name)
+
+    def clone(self) -> "Job":
+        return attrs.evolve(self, parents=list(self.parents), blocks=dict(self.blocks),
+                            frozen=list(self.frozen))
+
+    def desc(self) -> str:
+        return f"{self.type} job '{self.id}'"
+
+
+# --------------------------------------------------------------------------------------------
+# QAPI
+
+_STR, _BOOL = "string", "boolean"
+
+
+def _visit(args: Any, members: dict, required: tuple, unmodelled: tuple) -> dict:
+    if not isinstance(args, dict):
+        raise QmpFailure("Invalid parameter type for 'device', expected: string")
+    for name in members:
+        if name in required and name not in args:
+            raise QmpFailure(f"Parameter '{name}' is missing")
+        if name in args:
+            v = args[name]
+            ok = isinstance(v, str) if members[name] == _STR else isinstance(v, bool)
+            if not ok:
+                raise QmpFailure(f"Invalid parameter type for '{name}', expected: {members[name]}")
+    for name in args:
+        if name in unmodelled:
+            raise NotModeled(f"job argument {name!r}")
+    unexpected = [k for k in args if k not in members and k not in unmodelled]
+    if len(unexpected) > 1:
+        raise NotModeled("several unexpected keys: GHashTable order")
+    if unexpected:
+        raise QmpFailure(f"Parameter '{unexpected[0]}' is unexpected")
+    return args
+
+
+_JOB_MEMBERS = {"job-id": _STR, "device": _STR, "filter-node-name": _STR,
+                "auto-finalize": _BOOL, "auto-dismiss": _BOOL}
+
+
+# --------------------------------------------------------------------------------------------
+# graph helpers
+
+def chain_edge(g: Graph, n: Node):
+    """``bdrv_filter_or_cow_child()``."""
+    from .drivers import filtered_child_name
+
+    name = filtered_child_name(n.drv)
+    if name:
+        return n.child(name)
+    c = n.child("backing")
+    return c if c is not None and c.role == ROLE_COW else None
+
+
+def chain_next(g: Graph, n: Node) -> Node | None:
+    c = chain_edge(g, n)
+    return g.nodes[c.child] if c else None
+
+
+def chain_contains(g: Graph, top: Node | None, base: Node) -> bool:
+    """``bdrv_chain_contains()``."""
+    while top is not None and top is not base:
+        top = chain_next(g, top)
+    return top is not None
+
+
+def find_overlay(g: Graph, active: Node, bs: Node | None) -> Node | None:
+    """``bdrv_find_overlay()`` (no filters in modelled chains)."""
+    while active is not None:
+        nxt = chain_next(g, active)
+        if nxt is bs:
+            return active
+        active = nxt
+    return None
+
+
+def freeze_chain(g: Graph, job: Job, top: Node, base: Node | None) -> None:
+    """``bdrv_freeze_backing_chain()``."""
+    edges = []
+    i = top
+    while i is not base and i is not None:
+        c = chain_edge(g, i)
+        if c is None:
+            break
+        if c.frozen:
+            raise QmpFailure(f"Cannot change '{c.name}' link from '{i.name}' to '{c.child}'")
+        edges.append(c)
+        i = g.nodes[c.child]
+    for c in edges:
+        c.frozen = True
+        job.frozen.append((c.parent, c.name))
+
+
+def unfreeze(g: Graph, job: Job) -> None:
+    for parent, name in job.frozen:
+        n = g.get(parent)
+        c = n.child(name) if n else None
+        if c is not None:
+            c.frozen = False
+    job.frozen = []
+
+
+def add_parent(g: Graph, job: Job, node: Node, child_name: str, perm: int, shared: int,
+               blk: bool = False, block: bool = True, desc: str | None = None) -> None:
+    """``block_job_add_bdrv()`` (or a job's BlockBackend): attach, then check permissions."""
+    seq = g.next_edge_seq()
+    job.parents.append(JobParent(node.name, desc or job.desc(), child_name, perm, shared, seq, blk))
+    if block:
+        job.blocks[node.name] = seq
+    P.refresh(g, [node.name])
+
+
+def replace_node(g: Graph, old: Node, new: Node) -> None:
+    """``bdrv_replace_node()``: every parent of ``old`` except ``new`` itself now uses
+    ``new``; moved edges become the newest parents of ``new``."""
+    for c in list(old.parents):
+        if c.parent == new.name:
+            continue
+        old.parents.remove(c)
+        c.child = new.name
+        c.seq = g.next_edge_seq()
+        new.parents.insert(0, c)
+
+
+def set_backing(g: Graph, parent: Node, new: Node | None) -> None:
+    """``bdrv_set_backing_hd()`` of a COW parent (inherits_from follows the new child)."""
+    old_edge = parent.child("backing")
+    update = new is not None and g.inherits_from_recursive(new, parent.name)
+    old = g.nodes[old_edge.child] if old_edge else None
+    if old_edge is not None:
+        g.unset_inherits_from(parent.name, old_edge)
+        g.detach(old_edge)
+    if new is not None:
+        g.attach(parent, new, "backing", ROLE_COW)
+        if update:
+            new.inherits_from = parent.name
+    if old is not None and g.refcount(old) == 0:
+        g.unref(old)
+
+
+def _job_id(g: Graph, job_id: str | None, device_name: str = "") -> str:
+    """``block_job_create()`` + ``job_create()``: no id means the device name ('' for nodes)."""
+    jid = job_id if job_id is not None else device_name
+    if not _ID_OK.match(jid):
+        raise QmpFailure(f"Invalid job ID '{jid}'")
+    if jid in g.jobs:
+        raise QmpFailure(f"Job ID '{jid}' already in use")
+    return jid
+
+
+def _busy(g: Graph, node: Node) -> None:
+    """``bdrv_op_is_blocked()`` for STREAM / COMMIT_TARGET: a backing blocker unblocks these
+    (``bdrv_backing_attach()``), so only job blockers count; the newest is reported."""
+    seqs = [(j.blocks[node.name], j.type) for j in g.jobs.values() if node.name in j.blocks]
+    if seqs:
+        raise QmpFailure(f"Node '{node.name}' is busy: block device is in use by block job: {max(seqs)[1]}")
+
+
+def _is_root(g: Graph, n: Node) -> bool:
+    """``bdrv_is_root_node()``: no parents but BlockBackends."""
+    return not n.parents and not any(not p.blk for p in g.job_parents(n.name))
+
+
+def _new_filter(g: Graph, drv: str, name: str | None, read_only: bool) -> Node:
+    if name is None:
+        node_name, auto = g.next_auto_name(), True
+    else:
+        node_name, auto = B._Opener(g).assign_name(name)
+    g.seq += 1
+    n = Node(name=node_name, auto_named=auto, drv=drv, options={"driver": drv}, explicit={},
+             read_only=read_only, cache_direct=False, cache_no_flush=False, discard="ignore",
+             detect_zeroes="off", force_share=False, seq=g.seq, implicit=name is None)
+    g.nodes[node_name] = n
+    return n
+
+
+def _qcow2_chain(g: Graph, top: Node, stop: Node | None) -> list[Node]:
+    """The nodes from ``top`` down to (excluding) ``stop``; all must be qcow2 of one size with
+    data the model knows."""
+    out = []
+    n = top
+    while n is not None and n is not stop:
+        if n.drv != "qcow2":
+            raise NotModeled("jobs over non-qcow2 chains")
+        out.append(n)
+        n = chain_next(g, n)
+    sizes = {g.images[x.filename].size for x in out + ([stop] if stop is not None else [])
+             if x.drv == "qcow2"}
+    if stop is not None and stop.drv != "qcow2":
+        raise NotModeled("jobs with a non-qcow2 base")
+    if len(sizes) > 1:
+        raise NotModeled("jobs over images of different sizes")
+    if not iodata.known(g, top) or any(iodata.qcow2_image(g, x) is not g.images[x.filename] for x in out):
+        raise NotModeled("jobs over data the model does not know")
+    return out
+
+
+def _allocated(g: Graph, n: Node, c: int) -> bool:
+    return c in g.images[n.filename].allocated
+
+
+# --------------------------------------------------------------------------------------------
+# block-stream
+
+def block_stream(g: Graph, args: Any) -> None:
+    members = dict(_JOB_MEMBERS, **{"base-node": _STR})
+    args = _visit(args, members, ("device",),
+                  ("base", "backing-file", "bottom", "speed", "on-error", "backing-mask-protocol"))
+    device = args["device"]
+    bs = B._lookup_bs(g, device)
+    base = None
+    if "base-node" in args:
+        ref = args["base-node"]
+        base = g.get(ref)
+        if base is None:
+            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
+        if base is bs or not chain_contains(g, bs, base):
+            raise QmpFailure(f"Node '{ref}' is not a backing image of '{device}'")
+    it = bs
+    while it is not None and it is not base:
+        _busy(g, it)
+        it = chain_next(g, it)
+    if bs.drv != "qcow2":
+        raise NotModeled("stream into a non-qcow2 node")
+    base_overlay = find_overlay(g, bs, base)
+    if base_overlay is None:
+        raise NotModeled("stream: no overlay of the base")
+    above_base = base_overlay
+    chain = _qcow2_chain(g, bs, base)
+
+    job = Job("", "stream", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
+              device=bs.name, above_base=above_base.name)
+    bs_read_only = bs.read_only
+    if bs_read_only:
+        B.reopen_set_read_only(g, bs, False)
+        job.restore_ro = bs.name
+
+    # bdrv_insert_node(): a copy-on-read filter over bs, freezing bs..base_overlay
+    try:
+        cor = _new_filter(g, "copy-on-read", args.get("filter-node-name"), False)
+    except QmpFailure as e:
+        raise QmpFailure("Could not create node: " + e.desc) from None
+    cor.options = {"driver": "copy-on-read", "bottom": base_overlay.name}
+    if "filter-node-name" in args:
+        cor.options["node-name"] = args["filter-node-name"]
+    g.attach(cor, bs, "file", ROLE_FILTERED)
+    cor.cached_length = B.node_length(g, bs)
+    P.refresh(g, [cor.name])
+    freeze_chain(g, job, cor, base_overlay)   # cor_open(): down to 'bottom'; bottom->base stays free
+    replace_node(g, bs, cor)
+    P.refresh(g, [cor.name])
+    job.filter = cor.name
+
+    job.id = _job_id(g, args.get("job-id"))
+    add_parent(g, job, cor, "main node", 0, ALL)
+    add_parent(g, job, cor, "root", READ, READ | WU | WRITE, blk=True, block=False,
+               desc="an unnamed block device")
+    add_parent(g, job, bs, "active node", 0, READ | WU | WRITE)
+    it = chain_next(g, bs)
+    stop = chain_next(g, above_base)
+    while it is not None and it is not stop:
+        add_parent(g, job, it, "intermediate node", 0, READ | WU)
+        it = chain_next(g, it)
+    g.jobs[job.id] = job
+
+    # stream_run(): clusters allocated below bs down to base_overlay are copied up (through
+    # the copy-on-read filter, so a whole cluster at a time)
+    if bs is not base_overlay:
+        size = g.images[bs.filename].size
+        for c in range(-(-size // CLUSTER)):
+            if _allocated(g, bs, c):
+                continue
+            if any(_allocated(g, n, c) for n in chain[1:] + [base_overlay] if n is not bs):
+                lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
+                iodata.write(g, bs, lo, iodata.read(g, bs, lo, hi - lo))
+    _settle(g, job)
+
+
+def _stream_prepare(g: Graph, job: Job) -> None:
+    bs = g.nodes[job.device]
+    cow = g.cow_child(bs)
+    _drop_filter(g, job)
+    if cow is not None:
+        above = g.get(job.above_base)
+        base = chain_next(g, above) if above is not None else None
+        set_backing(g, bs, base)
+        img = g.images[bs.filename]
+        if base is not None:
+            from .query import refresh_filename
+            img.backing_file = refresh_filename(g, base).filename
+            img.backing_format = base.drv
+        else:
+            img.backing_file = None
+            img.backing_format = None
+        bs.auto_backing_file = img.backing_file or ""
+
+
+def _drop_filter(g: Graph, job: Job) -> None:
+    """``bdrv_cor_filter_drop()`` / ``bdrv_drop_filter()``: the filter's parents use its
+    child again; the filter itself lives on while the job holds it."""
+    unfreeze(g, job)
+    f = g.get(job.filter) if job.filter else None
+    if f is None:
+        return
+    c = f.child("file") or f.child("backing")
+    if c is not None:
+        child = g.nodes[c.child]
+        replace_node(g, f, child)
+        g.detach(c)
+
+
+# --------------------------------------------------------------------------------------------
+# block-commit
+
+def block_commit(g: Graph, args: Any) -> None:
+    members = dict(_JOB_MEMBERS, **{"top-node": _STR, "base-node": _STR})
+    args = _visit(args, members, ("device",),
+                  ("base", "top", "backing-file", "speed", "on-error", "backing-mask-protocol"))
+    device = args["device"]
+    bs = g.get(device)
+    if bs is None:
+        raise QmpFailure(f"Device '{device}' not found", "DeviceNotFound")
+    if not _is_root(g, bs):
+        raise QmpFailure("Need a root block node")
+    reason = B.op_blocker(g, bs)   # COMMIT_SOURCE: blocked by any blocker
+    if reason is not None:
+        raise QmpFailure(f"Node '{bs.name}' is busy: {reason}")
+    top = bs
+    if "top-node" in args:
+        ref = args["top-node"]
+        top = g.get(ref)
+        if top is None:
+            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
+        if not chain_contains(g, bs, top):
+            raise QmpFailure(f"'{ref}' is not in this backing file chain")
+    if "base-node" in args:
+        ref = args["base-node"]
+        base = g.get(ref)
+        if base is None:
+            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
+        if not chain_contains(g, top, base):
+            raise QmpFailure(f"'{ref}' is not in this backing file chain")
+    else:
+        base = find_overlay(g, top, None)
+    stop = chain_next(g, base)
+    it = top
+    while it is not None and it is not stop:
+        _busy(g, it)
+        it = chain_next(g, it)
+    if top is base:
+        raise QmpFailure("cannot commit an image into itself")
+    chain = _qcow2_chain(g, top, base)
+    perms = P.Perms(g, {}, {})
+    if perms.node[top.name][0] & WRITE or top is bs:
+        _active_commit(g, args, bs, base, chain)
+        return
+    overlay = find_overlay(g, bs, top)
+    _busy(g, overlay)
+
+    job = Job("", "commit", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
+              device=bs.name, top=top.name, base=base.name)
+    job.id = _job_id(g, args.get("job-id"))
+    add_parent(g, job, bs, "main node", 0, ALL)
+    if base.read_only:
+        B.reopen_set_read_only(g, base, False)
+        job.restore_ro = base.name
+    ct = _new_filter(g, "commit_top", args.get("filter-node-name"), True)
+    job.filter = ct.name
+    # bdrv_append(): commit_top takes top as its backing, then top's parents
+    g.attach(ct, top, "backing", ROLE_FILTERED)
+    ct.cached_length = B.node_length(g, top)
+    replace_node(g, top, ct)
+    P.refresh(g, [ct.name])
+    it = top
+    while it is not base:
+        add_parent(g, job, it, "intermediate node", 0, WU | WRITE)
+        it = chain_next(g, it)
+    freeze_chain(g, job, ct, base)
+    add_parent(g, job, base, "base", 0, ALL)
+    add_parent(g, job, base, "root", READ | WRITE, READ | WU, blk=True, block=False,
+               desc="an unnamed block device")
+    add_parent(g, job, top, "root", 0, ALL, blk=True, block=False, desc="an unnamed block device")
+    g.jobs[job.id] = job
+    _copy_into_base(g, top, base, chain)
+    _settle(g, job)
+
+
+def _copy_into_base(g: Graph, top: Node, base: Node, chain: list[Node]) -> None:
+    """``commit_run()`` / mirror's copy: what is allocated above the base is written into it."""
+    size = g.images[base.filename].size
+    for c in range(-(-size // CLUSTER)):
+        if any(_allocated(g, n, c) for n in chain):
+            lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
+            iodata.write(g, base, lo, iodata.read(g, top, lo, hi - lo))
+
+
+def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]) -> None:
+    job = Job("", "commit", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
+              active=True, device=bs.name, top=bs.name, base=base.name)
+    if base.read_only:
+        B.reopen_set_read_only(g, base, False)
+        job.restore_ro = base.name
+    mt = _new_filter(g, "mirror_top", args.get("filter-node-name"), False)
+    job.filter = mt.name
+    g.attach(mt, bs, "backing", ROLE_FILTERED)
+    mt.cached_length = B.node_length(g, bs)
+    replace_node(g, bs, mt)
+    P.refresh(g, [mt.name])
+    job.id = _job_id(g, args.get("job-id"))
+    add_parent(g, job, mt, "main node", READ, READ | WU | WRITE)
+    add_parent(g, job, base, "root", WRITE, WU | READ | WRITE, blk=True, block=False,
+               desc="an unnamed block device")
+    add_parent(g, job, bs, "source", 0, WU | WRITE | READ)
+    add_parent(g, job, base, "target", 0, ALL)
+    it = chain_next(g, bs)
+    while it is not base:
+        add_parent(g, job, it, "intermediate node", 0, WU | WRITE)
+        it = chain_next(g, it)
+    freeze_chain(g, job, mt, base)
+    g.jobs[job.id] = job
+    _copy_into_base(g, bs, base, chain)
+    job.status = "ready"
+
+
+def _commit_prepare(g: Graph, job: Job) -> None:
+    """``commit_prepare()`` -> ``bdrv_drop_intermediate()``: the overlay's backing becomes the
+    base and its image header names the base."""
+    from .query import refresh_filename
+
+    unfreeze(g, job)
+    job.parents = [p for p in job.parents if not (p.blk and p.node == job.base)]
+    ct = g.nodes[job.filter]
+    base = g.nodes[job.base]
+    top = g.nodes[job.top]
+    inherits = g.inherits_from_recursive(base, top.name)
+    for c in list(ct.parents):
+        parent = g.nodes[c.parent]
+        ct.parents.remove(c)
+        c.child = base.name
+        c.seq = g.next_edge_seq()
+        base.parents.insert(0, c)
+        if c.role == ROLE_COW:
+            img = g.images[parent.filename]
+            img.backing_file = refresh_filename(g, base).filename
+            img.backing_format = base.drv
+            parent.auto_backing_file = img.backing_file
+    if inherits:
+        base.inherits_from = top.inherits_from
+    if g.refcount(ct) == 0:
+        g.unref(ct)   # the filter had only its parents' references; top lives while the job does
+
+
+def _mirror_complete(g: Graph, job: Job) -> None:
+    """An active commit with no parent above the device: only the filter goes."""
+    _drop_filter(g, job)
+
+
+# --------------------------------------------------------------------------------------------
+# the job state machine
+
+def _settle(g: Graph, job: Job) -> None:
+    """From running to the state the harness waits for."""
+    if job.auto_finalize:
+        _finalize(g, job)
+    else:
+        job.status = "pending"
+
+
+def _finalize(g: Graph, job: Job) -> None:
+    if job.type == "stream":
+        _stream_prepare(g, job)
+    elif job.active:
+        _mirror_complete(g, job)
+    else:
+        _commit_prepare(g, job)
+    _clean(g, job, restore=not job.active)
+    job.status = "concluded"
+    if job.auto_dismiss:
+        _dismiss(g, job)
+
+
+def _clean(g: Graph, job: Job, restore: bool = True) -> None:
+    if job.type == "stream" or job.active:
+        job.parents = [p for p in job.parents if not p.blk]
+    elif job.type == "commit":
+        job.parents = [p for p in job.parents if not (p.blk and p.node == job.top)]
+    if restore and job.restore_ro and job.restore_ro in g.nodes:
+        B.reopen_set_read_only(g, g.nodes[job.restore_ro], True)
+        job.restore_ro = None
+
+
+def _dismiss(g: Graph, job: Job) -> None:
+    """The job is freed: its parents go, and nodes nobody references any more are closed."""
+    held = [p.node for p in job.parents]
+    job.parents = []
+    job.blocks = {}
+    del g.jobs[job.id]
+    for name in dict.fromkeys(held):
+        n = g.get(name)
+        if n is not None and g.refcount(n) == 0:
+            g.unref(n)
+
+
+def _abort(g: Graph, job: Job) -> None:
+    if job.type == "stream":
+        _drop_filter(g, job)
+        _clean(g, job)
+    elif job.active:
+        _drop_filter(g, job)
+        _clean(g, job, restore=g.profile.active_commit_cancel_restores_ro)
+    else:
+        # commit_abort(): the filter is replaced by its child again
+        unfreeze(g, job)
+        ct = g.nodes[job.filter]
+        c = ct.child("backing")
+        top = g.nodes[c.child]
+        replace_node(g, ct, top)
+        g.detach(c)
+        if g.refcount(ct) == 0:
+            del g.nodes[ct.name]
+        job.parents = [p for p in job.parents if not p.blk]
+        _clean(g, job)
+
+
+def _get_job(g: Graph, args: Any, key: str = "id") -> Job:
+    if not isinstance(args, dict) or key not in args:
+        raise QmpFailure(f"Parameter '{key}' is missing")
+    jid = args[key]
+    if not isinstance(jid, str):
+        raise QmpFailure(f"Invalid parameter type for '{key}', expected: string")
+    if len(args) > 1:
+        raise NotModeled("extra job verb arguments")
+    job = g.jobs.get(jid)
+    if job is None:
+        if key == "device":
+            raise QmpFailure(f"Block job '{jid}' not found", "DeviceNotActive")
+        raise QmpFailure("Job not found")
+    return job
+
+
+def _verb(job: Job, verb: str, allowed: tuple) -> None:
+    if job.status not in allowed:
+        raise QmpFailure(f"Job '{job.id}' in state '{job.status}' cannot accept command verb '{verb}'")
+
+
+def job_finalize(g: Graph, args: Any) -> None:
+    job = _get_job(g, args)
+    _verb(job, "finalize", ("pending",))
+    _finalize(g, job)
+
+
+def job_dismiss(g: Graph, args: Any) -> None:
+    job = _get_job(g, args)
+    _verb(job, "dismiss", ("concluded",))
+    _dismiss(g, job)
+
+
+def job_cancel(g: Graph, args: Any) -> None:
+    job = _get_job(g, args)
+    _verb(job, "cancel", ("created", "running", "paused", "ready", "standby", "pending"))
+    _abort(g, job)
+    job.status = "concluded"
+    job.error = "Operation canceled"
+    if job.auto_dismiss:
+        _dismiss(g, job)
+
+
+def block_job_complete(g: Graph, args: Any) -> None:
+    job = _get_job(g, args, "device")
+    _verb(job, "complete", ("ready",))
+    if not job.active:
+        raise NotModeled("complete of a job that is not an active commit")
+    _settle(g, job)
+
+
+def query_jobs(g: Graph) -> list[dict]:
+    """``query-jobs``, newest first, without the progress counters."""
+    out = []
+    for job in reversed(list(g.jobs.values())):
+        d = {"id": job.id, "type": job.type, "status": job.status}
+        if job.error:
+            d["error"] = job.error
+        out.append(d)
+    return out
