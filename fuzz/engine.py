@@ -189,6 +189,7 @@ class Runner:
         self.observed: list[dict | None] = []
         self._qemu_graph: list[dict] | None = None
         self._job_seen = False  # once a job existed, query-jobs is compared after every step
+        self._qemu_jobs: list[dict] = []
 
     # the current graph as each side sees it
     def model_graph(self) -> list[dict]:
@@ -233,6 +234,17 @@ class Runner:
                 self.observed[index]["qemu"] = f"crash: {e}"
                 raise QemuCrash(index, step, e) from e
             self.observed[index]["qemu"] = actual.to_json()
+            try:
+                # the state queries belong to the step: a crash or hang in them is the step's
+                self.qemu_graph()
+                if self._jobs_in_play(cmd):
+                    self._qemu_jobs = self.qemu.query_jobs()
+            except QemuHung as e:
+                self.observed[index]["qemu-state"] = f"hang: {e}"
+                raise QemuHang(index, step, e) from e
+            except QemuCrashed as e:
+                self.observed[index]["qemu-state"] = f"crash: {e}"
+                raise QemuCrash(index, step, e) from e
         self.events.emit(StepDone(index, step, predicted, actual))
         exp = expectation_for(step, self.profile_name)
         if exp is not None:
@@ -253,7 +265,7 @@ class Runner:
                 if mg != qg:
                     raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))
                 if self._jobs_in_play(cmd):
-                    mj, qj = self.model.query_jobs(), self.qemu.query_jobs()
+                    mj, qj = self.model.query_jobs(), self._qemu_jobs
                     if mj != qj:
                         raise GraphMismatch(index, step, mj, qj, "query-jobs")
         return predicted

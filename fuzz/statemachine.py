@@ -195,6 +195,57 @@ class BlockGraphMachine(RuleBasedStateMachine):
             self.do({"qmp": "object-add",
                      "args": data.draw(object_add_args(tuple(sorted(self.g.objects))))})
 
+    def chain_below(self, name: str) -> list[str]:
+        from models.jobs import chain_next
+
+        out, n = [], chain_next(self.g, self.g.nodes[name])
+        while n is not None and len(out) < 8:
+            out.append(n.name)
+            n = chain_next(self.g, n)
+        return out
+
+    @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
+    @rule(data=st.data())
+    def block_job(self, data):
+        """block-stream or block-commit, mostly on a qcow2 node with a backing chain, mostly
+        with auto-finalize off so that later steps meet the job while it is pending."""
+        names = self.named_nodes()
+        stream = data.draw(st.sampled_from(["stream", "commit"])) == "stream"
+        chains = [n for n, node in sorted(self.g.nodes.items())
+                  if node.drv == "qcow2" and self.g.cow_child(node) is not None
+                  and (stream or not node.parents)]   # commit wants a root
+        if chains and data.draw(st.integers(0, 7)):
+            device = data.draw(st.sampled_from(chains))
+        else:
+            device = data.draw(st.sampled_from(names + ["nope"]))
+        below = self.chain_below(device) if device in self.g.nodes else []
+        args: dict = {"device": device}
+        if data.draw(st.integers(0, 9)):
+            args["job-id"] = data.draw(st.sampled_from(["job0", "job0", "job1", "1bad"]))
+        if stream:
+            if below and data.draw(st.integers(0, 2)) == 0:
+                args["base-node"] = data.draw(st.sampled_from(below + names[:1]))
+        else:
+            if below and data.draw(st.booleans()):
+                args["top-node"] = data.draw(st.sampled_from([device] + below))
+            if below and data.draw(st.integers(0, 2)) == 0:
+                args["base-node"] = data.draw(st.sampled_from(below + [device]))
+        if data.draw(st.integers(0, 3)) == 0:
+            args["filter-node-name"] = data.draw(st.sampled_from(["jf0", "jf1", "hd0", "#x"]))
+        args["auto-finalize"] = data.draw(st.sampled_from([False, False, True]))
+        if data.draw(st.integers(0, 5)) == 0:
+            args["auto-dismiss"] = False
+        self.do({"qmp": "block-stream" if stream else "block-commit", "args": args})
+
+    @precondition(lambda self: self.runner is not None and bool(self.g.jobs))
+    @rule(data=st.data())
+    def job_verb(self, data):
+        jid = data.draw(st.sampled_from(sorted(self.g.jobs) + ["nope"]))
+        verb = data.draw(st.sampled_from(["job-finalize", "job-finalize", "job-cancel",
+                                          "job-dismiss", "block-job-complete"]))
+        key = "device" if verb == "block-job-complete" else "id"
+        self.do({"qmp": verb, "args": {key: jid}})
+
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
     def blockdev_del(self, data):

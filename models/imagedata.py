@@ -25,9 +25,14 @@ class Image:
     fmt: str  # "qcow2" | "raw"
     size: int  # qcow2: virtual size; raw: file length
     data: bytearray
-    allocated: set = attrs.field(factory=set)  # qcow2 cluster indices
+    allocated: set = attrs.field(factory=set)  # qcow2 cluster indices with a host cluster
     backing_file: str | None = None
     backing_format: str | None = None
+    #: qcow2 clusters with the zero flag and no host cluster (they read as zeros, whatever
+    #: the backing file holds); an allocated cluster that was zeroed just holds zero bytes
+    zero_clusters: set = attrs.field(factory=set)
+    #: host clusters freed by discards, reused by the next allocations (lowest first)
+    free_host: int = 0
 
     @classmethod
     def create(cls, file: str, fmt: str, size: int, backing_file: str | None = None,
@@ -36,7 +41,7 @@ class Image:
 
     def clone(self) -> "Image":
         return Image(self.file, self.fmt, self.size, bytearray(self.data), set(self.allocated),
-                     self.backing_file, self.backing_format)
+                     self.backing_file, self.backing_format, set(self.zero_clusters), self.free_host)
 
     # -- host view -------------------------------------------------------------------------
     def l1_entries(self) -> int:
@@ -51,7 +56,14 @@ class Image:
             return 3 * CLUSTER + l1_bytes
         l1_clusters = -(-l1_bytes // CLUSTER)
         l2_tables = len({c // L2_ENTRIES for c in self.allocated})
-        return (3 + l1_clusters + l2_tables + len(self.allocated)) * CLUSTER
+        return (3 + l1_clusters + l2_tables + len(self.allocated) + self.free_host) * CLUSTER
+
+    def allocate(self, c: int) -> None:
+        """A new host cluster for guest cluster ``c``: a freed one if there is one."""
+        if self.free_host:
+            self.free_host -= 1
+        self.allocated.add(c)
+        self.zero_clusters.discard(c)
 
     def host_bytes(self, off: int, length: int) -> bytes | None:
         if self.fmt == "raw":

@@ -13,6 +13,7 @@ reads at that moment (copy-on-write) and allocates it.  raw reads its file child
 """
 from __future__ import annotations
 
+from .errors import NotModeled
 from .graph import Graph, Node
 from .imagedata import CLUSTER, Image
 
@@ -94,6 +95,8 @@ def read(g: Graph, n: Node, off: int, length: int) -> bytes | None:
             stop = min(end, (c + 1) * CLUSTER)
             if c in img.allocated:
                 out += img.data[pos:stop]
+            elif c in img.zero_clusters:
+                out += bytes(stop - pos)
             elif backing_edge is not None:
                 b = g.nodes[backing_edge.child]
                 blen = _length(g, b)
@@ -131,6 +134,57 @@ def known(g: Graph, n: Node) -> bool:
     return False
 
 
+def _qcow2_whole_clusters(g: Graph, n: Node, off: int, length: int):
+    img = g.images[n.filename]
+    end = off + length
+    if off % CLUSTER or (end % CLUSTER and end != img.size):
+        raise NotModeled("partial-cluster zero or compressed writes")
+    return img, range(off // CLUSTER, -(-end // CLUSTER))
+
+
+def _write_compressed(g: Graph, n: Node, off: int, payload: bytes) -> None:
+    """``qcow2_co_pwritev_compressed_part()`` through a compress filter: one whole cluster
+    into an unallocated one (an allocated cluster, even a zeroed one, fails with EIO)."""
+    if n.drv != "qcow2" or qcow2_image(g, n) is not g.images[n.filename]:
+        raise NotModeled("compressed writes into anything but a plain qcow2 node")
+    img, clusters = _qcow2_whole_clusters(g, n, off, len(payload))
+    if len(clusters) != 1:
+        raise NotModeled("compressed writes of several clusters")
+    c = clusters[0]
+    if c in img.allocated:
+        raise IoFailed()
+    if not img.free_host:
+        raise NotModeled("where a compressed cluster lands at the end of the file")
+    img.data[off:off + len(payload)] = payload
+    img.allocate(c)
+
+
+def write_zeroes(g: Graph, n: Node, off: int, length: int, may_unmap: bool,
+                 entry: bool = True) -> None:
+    """``write -z [-u]``: qcow2 sets the zero flag; with BDRV_REQ_MAY_UNMAP still set when the
+    request reaches it, it also frees the host cluster.  ``bdrv_co_pwrite_zeroes()`` clears the
+    flag for a child without ``discard=unmap``; 10.0 also does so for the node the request
+    enters, 7.2 does not (VersionProfile.write_zeroes_unmap_needs_discard)."""
+    if n.discard != "unmap" and (not entry or g.profile.write_zeroes_unmap_needs_discard):
+        may_unmap = False
+    if n.drv == "raw":
+        write_zeroes(g, g.nodes[n.child("file").child], n.raw_offset + off, length, may_unmap, False)
+        return
+    if n.drv in ("throttle", "blkdebug", "copy-on-read"):
+        write_zeroes(g, g.filter_child(n), off, length, may_unmap, False)
+        return
+    if n.drv != "qcow2" or qcow2_image(g, n) is not g.images[n.filename]:
+        raise NotModeled(f"write zeroes through {n.drv}")
+    img, clusters = _qcow2_whole_clusters(g, n, off, length)
+    for c in clusters:
+        if may_unmap and c in img.allocated:
+            img.allocated.discard(c)
+            img.free_host += 1
+        if c not in img.allocated:
+            img.zero_clusters.add(c)
+    img.data[off:off + length] = bytes(length)
+
+
 def can_write(g: Graph, n: Node) -> bool:
     """Whether the model can predict the effect of writing through ``n``."""
     if n.drv == "file":
@@ -141,6 +195,9 @@ def can_write(g: Graph, n: Node) -> bool:
         return can_write(g, g.filter_child(n))
     if n.drv == "null-co":
         return True  # writes are dropped
+    if n.drv == "compress":
+        c = g.filter_child(n)
+        return c.drv == "qcow2" and can_write(g, c)
     if n.drv == "qcow2":
         img = qcow2_image(g, n)
         # copy-on-write reads the backing chain, so all of it must be known
@@ -148,7 +205,14 @@ def can_write(g: Graph, n: Node) -> bool:
     return False
 
 
+class IoFailed(Exception):
+    """The request fails with EIO ("write failed: Input/output error")."""
+
+
 def write(g: Graph, n: Node, off: int, payload: bytes) -> None:
+    if n.drv == "compress":
+        _write_compressed(g, g.filter_child(n), off, payload)
+        return
     if n.drv == "file":
         g.images[n.filename].write_host(off, payload)
         return
@@ -170,7 +234,7 @@ def write(g: Graph, n: Node, off: int, payload: bytes) -> None:
                 visible = read(g, n, lo, hi - lo)
                 assert visible is not None
                 img.data[lo:hi] = visible
-                img.allocated.add(c)
+                img.allocate(c)
         img.data[off:end] = payload
         # the qcow2 driver grew the host file through its current file child
         # every node on the way down sees the write past its end (bdrv_co_write_req_finish())

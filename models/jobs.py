@@ -256,6 +256,13 @@ def _qcow2_chain(g: Graph, top: Node, stop: Node | None) -> list[Node]:
     return out
 
 
+def _guard_stuck(g: Graph, nodes) -> None:
+    """A job on a node a known QEMU bug left drained never leaves 'paused'
+    (VersionProfile.reopen_duplicate_drain_leak)."""
+    if g.guard_known_crashes and any(g.reaches_stuck(n) for n in nodes if n is not None):
+        raise NotModeled("known QEMU bug: a job on a node left drained never runs")
+
+
 def _allocated(g: Graph, n: Node, c: int) -> bool:
     return c in g.images[n.filename].allocated
 
@@ -263,7 +270,38 @@ def _allocated(g: Graph, n: Node, c: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # block-stream
 
-def block_stream(g: Graph, args: Any) -> None:
+def _restoring(start):
+    """A job start that fails after making a node writable puts it back with another reopen
+    (``bdrv_reopen_set_read_only(bs, true)`` on the error path), which is no rollback: children
+    that inherit read-only from it change too.  The failure keeps that state (``e.state``)."""
+    def wrapper(g: Graph, args: Any) -> None:
+        ctx: dict = {}
+        try:
+            start(g, args, ctx)
+        except QmpFailure as e:
+            snap = ctx.get("snapshot")
+            if snap is not None:
+                snap.auto_counter = g.auto_counter
+                trial = snap.clone()
+                try:
+                    B.reopen_set_read_only(trial, trial.nodes[ctx["node"]], True)
+                    snap = trial
+                except QmpFailure:
+                    pass   # "ignore error and errp for bdrv_reopen"
+                e.state = snap
+            raise
+    wrapper.__doc__ = start.__doc__
+    return wrapper
+
+
+def _make_writable(g: Graph, job: Job, node: Node, ctx: dict) -> None:
+    B.reopen_set_read_only(g, node, False)
+    job.restore_ro = node.name
+    ctx["snapshot"], ctx["node"] = g.clone(), node.name
+
+
+@_restoring
+def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     members = dict(_JOB_MEMBERS, **{"base-node": _STR})
     args = _visit(args, members, ("device",),
                   ("base", "backing-file", "bottom", "speed", "on-error", "backing-mask-protocol"))
@@ -288,13 +326,12 @@ def block_stream(g: Graph, args: Any) -> None:
         raise NotModeled("stream: no overlay of the base")
     above_base = base_overlay
     chain = _qcow2_chain(g, bs, base)
+    _guard_stuck(g, chain + [base])
 
     job = Job("", "stream", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
               device=bs.name, above_base=above_base.name)
-    bs_read_only = bs.read_only
-    if bs_read_only:
-        B.reopen_set_read_only(g, bs, False)
-        job.restore_ro = bs.name
+    if bs.read_only:
+        _make_writable(g, job, bs, ctx)
 
     # bdrv_insert_node(): a copy-on-read filter over bs, freezing bs..base_overlay
     try:
@@ -373,7 +410,8 @@ def _drop_filter(g: Graph, job: Job) -> None:
 # --------------------------------------------------------------------------------------------
 # block-commit
 
-def block_commit(g: Graph, args: Any) -> None:
+@_restoring
+def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     members = dict(_JOB_MEMBERS, **{"top-node": _STR, "base-node": _STR})
     args = _visit(args, members, ("device",),
                   ("base", "top", "backing-file", "speed", "on-error", "backing-mask-protocol"))
@@ -411,9 +449,10 @@ def block_commit(g: Graph, args: Any) -> None:
     if top is base:
         raise QmpFailure("cannot commit an image into itself")
     chain = _qcow2_chain(g, top, base)
+    _guard_stuck(g, [bs] + chain + [base])
     perms = P.Perms(g, {}, {})
     if perms.node[top.name][0] & WRITE or top is bs:
-        _active_commit(g, args, bs, base, chain)
+        _active_commit(g, args, bs, base, chain, ctx)
         return
     overlay = find_overlay(g, bs, top)
     _busy(g, overlay)
@@ -423,8 +462,7 @@ def block_commit(g: Graph, args: Any) -> None:
     job.id = _job_id(g, args.get("job-id"))
     add_parent(g, job, bs, "main node", 0, ALL)
     if base.read_only:
-        B.reopen_set_read_only(g, base, False)
-        job.restore_ro = base.name
+        _make_writable(g, job, base, ctx)
     ct = _new_filter(g, "commit_top", args.get("filter-node-name"), True)
     job.filter = ct.name
     # bdrv_append(): commit_top takes top as its backing, then top's parents
@@ -455,12 +493,11 @@ def _copy_into_base(g: Graph, top: Node, base: Node, chain: list[Node]) -> None:
             iodata.write(g, base, lo, iodata.read(g, top, lo, hi - lo))
 
 
-def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]) -> None:
+def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node], ctx: dict) -> None:
     job = Job("", "commit", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
               active=True, device=bs.name, top=bs.name, base=base.name)
     if base.read_only:
-        B.reopen_set_read_only(g, base, False)
-        job.restore_ro = base.name
+        _make_writable(g, job, base, ctx)
     mt = _new_filter(g, "mirror_top", args.get("filter-node-name"), False)
     job.filter = mt.name
     g.attach(mt, bs, "backing", ROLE_FILTERED)
@@ -527,7 +564,16 @@ def _settle(g: Graph, job: Job) -> None:
         job.status = "pending"
 
 
+def _guard_concluded_stream(g: Graph, job: Job) -> None:
+    """QEMU bug (7.2 and 10.0): a stream job left concluded (auto-dismiss off) keeps its
+    childless copy-on-read filter in the graph, and the next query-named-block-nodes dies with
+    SIGSEGV in bdrv_refresh_filename() (corpus/findings/stream-concluded-query-segv.json)."""
+    if job.type == "stream" and not job.auto_dismiss and g.guard_known_crashes:
+        raise NotModeled("known QEMU crash: a concluded stream job's filter crashes the next query")
+
+
 def _finalize(g: Graph, job: Job) -> None:
+    _guard_concluded_stream(g, job)
     if job.type == "stream":
         _stream_prepare(g, job)
     elif job.active:
@@ -619,6 +665,7 @@ def job_dismiss(g: Graph, args: Any) -> None:
 def job_cancel(g: Graph, args: Any) -> None:
     job = _get_job(g, args)
     _verb(job, "cancel", ("created", "running", "paused", "ready", "standby", "pending"))
+    _guard_concluded_stream(g, job)
     _abort(g, job)
     job.status = "concluded"
     job.error = "Operation canceled"
@@ -632,6 +679,22 @@ def block_job_complete(g: Graph, args: Any) -> None:
     if not job.active:
         raise NotModeled("complete of a job that is not an active commit")
     _settle(g, job)
+
+
+def active_commit_nodes(g: Graph) -> dict[str, "Job"]:
+    """The nodes an active commit works on (its filter, source chain and base), by job."""
+    out: dict[str, Job] = {}
+    for job in g.jobs.values():
+        if job.active and job.status in ("ready", "pending"):
+            n = g.get(job.device)
+            while n is not None:
+                out[n.name] = job
+                if n.name == job.base:
+                    break
+                n = chain_next(g, n)
+            if job.filter:
+                out[job.filter] = job
+    return out
 
 
 def query_jobs(g: Graph) -> list[dict]:

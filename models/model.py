@@ -156,6 +156,12 @@ class Model:
         try:
             handler(g)
         except QmpFailure as e:
+            state = getattr(e, "state", None)
+            if state is not None:
+                # a failure that QEMU does not roll back completely (models.jobs._restoring)
+                settle_locks(state)
+                self.graph = state
+                return Outcome.failure(e.desc, e.cls)
             # The auto-name counter is not rolled back: id_generate() has no undo.
             self.graph.auto_counter = g.auto_counter
             # known QEMU bugs whose effect survives the rollback

@@ -42,6 +42,9 @@ class VersionProfile:
     #: not on the source node (7.2): query-named-block-nodes shows it there, and writes that
     #: bypass the filter (HMP qemu-io on the source) are not copied to the base
     mirror_bitmap_on_filter: bool
+    #: ``write -z -u`` deallocates only if every node on the way, the entry node included, has
+    #: ``discard=unmap`` (9.1+); 7.2 ignored the entry node's setting (notes §9.1)
+    write_zeroes_unmap_needs_discard: bool
 
 
 PROFILES: dict[str, VersionProfile] = {
@@ -50,12 +53,14 @@ PROFILES: dict[str, VersionProfile] = {
                           variable_length_drivers=("raw", "copy-on-read", "compress"),
                           reopen_refreshes_length=False, reopen_duplicate_drain_leak=False,
                           reopen_detached_entry_asserts=True,
-                          active_commit_cancel_restores_ro=False, mirror_bitmap_on_filter=False),
+                          active_commit_cancel_restores_ro=False, mirror_bitmap_on_filter=False,
+                          write_zeroes_unmap_needs_discard=False),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, variable_length_drivers=(),
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,
                            reopen_detached_entry_asserts=False,
-                           active_commit_cancel_restores_ro=True, mirror_bitmap_on_filter=True),
+                           active_commit_cancel_restores_ro=True, mirror_bitmap_on_filter=True,
+                           write_zeroes_unmap_needs_discard=True),
 }
 
 
