@@ -21,7 +21,7 @@ def failure_of(tr: T.Trace, binaries, timeout: float, record: list | None = None
     ``record``, the steps are appended to it with what each side answered."""
     from .session import Session
 
-    s = Session(binaries, tr.images, timeout=timeout)
+    s = Session(binaries, tr.images, timeout=timeout, machine=tr.machine)
     try:
         with s:
             for step in tr.steps:
@@ -45,7 +45,7 @@ def minimize(tr: T.Trace, binaries, signature: str, timeout: float = 2.0,
     def still_fails(candidate: list[dict]) -> bool:
         nonlocal runs
         runs += 1
-        err = failure_of(T.Trace(tr.name, tr.images, candidate, tr.description), binaries, timeout)
+        err = failure_of(T.Trace(tr.name, tr.images, candidate, tr.description, dict(tr.extra)), binaries, timeout)
         return err is not None and err.signature() == signature
 
     chunk = max(1, len(steps) // 2)
@@ -67,5 +67,5 @@ def minimize(tr: T.Trace, binaries, signature: str, timeout: float = 2.0,
         if chunk == 1 and not removed_any and runs >= budget:
             break
     recorded: list = []
-    failure_of(T.Trace(tr.name, tr.images, steps, tr.description), binaries, timeout, recorded)
+    failure_of(T.Trace(tr.name, tr.images, steps, tr.description, dict(tr.extra)), binaries, timeout, recorded)
     return T.Trace(tr.name, tr.images, recorded or steps, tr.description, dict(tr.extra))

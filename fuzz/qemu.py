@@ -301,6 +301,19 @@ class QemuProcess:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def machine_args(self) -> list[str]:
+        """``-M none`` needs nothing more.  ``-M pc`` (buses for virtio-scsi) runs TCG with the
+        CPUs stopped (``-S``: the guest never runs) and needs a BIOS: a fetched tree has
+        seabios beside the binary (``root/usr/share/seabios``), passed with ``-L``; any other
+        build finds its own data directory."""
+        if self.machine == "none":
+            return []
+        args = ["-accel", "tcg", "-S"]
+        seabios = os.path.join(os.path.dirname(os.fspath(self.binaries.system)), "..", "share", "seabios")
+        if os.path.isdir(seabios):
+            args += ["-L", os.path.normpath(seabios)]
+        return args
+
     def start(self) -> "QemuProcess":
         """Launch QEMU and wait until QMP is negotiated. Raises :class:`HarnessError`."""
         if self._proc is not None:
@@ -313,7 +326,7 @@ class QemuProcess:
             os.fspath(self.binaries.system),
             "-no-user-config", "-nodefaults", "-display", "none", "-M", self.machine,
             "-chardev", f"socket,id=qmp,fd={theirs.fileno()}", "-mon", "chardev=qmp,mode=control",
-            *self.extra_args,
+            *self.machine_args(), *self.extra_args,
         ]
         try:
             with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:

@@ -31,7 +31,7 @@ def replay_trace(tr: T.Trace, binaries, timeout: float = 5.0) -> None:
     """Run one trace; raises a Disagreement/QemuCrash on failure."""
     from .session import Session
 
-    with Session(binaries, tr.images, timeout=timeout) as s:
+    with Session(binaries, tr.images, timeout=timeout, machine=tr.machine) as s:
         for step in tr.steps:
             s.runner.run(step)
 

@@ -126,7 +126,8 @@ class FindingWriter:
         kind = "internal-error" if internal else error.kind
         folder = os.path.join(self.out, f"{kind}-{digest}")
         tr = T.Trace(name=f"finding {digest}", images=list(machine.images), steps=machine.recorded_steps(),
-                     description=f"{sig}\n{error}")
+                     description=f"{sig}\n{error}",
+                     extra={} if machine.machine == "none" else {"machine": machine.machine})
         if digest not in self.seen:
             T.save(tr, os.path.join(folder, "first.json"))
         T.save(tr, os.path.join(folder, "minimal.json"))

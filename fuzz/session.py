@@ -31,13 +31,15 @@ _PROFILE_CACHE: dict[str, tuple[VersionProfile, tuple[int, int, int]]] = {}
 
 class Session:
     def __init__(self, binaries, images: Iterable[ImageSpec], events: Events | None = None,
-                 timeout: float = 5.0, keep: bool = False, workdir_root: str | None = None):
+                 timeout: float = 5.0, keep: bool = False, workdir_root: str | None = None,
+                 machine: str = "none"):
         self.binaries = binaries
         self.images = tuple(images)
         self.events = events
         self.timeout = timeout
         self.keep = keep
         self.workdir_root = workdir_root
+        self.machine = machine
         self.workdir: str | None = None
         self.qemu: QemuProcess | None = None
         self.runner: Runner | None = None
@@ -47,9 +49,10 @@ class Session:
         self.workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=self.workdir_root)
         try:
             make_images(self.images, self.workdir, self.binaries)
-            self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout).start()
+            self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout,
+                                    machine=self.machine).start()
             self.profile = self._profile()
-            self.runner = Runner(Model(self.profile, self.images), self.qemu, self.events)
+            self.runner = Runner(Model(self.profile, self.images, self.machine), self.qemu, self.events)
         except BaseException:
             self.__exit__(None, None, None)
             raise

@@ -71,19 +71,23 @@ class BlockGraphMachine(RuleBasedStateMachine):
         self.runner: Runner | None = None
         self.steps: list[dict] = []
         self.images: tuple = ()
+        self.machine = "none"
         self.skipped = 0
 
     # -- plumbing ------------------------------------------------------------------------------
-    @initialize(images=image_sets())
-    def start(self, images):
+    @initialize(images=image_sets(), machine=st.sampled_from(["none", "none", "none", "pc"]))
+    def start(self, images, machine):
+        """One QEMU per example; a quarter of them are ``-M pc`` so that iothreads and disks
+        (virtio-scsi + scsi-hd) can enter the graph."""
         from .session import Session
 
         self.images = images
+        self.machine = machine
         on_start = CONTEXT.get("on_example_start")
         if on_start:
             on_start(self)
         self.session = Session(CONTEXT["binaries"], images, events=CONTEXT.get("events"),
-                               timeout=CONTEXT.get("timeout", 5.0)).__enter__()
+                               timeout=CONTEXT.get("timeout", 5.0), machine=machine).__enter__()
         self.runner = self.session.runner
         self.runner.model.graph.guard_known_crashes = True
 
@@ -245,6 +249,31 @@ class BlockGraphMachine(RuleBasedStateMachine):
                                           "job-dismiss", "block-job-complete"]))
         key = "device" if verb == "block-job-complete" else "id"
         self.do({"qmp": verb, "args": {key: jid}})
+
+    @precondition(lambda self: self.runner is not None and self.machine == "pc")
+    @rule(data=st.data())
+    def device(self, data):
+        """An iothread, a virtio-scsi controller (with or without an iothread) or a scsi-hd
+        disk on a node: the AioContext rules of the seed's iothread tests."""
+        from models.devices import Controller
+
+        kind = data.draw(st.sampled_from(["iothread", "controller", "disk", "disk"]))
+        iothreads = sorted(k for k, o in self.g.objects.items() if o.qom_type == "iothread")
+        controllers = sorted(k for k, d in self.g.devices.items() if isinstance(d, Controller))
+        if kind == "iothread":
+            self.do({"qmp": "object-add", "args": {
+                "qom-type": "iothread", "id": data.draw(st.sampled_from(["iothread0", "iothread1"]))}})
+        elif kind == "controller" or not controllers or not self.g.nodes:
+            args = {"driver": "virtio-scsi", "id": data.draw(st.sampled_from(["scsi0", "scsi1", "scsi2"]))}
+            it = data.draw(st.sampled_from(iothreads + ["", "", "nope"]))
+            if it or data.draw(st.booleans()):
+                args["iothread"] = it
+            self.do({"qmp": "device_add", "args": args})
+        else:
+            self.do({"qmp": "device_add", "args": {
+                "driver": "scsi-hd", "drive": data.draw(st.sampled_from(self.named_nodes() + ["nope"])),
+                "bus": data.draw(st.sampled_from(controllers + ["scsi9"])) + ".0",
+                "share-rw": data.draw(st.sampled_from([True, True, True, False]))}})
 
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())

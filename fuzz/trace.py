@@ -45,6 +45,11 @@ class Trace:
     description: str = ""
     extra: dict = attrs.field(factory=dict)
 
+    @property
+    def machine(self) -> str:
+        """The QEMU machine type the trace needs (``MACHINES``)."""
+        return self.extra.get("machine", "none")
+
     def to_json(self) -> dict:
         d: dict[str, Any] = {FORMAT_KEY: FORMAT_VERSION, "name": self.name,
                              "description": self.description,

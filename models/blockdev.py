@@ -15,6 +15,7 @@ from typing import Any
 
 from . import perms as P
 from .errors import NotModeled, QmpFailure
+from .devices import reconcile_attach
 from .drivers import DRIVERS, FILE_FIRST
 from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, Graph, Node
 from .imagedata import CLUSTER, SECTOR
@@ -336,6 +337,7 @@ class _Opener:
         if file_edge_target is not None:
             # The driver attaches the (already opened) file child first; every attach
             # refreshes permissions from the parent down (bdrv_attach_child()).
+            reconcile_attach(g, node, file_edge_target)
             g.attach(node, file_edge_target, "file", file_role)
             P.refresh(g, [node.name])
 
@@ -418,6 +420,7 @@ class _Opener:
             if not sub:
                 raise NotModeled(f"child {child_name!r} without options")
             target = self.open(sub, options, role, parent_name=node.name)
+        reconcile_attach(g, node, target)
         g.attach(node, target, child_name, role)
         P.refresh(g, [node.name])
         return target
@@ -443,6 +446,7 @@ class _Opener:
         except QmpFailure as e:
             raise QmpFailure("Could not open backing file: " + e.desc) from None
         # bdrv_set_backing_hd(): not prefixed
+        reconcile_attach(g, node, target)
         g.attach(node, target, "backing", ROLE_COW)
         P.refresh(g, [node.name])
         if implicit:
@@ -605,6 +609,7 @@ def _parse_file_or_backing(g: Graph, e: _Entry, is_backing: bool) -> None:
         g.unset_inherits_from(bs.name, old_edge)
         g.detach(old_edge)
     if new is not None:
+        reconcile_attach(g, bs, new)
         g.attach(bs, new, child_name, role)
         if update_inherits:
             new.inherits_from = bs.name

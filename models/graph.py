@@ -75,6 +75,7 @@ class Node:
     read_zeroes: bool = False        # null-co
     seq: int = 0                     # name-assignment order (query-named-block-nodes)
     implicit: bool = False           # bs->implicit: a job filter nobody named
+    ctx: str = "main"                # AioContext: "main" or an iothread id (models.devices)
 
     def clone(self) -> "Node":
         return attrs.evolve(self, options=dict(self.options), explicit=dict(self.explicit),
@@ -99,6 +100,12 @@ class Graph:
     objects: dict = attrs.field(factory=dict)
     #: block jobs by id, oldest first (models.jobs.Job)
     jobs: dict = attrs.field(factory=dict)
+    #: guest devices by id or QOM path (models.devices.Controller / Disk)
+    devices: dict = attrs.field(factory=dict)
+    #: the QEMU machine type: "none" has no buses, "pc" has PCI
+    machine: str = "none"
+    #: qdev's counter of anonymous devices (their QOM path is device[N]); never rolled back
+    anon_devices: int = 0
     edge_seq: int = 0
     #: the VersionProfile (models.profiles) the graph behaves by
     profile: object = None
@@ -131,8 +138,8 @@ class Graph:
             nodes[name] = m
         return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks),
                      dict(self.objects), {k: j.clone() for k, j in self.jobs.items()},
-                     self.edge_seq, self.profile, set(self.stuck), set(self.dangling_data_file),
-                     self.guard_known_crashes)
+                     dict(self.devices), self.machine, self.anon_devices, self.edge_seq, self.profile,
+                     set(self.stuck), set(self.dangling_data_file), self.guard_known_crashes)
 
     # -- lookups ---------------------------------------------------------------------------
     def get(self, name: str) -> Node | None:
@@ -175,8 +182,11 @@ class Graph:
         return any(self.reaches_stuck(self.nodes[c.child]) for c in node.children)
 
     def job_parents(self, name: str) -> list:
-        """Non-node parents of a node (JobParent), held by jobs."""
-        return [p for j in self.jobs.values() for p in j.parents if p.node == name]
+        """Non-node parents of a node (JobParent): held by jobs and by guest disks."""
+        out = [p for j in self.jobs.values() for p in j.parents if p.node == name]
+        out += [d.parent for d in self.devices.values()
+                if getattr(d, "parent", None) is not None and d.node == name]
+        return out
 
     def has_blk(self, name: str) -> bool:
         """``bdrv_has_blk()``."""

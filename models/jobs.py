@@ -256,6 +256,13 @@ def _qcow2_chain(g: Graph, top: Node, stop: Node | None) -> list[Node]:
     return out
 
 
+def _refuse_iothreads(g: Graph) -> None:
+    from .devices import uses_iothreads
+
+    if uses_iothreads(g) or g.devices:
+        raise NotModeled("block jobs with guest disks or iothreads")
+
+
 def _guard_stuck(g: Graph, nodes) -> None:
     """A job on a node a known QEMU bug left drained never leaves 'paused'
     (VersionProfile.reopen_duplicate_drain_leak)."""
@@ -282,6 +289,7 @@ def _restoring(start):
             snap = ctx.get("snapshot")
             if snap is not None:
                 snap.auto_counter = g.auto_counter
+                snap.anon_devices = g.anon_devices
                 trial = snap.clone()
                 try:
                     B.reopen_set_read_only(trial, trial.nodes[ctx["node"]], True)
@@ -305,6 +313,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     members = dict(_JOB_MEMBERS, **{"base-node": _STR})
     args = _visit(args, members, ("device",),
                   ("base", "backing-file", "bottom", "speed", "on-error", "backing-mask-protocol"))
+    _refuse_iothreads(g)
     device = args["device"]
     bs = B._lookup_bs(g, device)
     base = None
@@ -415,6 +424,7 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     members = dict(_JOB_MEMBERS, **{"top-node": _STR, "base-node": _STR})
     args = _visit(args, members, ("device",),
                   ("base", "top", "backing-file", "speed", "on-error", "backing-mask-protocol"))
+    _refuse_iothreads(g)
     device = args["device"]
     bs = g.get(device)
     if bs is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from . import blockdev, jobs, objects, qemuio
+from . import blockdev, devices, jobs, objects, qemuio
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
@@ -126,9 +126,9 @@ def _standalone_options(spec: ImageSpec) -> dict:
 class Model:
     """A QEMU block layer in Python: one per example, like one QEMU process."""
 
-    def __init__(self, profile: VersionProfile, images: Iterable[ImageSpec]):
+    def __init__(self, profile: VersionProfile, images: Iterable[ImageSpec], machine: str = "none"):
         self.profile = profile
-        self.graph = Graph(images=build_images(images), profile=profile)
+        self.graph = Graph(images=build_images(images), profile=profile, machine=machine)
 
     def execute(self, cmd: str, args: Any) -> Outcome:
         """Predict one QMP command.  Raises ``NotModeled`` for commands outside the model."""
@@ -149,6 +149,7 @@ class Model:
             "job-dismiss": lambda g: jobs.job_dismiss(g, args),
             "job-cancel": lambda g: jobs.job_cancel(g, args),
             "block-job-complete": lambda g: jobs.block_job_complete(g, args),
+            "device_add": lambda g: devices.device_add(g, args),
         }.get(cmd)
         if handler is None:
             raise NotModeled(f"command {cmd!r}")
@@ -162,8 +163,10 @@ class Model:
                 settle_locks(state)
                 self.graph = state
                 return Outcome.failure(e.desc, e.cls)
-            # The auto-name counter is not rolled back: id_generate() has no undo.
+            # The auto-name counter is not rolled back: id_generate() has no undo; nor is
+            # qdev's anonymous-device counter.
             self.graph.auto_counter = g.auto_counter
+            self.graph.anon_devices = g.anon_devices
             # known QEMU bugs whose effect survives the rollback
             self.graph.stuck |= g.stuck & set(self.graph.nodes)
             self.graph.dangling_data_file |= g.dangling_data_file & set(self.graph.nodes)

@@ -29,7 +29,7 @@ def test_all_issue_scenarios_present():
 @pytest.mark.parametrize("path", SEEDS, ids=lambda p: os.path.basename(p)[:-5])
 def test_model_predicts_seed(path, profile):
     tr = T.load(path)
-    runner = Runner(Model(PROFILES[profile], tr.images))
+    runner = Runner(Model(PROFILES[profile], tr.images, tr.machine))
     checked = 0
     for step in tr.steps:
         runner.run(step)
