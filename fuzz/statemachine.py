@@ -187,7 +187,9 @@ class BlockGraphMachine(RuleBasedStateMachine):
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
 
-    @precondition(lambda self: self.runner is not None)
+    # Objects and devices only once a node exists: Hypothesis' swarm testing switches rules off
+    # per example, and without blockdev_add these would otherwise fill whole examples.
+    @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
     def qom_object(self, data):
         """object-add or object-del of a throttle group (one rule, so that objects do not
@@ -250,7 +252,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         key = "device" if verb == "block-job-complete" else "id"
         self.do({"qmp": verb, "args": {key: jid}})
 
-    @precondition(lambda self: self.runner is not None and self.machine == "pc")
+    @precondition(lambda self: self.runner is not None and self.machine == "pc" and bool(self.g.nodes))
     @rule(data=st.data())
     def device(self, data):
         """An iothread, a virtio-scsi controller (with or without an iothread) or a scsi-hd

@@ -559,8 +559,11 @@ def _commit_prepare(g: Graph, job: Job) -> None:
 
 
 def _mirror_complete(g: Graph, job: Job) -> None:
-    """An active commit with no parent above the device: only the filter goes."""
+    """``mirror_exit_common()``: the job lets go of every node (``block_job_remove_all_bdrv()``)
+    and the filter is replaced by its child and freed.  With no parent above the device,
+    nothing else changes."""
     _drop_filter(g, job)
+    _release_all(g, job)
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,16 +609,22 @@ def _clean(g: Graph, job: Job, restore: bool = True) -> None:
         job.restore_ro = None
 
 
-def _dismiss(g: Graph, job: Job) -> None:
-    """The job is freed: its parents go, and nodes nobody references any more are closed."""
+def _release_all(g: Graph, job: Job) -> None:
+    """``block_job_remove_all_bdrv()``: the job's parents and blockers go; nodes nobody
+    references any more are closed."""
     held = [p.node for p in job.parents]
     job.parents = []
     job.blocks = {}
-    del g.jobs[job.id]
     for name in dict.fromkeys(held):
         n = g.get(name)
         if n is not None and g.refcount(n) == 0:
             g.unref(n)
+
+
+def _dismiss(g: Graph, job: Job) -> None:
+    """The job is freed with everything it still holds."""
+    del g.jobs[job.id]
+    _release_all(g, job)
 
 
 def _abort(g: Graph, job: Job) -> None:
@@ -624,6 +633,7 @@ def _abort(g: Graph, job: Job) -> None:
         _clean(g, job)
     elif job.active:
         _drop_filter(g, job)
+        _release_all(g, job)
         _clean(g, job, restore=g.profile.active_commit_cancel_restores_ro)
     else:
         # commit_abort(): the filter is replaced by its child again
