@@ -179,11 +179,16 @@ class BlockGraphMachine(RuleBasedStateMachine):
     def blockdev_reopen(self, data):
         names = [n for n in self.named_nodes()]
         count = data.draw(st.sampled_from([1, 1, 1, 2, 2, 3]))
-        picked = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=count))
+        # Nodes a job or a disk works on are where frozen links, implicit filters and
+        # AioContexts matter: pick them more often than their share.
+        busy = self.busy_nodes()
+        pool = busy if busy and data.draw(st.booleans()) else names
+        picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=count))
+        files = tuple(sorted(n for n, node in self.g.nodes.items() if node.drv == "file"))
         elements = []
         for name in picked:
             opts = self.options_of(name)
-            opts = data.draw(mutate(opts, tuple(names)))
+            opts = data.draw(mutate(opts, tuple(names), files))
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
 
@@ -200,6 +205,21 @@ class BlockGraphMachine(RuleBasedStateMachine):
         else:
             self.do({"qmp": "object-add",
                      "args": data.draw(object_add_args(tuple(sorted(self.g.objects))))})
+
+    def busy_nodes(self) -> list[str]:
+        """Nodes of a job's chain (and the overlay above a commit's top), and nodes with a
+        guest disk."""
+        from models.devices import Disk
+
+        out: set[str] = set()
+        for job in self.g.jobs.values():
+            for name in (job.device, job.top, job.base, job.filter):
+                if name in self.g.nodes:
+                    out.add(name)
+                    out.update(self.chain_below(name)[:3])
+                    out.update(c.parent for c in self.g.nodes[name].parents if c.parent in self.g.nodes)
+        out.update(d.node for d in self.g.devices.values() if isinstance(d, Disk) and d.node in self.g.nodes)
+        return sorted(out)
 
     def chain_below(self, name: str) -> list[str]:
         from models.jobs import chain_next
@@ -232,10 +252,14 @@ class BlockGraphMachine(RuleBasedStateMachine):
             if below and data.draw(st.integers(0, 2)) == 0:
                 args["base-node"] = data.draw(st.sampled_from(below + names[:1]))
         else:
+            # mostly a top above the bottom of the chain and a base below the top
+            tops = [device] + below[:-1] if below else [device]
             if below and data.draw(st.booleans()):
-                args["top-node"] = data.draw(st.sampled_from([device] + below))
+                args["top-node"] = data.draw(st.sampled_from(tops if data.draw(st.integers(0, 4)) else [device] + below))
             if below and data.draw(st.integers(0, 2)) == 0:
-                args["base-node"] = data.draw(st.sampled_from(below + [device]))
+                top = args.get("top-node", device)
+                under = self.chain_below(top) if top in self.g.nodes else []
+                args["base-node"] = data.draw(st.sampled_from(under if under and data.draw(st.integers(0, 4)) else below + [device]))
         if data.draw(st.integers(0, 3)) == 0:
             args["filter-node-name"] = data.draw(st.sampled_from(["jf0", "jf1", "hd0", "#x"]))
         args["auto-finalize"] = data.draw(st.sampled_from([False, False, True]))
@@ -267,13 +291,15 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 "qom-type": "iothread", "id": data.draw(st.sampled_from(["iothread0", "iothread1"]))}})
         elif kind == "controller" or not controllers or not self.g.nodes:
             args = {"driver": "virtio-scsi", "id": data.draw(st.sampled_from(["scsi0", "scsi1", "scsi2"]))}
-            it = data.draw(st.sampled_from(iothreads + ["", "", "nope"]))
+            it = data.draw(st.sampled_from(iothreads * 3 + ["", "", "nope"]))
             if it or data.draw(st.booleans()):
                 args["iothread"] = it
             self.do({"qmp": "device_add", "args": args})
         else:
             self.do({"qmp": "device_add", "args": {
-                "driver": "scsi-hd", "drive": data.draw(st.sampled_from(self.named_nodes() + ["nope"])),
+                "driver": "scsi-hd", "drive": data.draw(st.sampled_from(
+                    [n for n, node in sorted(self.g.nodes.items()) if not node.parents] * 3
+                    + self.named_nodes() + ["nope"])),
                 "bus": data.draw(st.sampled_from(controllers + ["scsi9"])) + ".0",
                 "share-rw": data.draw(st.sampled_from([True, True, True, False]))}})
 
@@ -464,14 +490,14 @@ def _generic(draw, d: dict) -> None:
 
 
 @st.composite
-def mutate(draw, opts: dict, names: tuple) -> dict:
+def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
     """Random mutations of a node's current options: drop, change, invalidate, swap
     references, null; children's dicts too."""
     d = copy.deepcopy(opts)
     for _ in range(draw(st.integers(0, 3))):
-        kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "file", "drop", "child",
-                                     "qcow2", "qcow2", "raw", "bad", "noflush", "swapname",
-                                     "nonode", "stale-dict"]))
+        kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "backing", "file", "file",
+                                     "drop", "child", "qcow2", "qcow2", "raw", "raw", "bad",
+                                     "noflush", "swapname", "nonode", "stale-dict"]))
         if kind == "ro":
             d["read-only"] = draw(st.booleans())
         elif kind == "dz":
@@ -483,7 +509,8 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
         elif kind == "backing" and d.get("driver") == "qcow2":
             d["backing"] = draw(st.sampled_from([None, *names, "nope", ""]))
         elif kind == "file" and d.get("driver") in ("qcow2", "raw", "throttle", "copy-on-read", "compress"):
-            d["file"] = draw(st.sampled_from([*names, "nope"]))
+            # another node's protocol node most of the time: swaps and permission conflicts
+            d["file"] = draw(st.sampled_from(files if files and draw(st.booleans()) else [*names, "nope"]))
         elif kind == "drop":
             keys = sorted(d)
             if keys:
@@ -538,7 +565,7 @@ def mutate(draw, opts: dict, names: tuple) -> dict:
                 else:
                     d[key] = draw(st.sampled_from(sizes))
         elif kind == "raw" and d.get("driver") == "throttle":
-            d["throttle-group"] = draw(st.sampled_from(GROUPS + ("nope",)))
+            d["throttle-group"] = draw(st.sampled_from(GROUPS + ("notfound",)))
         elif kind == "raw" and d.get("driver") == "null-co":
             key = draw(st.sampled_from(["size", "read-zeroes"]))
             d[key] = draw(st.sampled_from([1024, 1 << 30])) if key == "size" else draw(st.booleans())

@@ -302,6 +302,16 @@ def _restoring(start):
     return wrapper
 
 
+def _try_set_read_only(g: Graph, node: Node, read_only: bool) -> None:
+    """``bdrv_reopen_set_read_only(bs, ro, NULL)``: errors are ignored, the node stays."""
+    trial = g.clone()
+    try:
+        B.reopen_set_read_only(trial, trial.nodes[node.name], read_only)
+    except QmpFailure:
+        return
+    B.reopen_set_read_only(g, node, read_only)   # succeeds as the trial did (deterministic)
+
+
 def _make_writable(g: Graph, job: Job, node: Node, ctx: dict) -> None:
     B.reopen_set_read_only(g, node, False)
     job.restore_ro = node.name
@@ -562,6 +572,11 @@ def _mirror_complete(g: Graph, job: Job) -> None:
     """``mirror_exit_common()``: the job lets go of every node (``block_job_remove_all_bdrv()``)
     and the filter is replaced by its child and freed.  With no parent above the device,
     nothing else changes."""
+    job.parents = [p for p in job.parents if not p.blk]   # s->target is gone by now
+    src, base = g.nodes[job.device], g.get(job.base)
+    if base is not None and src.read_only != base.read_only:
+        # mirror_exit_common(): the target gets the read-only state of what it replaces
+        _try_set_read_only(g, base, src.read_only)
     _drop_filter(g, job)
     _release_all(g, job)
 
@@ -605,7 +620,7 @@ def _clean(g: Graph, job: Job, restore: bool = True) -> None:
     elif job.type == "commit":
         job.parents = [p for p in job.parents if not (p.blk and p.node == job.top)]
     if restore and job.restore_ro and job.restore_ro in g.nodes:
-        B.reopen_set_read_only(g, g.nodes[job.restore_ro], True)
+        _try_set_read_only(g, g.nodes[job.restore_ro], True)   # errors ignored (NULL errp)
         job.restore_ro = None
 
 
@@ -699,6 +714,19 @@ def block_job_complete(g: Graph, args: Any) -> None:
     if not job.active:
         raise NotModeled("complete of a job that is not an active commit")
     _settle(g, job)
+
+
+def job_nodes(g: Graph, job: Job) -> set[str]:
+    """Every node a job holds or works on."""
+    out = {p.node for p in job.parents}
+    for name in (job.device, job.top, job.base, job.filter):
+        n = g.get(name) if name else None
+        while n is not None and n.name not in out | {job.base}:
+            out.add(n.name)
+            n = chain_next(g, n)
+        if name:
+            out.add(name)
+    return out
 
 
 def active_commit_nodes(g: Graph) -> dict[str, "Job"]:
