@@ -221,8 +221,11 @@ def installed(version: str) -> Installation | None:
         packages=dict(data["packages"]),
         qemu_version=data["qemu-version"],
     )
-    # A manifest whose binaries went missing (someone pruned root/) is not a usable tree.
+    # A manifest whose binaries went missing (someone pruned root/) is not a usable tree; nor
+    # is one fetched before seabios was (the `-M pc` traces need its BIOS).
     if not all(_is_executable(inst.binary(w)) for w in _BINARIES):
+        return None
+    if "seabios" not in inst.packages:
         return None
     return inst
 

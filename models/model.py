@@ -31,6 +31,8 @@ from .query import project, query_named_block_nodes
 
 
 FORMATS = ("qcow2", "raw")
+JOB_COMMANDS = ("block-stream", "block-commit", "job-finalize", "job-dismiss", "job-cancel",
+                "block-job-complete")
 
 
 def _plain_name(_inst: Any, attribute: attrs.Attribute, value: str | None) -> None:
@@ -154,6 +156,10 @@ class Model:
         if handler is None:
             raise NotModeled(f"command {cmd!r}")
         g = self.graph.clone()
+        if cmd in JOB_COMMANDS:
+            # jobs move data inside the command, and the command may still fail or be declined
+            # afterwards: give the clone its own images so that nothing leaks
+            g.images = {k: v.clone() for k, v in g.images.items()}
         try:
             handler(g)
         except QmpFailure as e:

@@ -128,7 +128,7 @@ def default_tree(qdir):
         "qemu-version": "QEMU emulator version 10.0.2 (fake)",
         "library-path": ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"],
         "module-dir": "usr/lib/x86_64-linux-gnu/qemu",
-        "packages": {"qemu-system-x86": "1:10.0.2"},
+        "packages": {"qemu-system-x86": "1:10.0.2", "seabios": "1.16.2-1"},
     }
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory / "root"
@@ -404,3 +404,25 @@ def test_resolve_without_the_version_in_its_suite_is_one_line():
     with pytest.raises(qemufetch.FetchError) as exc:
         qemufetch._resolve(FakeApt(archive, {}), "10.0", lambda _: None, host=lambda _: None)
     assert _one_line(str(exc.value)).startswith("no QEMU 10.0 build of qemu-utils in ")
+
+
+def test_tree_fetched_without_seabios_is_refetched(default_tree):
+    # trees fetched before the -M pc scenarios lack the BIOS: not usable as they are
+    manifest = default_tree.parent / "manifest.json"
+    data = json.loads(manifest.read_text())
+    assert qemufetch.installed(DEFAULT_VERSION) is not None
+    del data["packages"]["seabios"]
+    manifest.write_text(json.dumps(data))
+    assert qemufetch.installed(DEFAULT_VERSION) is None
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("version", KNOWN_VERSIONS)
+def test_fetched_qemu_starts_machine_pc_with_its_seabios(version, tmp_path):
+    # the iothread scenarios run -M pc; the BIOS comes from the fetched seabios via -L
+    from fuzz.qemu import QemuProcess
+    from fuzz.qemufetch import resolve_qemu
+
+    binaries = resolve_qemu(str(_fetched(version).binary("system")))
+    with QemuProcess(binaries, str(tmp_path), machine="pc") as q:
+        assert q.execute("device_add", {"driver": "virtio-scsi", "id": "scsi0"}).error is None
