@@ -8,6 +8,7 @@ violated written expectation), so Hypothesis shrinks every kind of bug on its ow
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -217,34 +218,20 @@ class Runner:
         return None
 
     def _qmp(self, index: int, step: dict) -> Outcome:
-        from .qemu import QemuCrashed, QemuHung
-
         cmd, args = step["qmp"], step.get("args", {})
         predicted = self.model.execute(cmd, args)
         self.observed[index] = {"model": predicted.to_json()}
         actual = None
         if self.qemu is not None:
             self._qemu_graph = None
-            try:
+            with self._qemu_failures(index, step, "qemu"):
                 actual = self.qemu.execute(cmd, args)
-            except QemuHung as e:
-                self.observed[index]["qemu"] = f"hang: {e}"
-                raise QemuHang(index, step, e) from e
-            except QemuCrashed as e:
-                self.observed[index]["qemu"] = f"crash: {e}"
-                raise QemuCrash(index, step, e) from e
             self.observed[index]["qemu"] = actual.to_json()
-            try:
-                # the state queries belong to the step: a crash or hang in them is the step's
+            # the state queries belong to the step: a crash or hang in them is the step's
+            with self._qemu_failures(index, step, "qemu-state"):
                 self.qemu_graph()
                 if self._jobs_in_play(cmd):
                     self._qemu_jobs = self.qemu.query_jobs()
-            except QemuHung as e:
-                self.observed[index]["qemu-state"] = f"hang: {e}"
-                raise QemuHang(index, step, e) from e
-            except QemuCrashed as e:
-                self.observed[index]["qemu-state"] = f"crash: {e}"
-                raise QemuCrash(index, step, e) from e
         self.events.emit(StepDone(index, step, predicted, actual))
         exp = expectation_for(step, self.profile_name)
         if exp is not None:
@@ -269,6 +256,20 @@ class Runner:
                     if mj != qj:
                         raise GraphMismatch(index, step, mj, qj, "query-jobs")
         return predicted
+
+    @contextlib.contextmanager
+    def _qemu_failures(self, index: int, step: dict, key: str):
+        """QEMU dying or hanging is a finding of this step (recorded under ``key``)."""
+        from .qemu import QemuCrashed, QemuHung
+
+        try:
+            yield
+        except QemuHung as e:
+            self.observed[index][key] = f"hang: {e}"
+            raise QemuHang(index, step, e) from e
+        except QemuCrashed as e:
+            self.observed[index][key] = f"crash: {e}"
+            raise QemuCrash(index, step, e) from e
 
     def _jobs_in_play(self, cmd: str) -> bool:
         """Whether query-jobs is compared after this step: whenever the model has a job, and

@@ -24,7 +24,7 @@ import attrs
 
 from . import perms as P
 from .errors import NotModeled, QmpFailure
-from .graph import Graph, JobParent, Node
+from .graph import ROLE_COW, Graph, JobParent, Node
 
 CTX_ERROR = "Cannot change iothread of active block backend"
 
@@ -182,6 +182,13 @@ def _add_disk(g: Graph, args: dict) -> None:
     disk = Disk(dev_id, node.name, bus, share_rw, pinned, parent)
     g.devices[dev_id or path] = disk
     P.refresh(g, [node.name])
+    if ctrl.iothread is not None and g.profile.dataplane_op_blocker:
+        # virtio_scsi_hotplug(): BLOCK_OP_TYPE_DATAPLANE, blocked by backing parents only
+        # (block_job_add_bdrv() unblocks it); the newest blocker is reported
+        cow = [c for c in node.parents if c.role == ROLE_COW]
+        if cow:
+            newest = max(cow, key=lambda c: c.seq)
+            raise QmpFailure(f"Node '{node.name}' is busy: node is used as backing hd of '{newest.parent}'")
     if pinned and node.ctx != target:
         others = component(g, node)
         if any(d is not disk and d.pinned and d.node in others

@@ -235,6 +235,17 @@ def _new_filter(g: Graph, drv: str, name: str | None, read_only: bool) -> Node:
     return n
 
 
+def _append_filter(g: Graph, drv: str, name: str | None, read_only: bool, below: Node) -> Node:
+    """``bdrv_append()`` of a new job filter: it takes ``below`` as its backing, then
+    ``below``'s parents."""
+    f = _new_filter(g, drv, name, read_only)
+    g.attach(f, below, "backing", ROLE_FILTERED)
+    f.cached_length = B.node_length(g, below)
+    replace_node(g, below, f)
+    P.refresh(g, [f.name])
+    return f
+
+
 def _qcow2_chain(g: Graph, top: Node, stop: Node | None) -> list[Node]:
     """The nodes from ``top`` down to (excluding) ``stop``; all must be qcow2 of one size with
     data the model knows."""
@@ -444,23 +455,17 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     reason = B.op_blocker(g, bs)   # COMMIT_SOURCE: blocked by any blocker
     if reason is not None:
         raise QmpFailure(f"Node '{bs.name}' is busy: {reason}")
-    top = bs
-    if "top-node" in args:
-        ref = args["top-node"]
-        top = g.get(ref)
-        if top is None:
+    def in_chain(key: str, above: Node) -> Node:
+        ref = args[key]
+        n = g.get(ref)
+        if n is None:
             raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
-        if not chain_contains(g, bs, top):
+        if not chain_contains(g, above, n):
             raise QmpFailure(f"'{ref}' is not in this backing file chain")
-    if "base-node" in args:
-        ref = args["base-node"]
-        base = g.get(ref)
-        if base is None:
-            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
-        if not chain_contains(g, top, base):
-            raise QmpFailure(f"'{ref}' is not in this backing file chain")
-    else:
-        base = find_overlay(g, top, None)
+        return n
+
+    top = in_chain("top-node", bs) if "top-node" in args else bs
+    base = in_chain("base-node", top) if "base-node" in args else find_overlay(g, top, None)
     stop = chain_next(g, base)
     it = top
     while it is not None and it is not stop:
@@ -483,13 +488,8 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     add_parent(g, job, bs, "main node", 0, ALL)
     if base.read_only:
         _make_writable(g, job, base, ctx)
-    ct = _new_filter(g, "commit_top", args.get("filter-node-name"), True)
+    ct = _append_filter(g, "commit_top", args.get("filter-node-name"), True, top)
     job.filter = ct.name
-    # bdrv_append(): commit_top takes top as its backing, then top's parents
-    g.attach(ct, top, "backing", ROLE_FILTERED)
-    ct.cached_length = B.node_length(g, top)
-    replace_node(g, top, ct)
-    P.refresh(g, [ct.name])
     it = top
     while it is not base:
         add_parent(g, job, it, "intermediate node", 0, WU | WRITE)
@@ -518,12 +518,8 @@ def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]
               active=True, device=bs.name, top=bs.name, base=base.name)
     if base.read_only:
         _make_writable(g, job, base, ctx)
-    mt = _new_filter(g, "mirror_top", args.get("filter-node-name"), False)
+    mt = _append_filter(g, "mirror_top", args.get("filter-node-name"), False, bs)
     job.filter = mt.name
-    g.attach(mt, bs, "backing", ROLE_FILTERED)
-    mt.cached_length = B.node_length(g, bs)
-    replace_node(g, bs, mt)
-    P.refresh(g, [mt.name])
     job.id = _job_id(g, args.get("job-id"))
     add_parent(g, job, mt, "main node", READ, READ | WU | WRITE)
     add_parent(g, job, base, "root", WRITE, WU | READ | WRITE, blk=True, block=False,

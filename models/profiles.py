@@ -48,6 +48,10 @@ class VersionProfile:
     #: a scsi-hd on a virtio-scsi controller without an iothread follows its node into any
     #: AioContext (10.0); on 7.2 it pins its graph to the main loop (notes §3.9)
     main_loop_disks_follow: bool
+    #: plugging a disk into a virtio-scsi controller with an iothread checks the DATAPLANE op
+    #: blocker, which a backing parent sets (7.2): "Node 'X' is busy: node is used as backing
+    #: hd of 'Y'"; 10.0 has no such check (observed)
+    dataplane_op_blocker: bool
 
 
 PROFILES: dict[str, VersionProfile] = {
@@ -57,13 +61,15 @@ PROFILES: dict[str, VersionProfile] = {
                           reopen_refreshes_length=False, reopen_duplicate_drain_leak=False,
                           reopen_detached_entry_asserts=True,
                           active_commit_cancel_restores_ro=False, mirror_bitmap_on_filter=False,
-                          write_zeroes_unmap_needs_discard=False, main_loop_disks_follow=False),
+                          write_zeroes_unmap_needs_discard=False, main_loop_disks_follow=False,
+                          dataplane_op_blocker=True),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, variable_length_drivers=(),
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,
                            reopen_detached_entry_asserts=False,
                            active_commit_cancel_restores_ro=True, mirror_bitmap_on_filter=True,
-                           write_zeroes_unmap_needs_discard=True, main_loop_disks_follow=True),
+                           write_zeroes_unmap_needs_discard=True, main_loop_disks_follow=True,
+                           dataplane_op_blocker=False),
 }
 
 

@@ -228,3 +228,19 @@ def test_iothread_attach_moves_the_side_without_a_pinned_disk():
     r = m.execute("blockdev-reopen", {"options": [dict(hd(0), backing="hd2")]})
     assert r.error.desc == "Cannot change iothread of active block backend"
     assert m.execute("blockdev-del", {"node-name": "hd0"}).error.desc == "Node hd0 is in use"
+
+
+def test_declined_job_start_leaves_the_images_alone():
+    # A stream that would end concluded is declined (known QEMU crash) after it copied data:
+    # the copy must not survive, QEMU never ran the command.
+    from models import NotModeled
+
+    m = Model(PROFILES["10.0"], IMAGES)
+    m.graph.guard_known_crashes = True
+    assert m.execute("blockdev-add", hd(1)).ok
+    before = {n["node-name"]: n["image"]["virtual-size"] for n in m.query_named_block_nodes()}
+    with pytest.raises(NotModeled):
+        m.execute("block-stream", {"job-id": "s", "device": "hd1", "auto-dismiss": False})
+    after = {n["node-name"]: n["image"]["virtual-size"] for n in m.query_named_block_nodes()}
+    assert after == before
+    assert 0 not in m.graph.images["hd1.img"].allocated   # 0xa0 of hd0.img was not streamed up
