@@ -298,6 +298,7 @@ class QemuProcess:
         self._closed = False
         self._version: tuple[int, int, int] | None = None
         self._jobs_possible = False  # a job command succeeded and query-jobs was not yet empty
+        self._jobs_seen: list | None = []   # query-jobs' reply, if no command came since
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -429,8 +430,10 @@ class QemuProcess:
         reply = self._call(cmd, wire, timeout)
         if cmd in JOB_COMMANDS and "error" not in reply:
             self._jobs_possible = True
-        if self._jobs_possible and cmd not in ("query-jobs", "query-named-block-nodes"):
-            self._settle_jobs(cmd)
+        if cmd not in ("query-jobs", "query-named-block-nodes"):
+            self._jobs_seen = None
+            if self._jobs_possible:
+                self._settle_jobs(cmd)
         stdout = stdout_lines(_read_from(self._out_fd, out0))
         self._check_after(cmd, err0)
 
@@ -458,8 +461,10 @@ class QemuProcess:
             jobs = reply.get("return", [])
             if not jobs:
                 self._jobs_possible = False
+                self._jobs_seen = []
                 return
             if all(j.get("status") in SETTLED_JOB_STATES for j in jobs):
+                self._jobs_seen = jobs
                 return
             if time.monotonic() > deadline:
                 states = ", ".join(f"{j.get('id')}={j.get('status')}" for j in jobs)
@@ -469,10 +474,16 @@ class QemuProcess:
     def query_jobs(self) -> list[dict]:
         """``query-jobs`` as the model predicts it: id, type, status and error of each job,
         newest first (progress counters are left out: they count bytes the job visited)."""
-        outcome = self.execute("query-jobs")
-        if outcome.error is not None:
-            raise HarnessError(f"query-jobs failed: {outcome.error}")
-        return [{k: j[k] for k in ("id", "type", "status", "error") if k in j} for j in outcome.ret]
+        jobs = self._jobs_seen
+        if jobs is None and not self._jobs_possible:
+            jobs = []   # no job command succeeded since query-jobs was last empty
+        if jobs is None:
+            outcome = self.execute("query-jobs")
+            if outcome.error is not None:
+                raise HarnessError(f"query-jobs failed: {outcome.error}")
+            jobs = outcome.ret
+        # the settle loop's last reply is reused when no command came since (one round trip less)
+        return [{k: j[k] for k in ("id", "type", "status", "error") if k in j} for j in jobs]
 
     def query_nodes(self) -> list[dict]:
         """``query-named-block-nodes`` with every auto name canonicalised (also in json: names)."""

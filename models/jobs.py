@@ -118,6 +118,13 @@ def chain_next(g: Graph, n: Node) -> Node | None:
     return g.nodes[c.child] if c else None
 
 
+def skip_filters(g: Graph, n: Node) -> Node:
+    """``bdrv_skip_filters()``."""
+    while (f := g.filter_child(n)) is not None:
+        n = f
+    return n
+
+
 def chain_contains(g: Graph, top: Node | None, base: Node) -> bool:
     """``bdrv_chain_contains()``."""
     while top is not None and top is not base:
@@ -476,8 +483,9 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     chain = _qcow2_chain(g, top, base)
     _guard_stuck(g, [bs] + chain + [base])
     perms = P.Perms(g, {}, {})
-    if perms.node[top.name][0] & WRITE or top is bs:
-        _active_commit(g, args, bs, base, chain, ctx)
+    if perms.node[top.name][0] & WRITE or skip_filters(g, top) is skip_filters(g, bs):
+        # commit_active_start(top_bs, ...): the mirror works on top, below any filter on bs
+        _active_commit(g, args, top, base, chain, ctx)
         return
     overlay = find_overlay(g, bs, top)
     _busy(g, overlay)
