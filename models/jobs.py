@@ -180,7 +180,8 @@ def add_parent(g: Graph, job: Job, node: Node, child_name: str, perm: int, share
 
 def replace_node(g: Graph, old: Node, new: Node) -> None:
     """``bdrv_replace_node()``: every parent of ``old`` except ``new`` itself now uses
-    ``new``; moved edges become the newest parents of ``new``."""
+    ``new``, guest disks' BlockBackends included; job edges stay (``stay_at_node``).  Moved
+    edges become the newest parents of ``new``."""
     for c in list(old.parents):
         if c.parent == new.name:
             continue
@@ -188,6 +189,10 @@ def replace_node(g: Graph, old: Node, new: Node) -> None:
         c.child = new.name
         c.seq = g.next_edge_seq()
         new.parents.insert(0, c)
+    for key, d in list(g.devices.items()):
+        if getattr(d, "node", None) == old.name:
+            g.devices[key] = attrs.evolve(d, node=new.name, parent=attrs.evolve(
+                d.parent, node=new.name, seq=g.next_edge_seq()))
 
 
 def set_backing(g: Graph, parent: Node, new: Node | None) -> None:

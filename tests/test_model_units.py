@@ -244,3 +244,29 @@ def test_declined_job_start_leaves_the_images_alone():
     after = {n["node-name"]: n["image"]["virtual-size"] for n in m.query_named_block_nodes()}
     assert after == before
     assert 0 not in m.graph.images["hd1.img"].allocated   # 0xa0 of hd0.img was not streamed up
+
+
+def test_commit_of_a_filtered_device_down_to_its_top_is_an_active_commit():
+    # qmp_block_commit(): bdrv_skip_filters(top) == bdrv_skip_filters(bs) -> commit_active_start
+    # on top: the mirror filter sits between the throttle node and hd1
+    m = Model(PROFILES["7.2"], IMAGES)
+    assert m.execute("object-add", {"qom-type": "throttle-group", "id": "g"}).ok
+    assert m.execute("blockdev-add", {"driver": "throttle", "node-name": "t0", "throttle-group": "g",
+                                      "file": hd(1)}).ok
+    assert m.execute("block-commit", {"job-id": "c", "device": "t0", "top-node": "hd1"}).ok
+    assert m.query_jobs() == [{"id": "c", "type": "commit", "status": "ready"}]
+    drv = {n["node-name"]: n["drv"] for n in m.query_named_block_nodes()}
+    assert "mirror_top" in drv.values() and "commit_top" not in drv.values()
+
+
+@pytest.mark.parametrize("version,busy", [("7.2", True), ("10.0", False)])
+def test_disk_on_an_iothread_controller_checks_the_dataplane_blocker(version, busy):
+    m = Model(PROFILES[version], IMAGES, machine="pc")
+    assert m.execute("blockdev-add", hd(1)).ok          # hd1's header backing gets #block2
+    assert m.execute("object-add", {"qom-type": "iothread", "id": "io0"}).ok
+    assert m.execute("device_add", {"driver": "virtio-scsi", "id": "scsi0", "iothread": "io0"}).ok
+    r = m.execute("device_add", {"driver": "scsi-hd", "drive": "#block1", "share-rw": True, "bus": "scsi0.0"})
+    if busy:
+        assert r.error.desc == "Node '#block1' is busy: node is used as backing hd of 'hd1'"
+    else:
+        assert r.ok
