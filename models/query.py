@@ -120,6 +120,23 @@ def refresh_filename(g: Graph, n: Node, cache: dict | None = None) -> Filename:
     return result
 
 
+def dirname(g: Graph, n: Node, cache: dict) -> str | None:
+    """``bdrv_dirname()``: the directory a relative backing file name is taken from, or None
+    ("Cannot generate a base directory for ... nodes")."""
+    if n.drv in ("quorum", "blkverify"):
+        return None          # their .bdrv_dirname always fails
+    d = DRIVERS[n.drv]
+    primary = "file" if n.child("file") else (d.children[0][0] if d.children else None)
+    c = n.child(primary) if primary else None
+    if c is not None:
+        return dirname(g, g.nodes[c.child], cache)
+    exact = refresh_filename(g, n, cache).exact
+    if not exact:
+        return None
+    # path_combine(exact, ""): up to the last '/' (a protocol prefix counts as a directory)
+    return exact[:exact.rfind("/") + 1]
+
+
 def _get_info(g: Graph, n: Node) -> tuple[bool, int | None]:
     """``bdrv_get_info()``: (supported, cluster size).  qcow2 answers, file-posix answers with
     no cluster size, raw and filters forward to their child; null-co and quorum have none."""
@@ -156,7 +173,9 @@ def image_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
         img = g.images[n.filename]
         if img.backing_file:
             info["backing-filename"] = img.backing_file
-            info["full-backing-filename"] = img.backing_file
+            directory = dirname(g, n, cache)
+            if directory is not None:   # bdrv_get_full_backing_filename() fails otherwise
+                info["full-backing-filename"] = directory + img.backing_file
             if img.backing_format:
                 info["backing-filename-format"] = img.backing_format
     elif n.drv == "file" and profile.file_format_specific:
