@@ -183,8 +183,8 @@ def replace_node(g: Graph, old: Node, new: Node) -> None:
     ``new``, guest disks' BlockBackends included; job edges stay (``stay_at_node``).  Moved
     edges become the newest parents of ``new``."""
     for c in list(old.parents):
-        if c.parent == new.name:
-            continue
+        if c.parent == new.name or g.has_child_recursive(new, c.parent):
+            continue   # should_update_child(): no loops
         old.parents.remove(c)
         c.child = new.name
         c.seq = g.next_edge_seq()
@@ -586,6 +586,11 @@ def _mirror_complete(g: Graph, job: Job) -> None:
     if base is not None and src.read_only != base.read_only:
         # mirror_exit_common(): the target gets the read-only state of what it replaces
         _try_set_read_only(g, base, src.read_only)
+    if base is not None:
+        # bdrv_replace_node(src, target): src's parents -- the filter's backing link among
+        # them, so the filter's own parents end on the target too -- now use the base
+        unfreeze(g, job)
+        replace_node(g, g.nodes[job.device], g.nodes[job.base])
     _drop_filter(g, job)
     _release_all(g, job)
 

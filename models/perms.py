@@ -157,8 +157,26 @@ def check_node(perms: Perms, name: str) -> None:
         if node.read_only:
             raise QmpFailure("Block node is read-only")
         raise QmpFailure(f"Read-only block node '{name}' cannot support read-write users")
+    if perm & (WRITE | WRITE_UNCHANGED) and not perm & RESIZE:
+        align = request_alignment(g, node)
+        if align > 1:
+            from .blockdev import node_length
+            if node_length(g, node) % align:
+                raise QmpFailure("Cannot get 'write' permission without 'resize': "
+                                 "Image size is not a multiple of request alignment")
     if node.drv == "file" and node.locking:
         _check_locks(g, node, perm, shared)
+
+
+def request_alignment(g: Graph, node: Node) -> int:
+    """``bs->bl.request_alignment`` where it is not 1: a compress filter's is the cluster size
+    of what it compresses into (``compress_refresh_limits()``), blkdebug's its ``align``."""
+    if node.drv == "compress":
+        from .query import _get_info
+        return _get_info(g, g.filter_child(node))[1] or 1
+    if node.drv == "blkdebug":
+        return node.options.get("align", 0) or 1
+    return 1
 
 
 def _check_locks(g: Graph, node: Node, perm: int, shared: int) -> None:

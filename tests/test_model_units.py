@@ -270,3 +270,19 @@ def test_disk_on_an_iothread_controller_checks_the_dataplane_blocker(version, bu
         assert r.error.desc == "Node '#block1' is busy: node is used as backing hd of 'hd1'"
     else:
         assert r.ok
+
+
+def test_full_backing_filename_needs_a_directory():
+    # bdrv_get_full_backing_filename() -> bdrv_dirname(): a qcow2 node whose file is a
+    # null-co node with options has no directory, so only backing-filename is reported
+    m = Model(PROFILES["10.0"], IMAGES)
+    c = hd(1)
+    c["backing"] = None
+    assert m.execute("blockdev-add", c).ok
+    assert m.execute("blockdev-add", {"driver": "null-co", "node-name": "n", "size": 3 << 20}).ok
+    image = next(n for n in m.query_named_block_nodes() if n["node-name"] == "hd1")["image"]
+    assert image["full-backing-filename"] == "hd0.img"
+    c["file"] = "n"
+    assert m.execute("blockdev-reopen", {"options": [c]}).ok
+    image = next(n for n in m.query_named_block_nodes() if n["node-name"] == "hd1")["image"]
+    assert image["backing-filename"] == "hd0.img" and "full-backing-filename" not in image
