@@ -11,10 +11,12 @@ from __future__ import annotations
 class QmpFailure(Exception):
     """The command fails with ``{"error": {"class": cls, "desc": desc}}``."""
 
-    def __init__(self, desc: str, cls: str = "GenericError"):
+    def __init__(self, desc: str, cls: str = "GenericError", hint: str = ""):
         super().__init__(desc)
         self.desc = desc
         self.cls = cls
+        #: ``error_append_hint()``: not part of a QMP error, but printed by HMP commands
+        self.hint = hint
 
 
 class NotModeled(NotImplementedError):

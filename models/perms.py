@@ -186,12 +186,14 @@ def _check_locks(g: Graph, node: Node, perm: int, shared: int) -> None:
         return  # RAW_PL_PREPARE: nothing new to lock
     others = [n for n in g.nodes.values()
               if n.drv == "file" and n.locking and n.filename == node.filename and n.name != node.name]
+    # raw_check_lock_bytes(); the hint names bs->filename, which for a file node is its file
+    hint = f"Is another process using the image [{node.filename}]?\n"
     for bit, pname in _NAMES:
         if perm & bit and any(g.locks.get(o.name, (0, 0))[1] & bit for o in others):
-            raise QmpFailure(f'Failed to get "{pname}" lock')
+            raise QmpFailure(f'Failed to get "{pname}" lock', hint=hint)
     for bit, pname in _NAMES:
         if not shared & bit and any(g.locks.get(o.name, (0, 0))[0] & bit for o in others):
-            raise QmpFailure(f'Failed to get shared "{pname}" lock')
+            raise QmpFailure(f'Failed to get shared "{pname}" lock', hint=hint)
     # Prepared: the new bytes are locked on top of the old ones until commit.
     g.locks[node.name] = (held_perm | perm, held_unshared | unshared)
 

@@ -109,7 +109,8 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     try:
         P.refresh(g.clone(), [node.name], external={node.name: [bb]})
     except QmpFailure as e:
-        return IoResult(e.desc + "\r\n", ())
+        # HMP prints the error with its hint (error_report_err()), lines ending "\r\n"
+        return IoResult((e.desc + "\n" + e.hint).replace("\n", "\r\n"), ())
     if cmd.offset + cmd.length > length:
         return IoResult("", ("write failed: Input/output error",))
     done = (f"wrote {cmd.length}/{cmd.length} bytes at offset {cmd.offset}",)

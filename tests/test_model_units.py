@@ -286,3 +286,30 @@ def test_full_backing_filename_needs_a_directory():
     assert m.execute("blockdev-reopen", {"options": [c]}).ok
     image = next(n for n in m.query_named_block_nodes() if n["node-name"] == "hd1")["image"]
     assert image["backing-filename"] == "hd0.img" and "full-backing-filename" not in image
+
+
+def test_write_through_compress_needs_a_cluster_aligned_size():
+    # compress_refresh_limits(): request_alignment = cluster size; bdrv_node_refresh_perm()
+    # refuses 'write' without 'resize' when the size is not a multiple of it
+    odd = ImageSpec("odd.img", "qcow2", MiB + 512)
+    m = Model(PROFILES["10.0"], IMAGES + (odd,))
+    assert m.execute("blockdev-add", {"driver": "compress", "node-name": "c", "file": {
+        "driver": "qcow2", "file": {"driver": "file", "filename": "odd.img"}}}).ok
+    r = m.execute("human-monitor-command", {"command-line": 'qemu-io c "write -P 0x11 0 64k"'})
+    assert r.ret == ("Cannot get 'write' permission without 'resize': "
+                     "Image size is not a multiple of request alignment\r\n")
+
+
+def test_active_commit_completion_moves_the_parents_to_the_base():
+    # mirror_exit_common(): bdrv_replace_node(src, target), then the filter is dropped
+    m = Model(PROFILES["10.0"], IMAGES)
+    c = hd(0)
+    c["backing"] = hd(1)
+    c["backing"]["backing"] = None
+    assert m.execute("blockdev-add", c).ok
+    assert m.execute("block-commit", {"job-id": "j", "device": "hd0", "filter-node-name": "mt"}).ok
+    assert m.execute("blockdev-add", {"driver": "raw", "node-name": "r", "file": "mt"}).ok
+    assert m.execute("block-job-complete", {"device": "j"}).ok
+    files = {n["node-name"]: n["file"] for n in m.query_named_block_nodes()}
+    assert files["r"] == ('json:{"driver": "raw", "file": {"backing": null, "driver": "qcow2", '
+                          '"file": {"driver": "file", "filename": "hd1.img"}}}')
