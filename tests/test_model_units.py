@@ -313,3 +313,12 @@ def test_active_commit_completion_moves_the_parents_to_the_base():
     files = {n["node-name"]: n["file"] for n in m.query_named_block_nodes()}
     assert files["r"] == ('json:{"driver": "raw", "file": {"backing": null, "driver": "qcow2", '
                           '"file": {"driver": "file", "filename": "hd1.img"}}}')
+
+
+def test_hmp_lock_errors_carry_the_hint():
+    # observed on 10.0.2 (campaign finding): error_report_err() prints the hint too
+    m = Model(PROFILES["10.0"], IMAGES)
+    assert m.execute("blockdev-add", hd(0)).ok
+    assert m.execute("blockdev-add", {"driver": "file", "node-name": "f1", "filename": "hd0.img"}).ok
+    r = m.execute("human-monitor-command", {"command-line": 'qemu-io f1 "write -P 0x11 0 512"'})
+    assert r.ret == 'Failed to get "write" lock\r\nIs another process using the image [hd0.img]?\r\n'
