@@ -182,9 +182,10 @@ def _add_disk(g: Graph, args: dict) -> None:
     disk = Disk(dev_id, node.name, bus, share_rw, pinned, parent)
     g.devices[dev_id or path] = disk
     P.refresh(g, [node.name])
-    if ctrl.iothread is not None and g.profile.dataplane_op_blocker:
-        # virtio_scsi_hotplug(): BLOCK_OP_TYPE_DATAPLANE, blocked by backing parents only
-        # (block_job_add_bdrv() unblocks it); the newest blocker is reported
+    if g.profile.dataplane_op_blocker:
+        # 7.2 checks an op blocker when a scsi-hd is plugged (observed with and without an
+        # iothread on the controller): backing parents block it, jobs do not
+        # (block_job_add_bdrv() unblocks DATAPLANE); the newest blocker is reported
         cow = [c for c in node.parents if c.role == ROLE_COW]
         if cow:
             newest = max(cow, key=lambda c: c.seq)
