@@ -335,6 +335,12 @@ class _Opener:
             file_edge_target.inherits_from = name  # opened from a nested dict: inherited
 
         if file_edge_target is not None:
+            if drv == "throttle" and file_edge_target.ctx != "main" and g.guard_known_crashes:
+                # QEMU bug (7.2 and 10.0): throttle_open() attaches its file child before it
+                # joins its group; the attach moves the new node into the child's iothread and
+                # throttle_attach_aio_context() dereferences the missing group: SIGSEGV
+                # (corpus/findings/throttle-over-iothread-node-segv.json)
+                raise NotModeled("known QEMU crash: a throttle node over a node in an iothread")
             # The driver attaches the (already opened) file child first; every attach
             # refreshes permissions from the parent down (bdrv_attach_child()).
             reconcile_attach(g, node, file_edge_target)
