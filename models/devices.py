@@ -24,7 +24,7 @@ import attrs
 
 from . import perms as P
 from .errors import NotModeled, QmpFailure
-from .graph import ROLE_COW, Graph, JobParent, Node
+from .graph import Graph, JobParent, Node
 
 CTX_ERROR = "Cannot change iothread of active block backend"
 
@@ -183,13 +183,12 @@ def _add_disk(g: Graph, args: dict) -> None:
     g.devices[dev_id or path] = disk
     P.refresh(g, [node.name])
     if g.profile.dataplane_op_blocker:
-        # 7.2 checks an op blocker when a scsi-hd is plugged (observed with and without an
-        # iothread on the controller): backing parents block it, jobs do not
-        # (block_job_add_bdrv() unblocks DATAPLANE); the newest blocker is reported
-        cow = [c for c in node.parents if c.role == ROLE_COW]
-        if cow:
-            newest = max(cow, key=lambda c: c.seq)
-            raise QmpFailure(f"Node '{node.name}' is busy: node is used as backing hd of '{newest.parent}'")
+        # 7.2 checks the op blockers when a scsi-hd is plugged (observed with and without an
+        # iothread on the controller, for backing parents and for jobs); the newest is reported
+        from .blockdev import op_blocker
+        reason = op_blocker(g, node)
+        if reason is not None:
+            raise QmpFailure(f"Node '{node.name}' is busy: {reason}")
     if pinned and node.ctx != target:
         others = component(g, node)
         if any(d is not disk and d.pinned and d.node in others

@@ -48,9 +48,9 @@ class VersionProfile:
     #: a scsi-hd on a virtio-scsi controller without an iothread follows its node into any
     #: AioContext (10.0); on 7.2 it pins its graph to the main loop (notes §3.9)
     main_loop_disks_follow: bool
-    #: plugging a scsi-hd checks an op blocker (DATAPLANE) which a backing parent sets (7.2,
-    #: with or without an iothread on the controller): "Node 'X' is busy: node is used as
-    #: backing hd of 'Y'"; 10.0 has no such check (observed)
+    #: plugging a scsi-hd checks the node's op blockers (7.2, with or without an iothread on the
+    #: controller; backing parents and jobs both block it): "Node 'X' is busy: ..."; 10.0 has
+    #: no such check (observed)
     dataplane_op_blocker: bool
 
 
