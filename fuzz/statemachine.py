@@ -188,6 +188,10 @@ class BlockGraphMachine(RuleBasedStateMachine):
         elements = []
         for name in picked:
             opts = self.options_of(name)
+            if pool is busy and data.draw(st.booleans()):
+                # relink a job's or a disk's node: frozen links, implicit filters, AioContexts
+                if self.g.nodes[name].drv == "qcow2":
+                    opts["backing"] = data.draw(st.sampled_from([None, *busy, *names]))
             opts = data.draw(mutate(opts, tuple(names), files))
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
@@ -219,7 +223,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
                     out.update(self.chain_below(name)[:3])
                     out.update(c.parent for c in self.g.nodes[name].parents if c.parent in self.g.nodes)
         out.update(d.node for d in self.g.devices.values() if isinstance(d, Disk) and d.node in self.g.nodes)
-        return sorted(out)
+        # auto-named nodes are never reopenable ("Cannot change the option 'node-name'")
+        return sorted(n for n in out if not self.g.nodes[n].auto_named)
 
     def chain_below(self, name: str) -> list[str]:
         from models.jobs import chain_next
@@ -497,7 +502,7 @@ def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "backing", "file", "file",
                                      "drop", "child", "qcow2", "qcow2", "raw", "raw", "bad",
-                                     "noflush", "swapname", "nonode", "stale-dict"]))
+                                     "noflush", "swapname", "nonode", "stale-dict", "group"]))
         if kind == "ro":
             d["read-only"] = draw(st.booleans())
         elif kind == "dz":
@@ -564,7 +569,7 @@ def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
                     d[key] = draw(st.booleans())
                 else:
                     d[key] = draw(st.sampled_from(sizes))
-        elif kind == "raw" and d.get("driver") == "throttle":
+        elif kind in ("raw", "group") and d.get("driver") == "throttle":
             d["throttle-group"] = draw(st.sampled_from(GROUPS + ("notfound",)))
         elif kind == "raw" and d.get("driver") == "null-co":
             key = draw(st.sampled_from(["size", "read-zeroes"]))
