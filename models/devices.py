@@ -166,10 +166,10 @@ def _add_disk(g: Graph, args: dict) -> None:
     share_rw = args.get("share-rw", False)
     if not isinstance(share_rw, bool):
         raise NotModeled("share-rw as a string")
-    if _reaches_driver(g, node, ("blkverify", "quorum")):
-        # the disk reads its first sector when it is realized; blkverify exits QEMU on a
-        # mismatch, quorum votes: not modelled
-        raise NotModeled("disks on blkverify/quorum nodes")
+    if _reaches_driver(g, node, ("blkverify", "quorum", "copy-on-read")):
+        # the disk reads its first sector when it is realized (seen on 7.2): blkverify exits
+        # QEMU on a mismatch, quorum votes, copy-on-read allocates: not modelled
+        raise NotModeled("disks on blkverify/quorum/copy-on-read nodes")
     if g.reaches_stuck(node) and g.guard_known_crashes:
         raise NotModeled("known QEMU bug: a disk on a node left drained hangs device_add")
     writable = not node.read_only
