@@ -87,12 +87,6 @@ def reconcile_attach(g: Graph, parent: Node, child: Node) -> None:
     raise QmpFailure(CTX_ERROR)
 
 
-def _reaches_driver(g: Graph, n: Node, drivers: tuple) -> bool:
-    if n.drv in drivers:
-        return True
-    return any(_reaches_driver(g, g.nodes[c.child], drivers) for c in n.children)
-
-
 def uses_iothreads(g: Graph) -> bool:
     return any(n.ctx != "main" for n in g.nodes.values())
 
@@ -166,7 +160,7 @@ def _add_disk(g: Graph, args: dict) -> None:
     share_rw = args.get("share-rw", False)
     if not isinstance(share_rw, bool):
         raise NotModeled("share-rw as a string")
-    if _reaches_driver(g, node, ("blkverify", "quorum", "copy-on-read")):
+    if g.reaches(node, lambda n: n.drv in ("blkverify", "quorum", "copy-on-read")):
         # the disk reads its first sector when it is realized (seen on 7.2): blkverify exits
         # QEMU on a mismatch, quorum votes, copy-on-read allocates: not modelled
         raise NotModeled("disks on blkverify/quorum/copy-on-read nodes")

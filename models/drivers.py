@@ -86,10 +86,6 @@ FILE_FIRST = tuple(d.name for d in DRIVERS.values()
                    if not d.protocol and any(c[0] == "file" for c in d.children))
 
 
-def driver(name: str) -> Driver:
-    return DRIVERS[name]
-
-
 def filtered_child_name(drv: str) -> str | None:
     """``bdrv_filter_child()``: the child a filter passes I/O to (``bs->file`` for these)."""
     d = DRIVERS[drv]

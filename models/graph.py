@@ -175,11 +175,15 @@ class Graph:
             return True
         return any(self.has_child_recursive(self.nodes[c.child], target) for c in node.children)
 
+    def reaches(self, node: Node, pred) -> bool:
+        """Whether ``pred`` holds for ``node`` or any node below it (any child role)."""
+        if pred(node):
+            return True
+        return any(self.reaches(self.nodes[c.child], pred) for c in node.children)
+
     def reaches_stuck(self, node: Node) -> bool:
         """Whether I/O through ``node`` may reach a node left drained by a known QEMU bug."""
-        if node.name in self.stuck or node.name in self.dangling_data_file:
-            return True
-        return any(self.reaches_stuck(self.nodes[c.child]) for c in node.children)
+        return self.reaches(node, lambda n: n.name in self.stuck or n.name in self.dangling_data_file)
 
     def job_parents(self, name: str) -> list:
         """Non-node parents of a node (JobParent): held by jobs and by guest disks."""

@@ -36,7 +36,6 @@ from .graph import ROLE_COW, ROLE_FILTERED, Graph, JobParent, Node
 from .imagedata import CLUSTER
 
 _ID_OK = re.compile(r"[A-Za-z][A-Za-z0-9\-_.]*\Z")
-SETTLED = ("ready", "pending", "concluded")
 READ, WRITE, WU, RESIZE, ALL = P.CONSISTENT_READ, P.WRITE, P.WRITE_UNCHANGED, P.RESIZE, P.ALL
 
 
@@ -589,7 +588,6 @@ def _mirror_complete(g: Graph, job: Job) -> None:
     if base is not None:
         # bdrv_replace_node(src, target): src's parents -- the filter's backing link among
         # them, so the filter's own parents end on the target too -- now use the base
-        unfreeze(g, job)
         replace_node(g, g.nodes[job.device], g.nodes[job.base])
     _drop_filter(g, job)
     _release_all(g, job)

@@ -77,17 +77,17 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     if node is None:
         return IoResult(f"Error: Cannot find device='' nor node-name='{cmd.device}'\r\n", ())
     length = iodata._length(g, node)
-    if _reaches(g, node, g.dangling_data_file):
+    if g.reaches(node, lambda n: n.name in g.dangling_data_file):
         raise NotModeled("I/O through a qcow2 node with a dangling data_file (known QEMU bug)")
     from .jobs import active_commit_nodes
     busy = active_commit_nodes(g)
-    if busy and _reaches(g, node, set(busy)):
+    if busy and g.reaches(node, lambda n: n.name in busy):
         if cmd.op == "write":
             # which writes the mirror copies to the base differs by version and path
             # (VersionProfile.mirror_bitmap_on_filter); the model leaves them out
             raise NotModeled("writes into the chain of an active commit")
         src = {j.device for j in busy.values() if j.status == "pending"}
-        if src and _reaches(g, node, src) and g.guard_known_crashes:
+        if src and g.reaches(node, lambda n: n.name in src) and g.guard_known_crashes:
             # QEMU bug (7.2 and 10.0): qemu-io on an active commit's source while the job is
             # pending never returns (corpus/findings/active-commit-pending-qemu-io-hang.json)
             raise NotModeled("known QEMU hang: qemu-io on an active commit's source in pending")
@@ -131,8 +131,3 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
         return IoResult("", ("write failed: Input/output error",))
     return IoResult("", done)
 
-
-def _reaches(g: Graph, node, names: set) -> bool:
-    if node.name in names:
-        return True
-    return any(_reaches(g, g.nodes[c.child], names) for c in node.children)
