@@ -167,6 +167,61 @@ def _first_diff(e: Any, a: Any, path: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# fields a build without an exact profile reports and its profile does not know
+
+@attrs.frozen
+class UnknownFields:
+    """Event: ``build`` reported fields its (nearest) profile does not know; from now on they
+    are left out of the comparison for that build.  Emitted once per new set."""
+
+    build: str
+    paths: tuple
+
+
+class FieldFilter:
+    """Sets aside, in QEMU's projected graph, every key outside a profile's schema
+    (``models.query.known_fields``).
+
+    Only for a build that has no exact profile (a developer's 11.1.90, say), and never with
+    ``--strict``: a known version is compared on every field.  Paths are ``/``-separated with
+    ``[]`` for list items (``image/limits``, ``children[]/foo``).  One filter per build is shared
+    by all its sessions, so each field is named once per campaign."""
+
+    def __init__(self, build: str, schema: dict):
+        self.build = build
+        self.schema = schema
+        self.found: set[str] = set()
+        #: event buses told about new fields (a campaign's, the warning printer)
+        self.listeners: list[Events] = []
+
+    def __call__(self, nodes: list[dict]) -> list[dict]:
+        new: set[str] = set()
+        out = [self._restrict(n, self.schema, "", new) for n in nodes]
+        new -= self.found
+        if new:
+            self.found |= new
+            event = UnknownFields(self.build, tuple(sorted(new)))
+            for events in self.listeners:
+                events.emit(event)
+        return out
+
+    def _restrict(self, value: Any, schema: Any, path: str, new: set[str]) -> Any:
+        if isinstance(schema, list):
+            if not isinstance(value, list):
+                return value
+            return [self._restrict(v, schema[0], path + "[]", new) for v in value]
+        if schema is None or not isinstance(value, dict):
+            return value
+        out = {}
+        for k, v in value.items():
+            if k in schema:
+                out[k] = self._restrict(v, schema[k], f"{path}{k}/", new)
+            else:
+                new.add(path + k)
+        return out
+
+
+# --------------------------------------------------------------------------------------------
 # the runner
 
 class Runner:
@@ -178,8 +233,10 @@ class Runner:
     """
 
     def __init__(self, model: Model, qemu: Any = None, events: Events | None = None,
-                 profile_name: str | None = None, check_graph: bool = True):
+                 profile_name: str | None = None, check_graph: bool = True,
+                 field_filter: FieldFilter | None = None):
         self.model = model
+        self.field_filter = field_filter
         self.qemu = qemu
         self.events = events or Events()
         self.profile_name = profile_name or model.profile.name
@@ -198,7 +255,8 @@ class Runner:
 
     def qemu_graph(self) -> list[dict]:
         if self._qemu_graph is None:
-            self._qemu_graph = project(self.qemu.query_nodes())
+            graph = project(self.qemu.query_nodes())
+            self._qemu_graph = graph if self.field_filter is None else self.field_filter(graph)
         return self._qemu_graph
 
     def run(self, step: dict) -> Outcome | None:

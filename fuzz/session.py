@@ -16,8 +16,9 @@ from collections.abc import Iterable
 
 from models import ImageSpec, Model, profile_for
 from models.profiles import VersionProfile
+from models.query import known_fields
 
-from .engine import Events, Runner
+from .engine import Events, FieldFilter, Runner
 from .images import make_images
 from .qemu import QemuProcess
 
@@ -26,13 +27,29 @@ class UnknownQemuVersion(UserWarning):
     pass
 
 
-_PROFILE_CACHE: dict[str, tuple[VersionProfile, tuple[int, int, int]]] = {}
+class UnknownQemuFields(UserWarning):
+    pass
+
+
+#: per emulator path: (profile, QEMU version, exact?)
+_PROFILE_CACHE: dict[str, tuple[VersionProfile, tuple[int, int, int], bool]] = {}
+#: per emulator path: the unknown-field filter of a build without an exact profile
+_FIELD_FILTERS: dict[str, FieldFilter] = {}
+
+
+def _warn_unknown_fields(event) -> None:
+    from .engine import UnknownFields
+
+    if isinstance(event, UnknownFields):
+        warnings.warn(f"QEMU {event.build} reports fields its profile does not know, left out "
+                      f"of the comparison (--strict compares them): {', '.join(event.paths)}",
+                      UnknownQemuFields, stacklevel=2)
 
 
 class Session:
     def __init__(self, binaries, images: Iterable[ImageSpec], events: Events | None = None,
                  timeout: float = 5.0, keep: bool = False, workdir_root: str | None = None,
-                 machine: str = "none"):
+                 machine: str = "none", strict: bool = False):
         self.binaries = binaries
         self.images = tuple(images)
         self.events = events
@@ -40,6 +57,7 @@ class Session:
         self.keep = keep
         self.workdir_root = workdir_root
         self.machine = machine
+        self.strict = strict
         self.workdir: str | None = None
         self.qemu: QemuProcess | None = None
         self.runner: Runner | None = None
@@ -52,7 +70,8 @@ class Session:
             self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout,
                                     machine=self.machine).start()
             self.profile = self._profile()
-            self.runner = Runner(Model(self.profile, self.images, self.machine), self.qemu, self.events)
+            self.runner = Runner(Model(self.profile, self.images, self.machine), self.qemu,
+                                 self.events, field_filter=self._field_filter())
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -62,12 +81,40 @@ class Session:
         key = str(self.binaries.system)
         if key not in _PROFILE_CACHE:
             version = self.qemu.version()
-            profile, exact = profile_for(version[0], version[1])
+            profile, exact = profile_for(*version)
             if not exact:
                 warnings.warn(f"QEMU {'.'.join(map(str, version))} has no version profile; "
-                              f"using the nearest one ({profile.name})", UnknownQemuVersion, stacklevel=2)
-            _PROFILE_CACHE[key] = (profile, version)
+                              f"using the nearest older one ({profile.name})", UnknownQemuVersion,
+                              stacklevel=2)
+            _PROFILE_CACHE[key] = (profile, version, exact)
         return _PROFILE_CACHE[key][0]
+
+    @property
+    def exact_profile(self) -> bool:
+        return _PROFILE_CACHE[str(self.binaries.system)][2]
+
+    def _field_filter(self) -> FieldFilter | None:
+        """Known versions are compared on every field; a build without an exact profile gets
+        its unknown fields named once and set aside, unless ``strict``."""
+        if self.strict or self.exact_profile:
+            return None
+        key = str(self.binaries.system)
+        if key not in _FIELD_FILTERS:
+            profile, version, _ = _PROFILE_CACHE[key]
+            flt = _FIELD_FILTERS[key] = FieldFilter(".".join(map(str, version)),
+                                                    known_fields(profile))
+            warn = Events()
+            warn.subscribe(_warn_unknown_fields)
+            flt.listeners.append(warn)
+        flt = _FIELD_FILTERS[key]
+        if self.events is not None and self.events not in flt.listeners:
+            flt.listeners.append(self.events)
+        return flt
+
+    @staticmethod
+    def unknown_fields() -> dict[str, list[str]]:
+        """Every field set aside so far in this process, per build (for reports)."""
+        return {f.build: sorted(f.found) for f in _FIELD_FILTERS.values() if f.found}
 
     def __exit__(self, *exc) -> None:
         if self.qemu is not None:

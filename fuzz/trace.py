@@ -7,6 +7,8 @@ written while QEMU is crashing, or while the fuzzer is killed, is either whole o
 """
 from __future__ import annotations
 
+import re
+
 import json
 import os
 import tempfile
@@ -92,6 +94,10 @@ def _check_step(path: str, i: int, step: Any) -> None:
             if not isinstance(cases, dict) or not all(
                     isinstance(c, dict) and ("return" in c or "error" in c) for c in cases.values()):
                 raise TraceError(path, f"{where}: \"expect\" needs \"return\" or \"error\"")
+            bad = [k for k in cases if k != "*" and not re.fullmatch(r"\d+\.\d+", k)]
+            if bad:
+                raise TraceError(path, f"{where}: \"by-version\" key {bad[0]!r} is not a "
+                                       "version such as \"10.0\"")
     elif "assert" in step:
         if step["assert"] not in ("node", "graph-equals", "job"):
             raise TraceError(path, f"{where}: unknown assertion {step['assert']!r}")
@@ -143,11 +149,22 @@ def save(trace: Trace, path: str) -> None:
 
 
 def expectation_for(step: dict, version: str) -> dict | None:
-    """The step's ``expect`` for a profile name, resolving ``by-version``."""
+    """The step's ``expect`` for a profile name, resolving ``by-version``.
+
+    A ``by-version`` key holds from that version on: a profile takes the entry of the newest
+    key not newer than itself (``{"7.2": a, "11.1": b}`` gives 10.0 ``a``), so a difference
+    written down once carries over to later releases instead of going unchecked there.
+    """
     exp = step.get("expect")
     if exp is None or "by-version" not in exp:
         return exp
-    return exp["by-version"].get(version)
+    want = _version_key(version)
+    keys = [k for k in exp["by-version"] if _version_key(k) <= want]
+    return exp["by-version"][max(keys, key=_version_key)] if keys else None
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in name.split("."))
 
 
 def get_path(node: dict, path: str) -> tuple[bool, Any]:

@@ -620,7 +620,7 @@ def _parse_file_or_backing(g: Graph, e: _Entry, is_backing: bool) -> None:
         else:
             e.old_file = old.name
         g.unset_inherits_from(bs.name, old_edge)
-        g.detach(old_edge)
+        g.remove_child(old_edge)
     if new is not None:
         reconcile_attach(g, bs, new)
         g.attach(bs, new, child_name, role)

@@ -118,6 +118,10 @@ class Graph:
     #: refuse (NotModeled) commands that crash QEMU through a known bug, so a campaign does
     #: not find them again; replay leaves it off and lets QEMU show the crash
     guard_known_crashes: bool = False
+    #: edges the current command's transaction removed from their parent, in order (a clone
+    #: starts empty): a failed command's abort puts them back at the head of both lists
+    #: (``restore_removed()``)
+    removed: list = attrs.field(factory=list)
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -215,6 +219,33 @@ class Graph:
         parent.children.insert(0, edge)
         child.parents.insert(0, edge)
         return edge
+
+    def move_to_head(self, edge: Child) -> None:
+        """``bdrv_replace_child_noperm()`` detaches and re-attaches the BdrvChild on its parent
+        (``bdrv_child_cb_detach()`` / ``_attach()``: ``QLIST_REMOVE`` then ``QLIST_INSERT_HEAD``)
+        and inserts it at the head of the new child's parents: an edge whose child changes, or
+        that an abort restores, becomes the newest of both lists."""
+        parent, child = self.nodes[edge.parent], self.nodes[edge.child]
+        edge.seq = self.next_edge_seq()     # parents are ordered by age (models.perms)
+        parent.children = [edge] + [e for e in parent.children if e is not edge]
+        child.parents = [edge] + [e for e in child.parents if e is not edge]
+
+    def remove_child(self, edge: Child) -> None:
+        """``bdrv_remove_child()``: a detach that the transaction's abort undoes."""
+        self.removed.append((edge.parent, edge.name, edge.child))
+        self.detach(edge)
+
+    def restore_removed(self, removed: list) -> None:
+        """The abort of a failed transaction that removed ``removed`` (from its clone):
+        ``bdrv_replace_child_abort()`` runs in reverse order and re-attaches each old child at
+        the head of its parent's children and of its child's parents.  Seen on QEMU 11.1.3,
+        whose ``children`` field shows the order: a reopen that swapped qcow2 ``file`` and
+        then failed leaves ``[file, backing]`` where ``[backing, file]`` was."""
+        for parent, name, child in reversed(removed):
+            p = self.nodes.get(parent)
+            edge = p.child(name) if p is not None else None
+            if edge is not None and edge.child == child:
+                self.move_to_head(edge)
 
     def detach(self, edge: Child) -> None:
         parent, child = self.nodes[edge.parent], self.nodes[edge.child]

@@ -60,6 +60,20 @@ PASS_THROUGH = ("throttle", "blkdebug", "compress")
 FILE_FILTERS = ("throttle", "blkdebug", "copy-on-read")
 
 
+def _resize_filtered_parents(g: Graph, n: Node) -> None:
+    """``bdrv_co_parent_cb_resize()`` -> ``bdrv_child_cb_resize()``: every parent that uses
+    ``n`` as its FILTERED child refreshes its length from its driver, and tells its own
+    parents in turn (VersionProfile.growth_resizes_filtered_parents)."""
+    from .blockdev import refreshed_length
+    from .graph import ROLE_FILTERED
+
+    for edge in list(n.parents):
+        if edge.role == ROLE_FILTERED:
+            parent = g.nodes[edge.parent]
+            parent.cached_length = refreshed_length(g, parent)
+            _resize_filtered_parents(g, parent)
+
+
 def storage_leaf(g: Graph, n: Node) -> Node:
     """The node under ``n`` once pass-through filters are skipped."""
     while n.drv in FILE_FILTERS:
@@ -240,10 +254,16 @@ def write(g: Graph, n: Node, off: int, payload: bytes) -> None:
         # every node on the way down sees the write past its end (bdrv_co_write_req_finish())
         host = -(-img.host_length() // 512) * 512
         fc = g.nodes[n.child("file").child]
+        grown = []
         while True:
-            fc.cached_length = max(fc.cached_length, host)
+            if host > fc.cached_length:
+                fc.cached_length = host
+                grown.append(fc)
             if fc.drv not in FILE_FILTERS:
                 break
             fc = g.filter_child(fc)
+        if g.profile is not None and g.profile.growth_resizes_filtered_parents:
+            for fc in reversed(grown):
+                _resize_filtered_parents(g, fc)
         return
     raise AssertionError(n.drv)

@@ -188,6 +188,7 @@ def replace_node(g: Graph, old: Node, new: Node) -> None:
         c.child = new.name
         c.seq = g.next_edge_seq()
         new.parents.insert(0, c)
+        g.move_to_head(c)
     for key, d in list(g.devices.items()):
         if getattr(d, "node", None) == old.name:
             g.devices[key] = attrs.evolve(d, node=new.name, parent=attrs.evolve(
@@ -445,7 +446,8 @@ def _drop_filter(g: Graph, job: Job) -> None:
     if c is not None:
         child = g.nodes[c.child]
         replace_node(g, f, child)
-        g.detach(c)
+        if not g.profile.dropped_filter_keeps_child:
+            g.detach(c)   # else the edge goes when the job frees the filter (_release_all)
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,6 +567,7 @@ def _commit_prepare(g: Graph, job: Job) -> None:
         c.child = base.name
         c.seq = g.next_edge_seq()
         base.parents.insert(0, c)
+        g.move_to_head(c)
         if c.role == ROLE_COW:
             img = g.images[parent.filename]
             img.backing_file = refresh_filename(g, base).filename
@@ -608,7 +611,8 @@ def _guard_concluded_stream(g: Graph, job: Job) -> None:
     """QEMU bug (7.2 and 10.0): a stream job left concluded (auto-dismiss off) keeps its
     childless copy-on-read filter in the graph, and the next query-named-block-nodes dies with
     SIGSEGV in bdrv_refresh_filename() (corpus/findings/stream-concluded-query-segv.json)."""
-    if job.type == "stream" and not job.auto_dismiss and g.guard_known_crashes:
+    if job.type == "stream" and not job.auto_dismiss and g.guard_known_crashes \
+            and not g.profile.dropped_filter_keeps_child:
         raise NotModeled("known QEMU crash: a concluded stream job's filter crashes the next query")
 
 

@@ -176,6 +176,8 @@ class Model:
             # known QEMU bugs whose effect survives the rollback
             self.graph.stuck |= g.stuck & set(self.graph.nodes)
             self.graph.dangling_data_file |= g.dangling_data_file & set(self.graph.nodes)
+            # the abort re-attaches removed children at the head of their lists
+            self.graph.restore_removed(g.removed)
             return Outcome.failure(e.desc, e.cls)
         settle_locks(g)
         self.graph = g

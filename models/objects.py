@@ -115,5 +115,5 @@ def object_del(g: Graph, args: Any) -> None:
     if obj is None:
         raise QmpFailure(f"object '{oid}' not found")
     if in_use(g, oid):
-        raise QmpFailure(f"object '{oid}' is in use, can not be deleted")
+        raise QmpFailure(g.profile.throttle_group_del_error.format(id=oid))
     del g.objects[oid]

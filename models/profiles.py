@@ -52,6 +52,31 @@ class VersionProfile:
     #: controller; backing parents and jobs both block it): "Node 'X' is busy: ..."; 10.0 has
     #: no such check (observed)
     dataplane_op_blocker: bool
+    #: every node of query-named-block-nodes lists its BdrvChild edges as ``children``
+    #: ([{child, node-name}], ``bs->children`` order: newest first) (10.2+, "block/qapi: include
+    #: child references in block device info"; seen on 11.1.3)
+    node_children_field: bool = False
+    #: ``image.limits`` (BlockLimitsInfo, ``bs->bl``) at every level of ImageInfo (10.2+; seen
+    #: on 11.1.3); predicted by models.limits
+    image_limits_field: bool = False
+    #: ``object-del`` of a throttle group that a throttle node uses: 7.2 and 10.0 answer with
+    #: user_creatable_del()'s generic "object '%s' is in use, can not be deleted"; 11.1.3 with
+    #: the group's own reason (probe of 11.1.3; the 10.2.0 source still has the generic text)
+    #: ``bdrv_drop_filter()`` hands a job filter's parents to its child but the filter keeps
+    #: its own child edge (and the permissions it takes there) until the filter is freed with
+    #: the job (11.1.3, probed: a stream left CONCLUDED by ``auto-dismiss: false`` still shows
+    #: its copy-on-read filter over the streamed node, ``children [file: hd1]``, and a reopen of
+    #: that node to read-only fails with "cannot support read-write users" until
+    #: ``job-dismiss``).  7.2 and 10.0 detach the child at once, which is what makes the next
+    #: query crash there (corpus/findings/stream-concluded-query-segv.json).
+    dropped_filter_keeps_child: bool = False
+    #: a write that grows a node past its end (``bdrv_co_write_req_finish()``) makes every
+    #: parent using it as FILTERED child refresh its length (``bdrv_child_cb_resize()``), so a
+    #: raw or filter node over a file that a qcow2 node grew reports the new length (11.1.3,
+    #: probed; the 10.2.0 source has the resize callback, 10.0.2 leaves those parents' cached
+    #: length alone)
+    growth_resizes_filtered_parents: bool = False
+    throttle_group_del_error: str = "object '{id}' is in use, can not be deleted"
 
 
 PROFILES: dict[str, VersionProfile] = {
@@ -71,19 +96,33 @@ PROFILES: dict[str, VersionProfile] = {
                            write_zeroes_unmap_needs_discard=True, main_loop_disks_follow=True,
                            dataplane_op_blocker=False),
 }
+# 11.1 starts as 10.0 plus what it is seen or read to do differently; each flag's docstring
+# names its source (QEMU commit or a probe of 11.1.3).
+PROFILES["11.1"] = attrs.evolve(PROFILES["10.0"], name="11.1", version=(11, 1),
+                                node_children_field=True, image_limits_field=True,
+                                dropped_filter_keeps_child=True,
+                                growth_resizes_filtered_parents=True,
+                                # fixed: the duplicate-node reopen no longer leaves the node
+                                # drained (corpus/findings/qemu10-reopen-dup-node-hang.json
+                                # PASSes on 11.1.3)
+                                reopen_duplicate_drain_leak=False,
+                                throttle_group_del_error=(
+                                    "Cannot delete throttle group '{id}' with active references"))
 
 
-def profile_for(major: int, minor: int) -> tuple[VersionProfile, bool]:
+def profile_for(major: int, minor: int, micro: int = 0) -> tuple[VersionProfile, bool]:
     """The profile for a QEMU version, and whether it is an exact match.
 
-    An unknown version gets the nearest known profile (by (major, minor) distance, ties going to
-    the older one); the caller warns.
+    Stable releases x.y.z share x.y's profile.  A development snapshot (micro >= 90, QEMU's
+    numbering for the tree between x.y and the next release, e.g. 11.1.90) and any version
+    without a profile get the nearest older profile (the oldest, for a version older than all)
+    and ``exact=False``: the caller warns and sets the fields that profile does not know aside.
     """
+    dev = micro >= 90
     for p in PROFILES.values():
-        if p.version == (major, minor):
+        if p.version == (major, minor) and not dev:
             return p, True
-
-    def distance(p: VersionProfile) -> tuple[int, tuple[int, int]]:
-        return (abs((p.version[0] * 100 + p.version[1]) - (major * 100 + minor)), p.version)
-
-    return min(PROFILES.values(), key=distance), False
+    older = [p for p in PROFILES.values() if p.version <= (major, minor)]
+    if not older:
+        return min(PROFILES.values(), key=lambda p: p.version), False
+    return max(older, key=lambda p: p.version), False

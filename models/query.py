@@ -222,6 +222,9 @@ def node_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
                                  for _ in bitmaps]
     if profile.node_active_field:
         info["active"] = True
+    if profile.node_children_field:
+        # qmp_query_named_block_nodes() -> bdrv_block_device_info(): one entry per BdrvChild
+        info["children"] = [{"child": c.name, "node-name": c.child} for c in n.children]
     return info
 
 
@@ -229,6 +232,39 @@ def query_named_block_nodes(g: Graph, profile: VersionProfile) -> list[dict]:
     cache: dict = {}
     nodes = sorted(g.nodes.values(), key=lambda n: n.seq, reverse=True)
     return [node_info(g, n, profile, cache) for n in nodes]
+
+
+_QCOW2_DATA_KEYS = ("compat", "compression-type", "lazy-refcounts", "refcount-bits", "corrupt",
+                    "extended-l2", "data-file-raw")
+#: BlockLimitsInfo (qapi/block-core.json)
+_LIMITS_KEYS = ("request-alignment", "max-discard", "discard-alignment", "max-write-zeroes",
+                "write-zeroes-alignment", "opt-transfer", "max-transfer", "max-hw-transfer",
+                "max-iov", "max-hw-iov", "min-mem-alignment", "opt-mem-alignment")
+
+
+def known_fields(profile: VersionProfile) -> dict:
+    """The schema of the compared projection under ``profile``: key -> sub-schema, where None
+    is a leaf and ``[schema]`` a list of ``schema``.  A key QEMU reports outside it is a field
+    this profile does not know (a newer build's addition); the harness sets such keys aside
+    only for builds without an exact profile (fuzz.engine.FieldFilter)."""
+    leaf = dict.fromkeys
+    image: dict = leaf(("filename", "format", "virtual-size", "dirty-flag", "cluster-size",
+                        "backing-filename", "full-backing-filename", "backing-filename-format"))
+    image["format-specific"] = {"type": None, "data": leaf(_QCOW2_DATA_KEYS)}
+    if profile.image_limits_field:
+        image["limits"] = leaf(_LIMITS_KEYS)
+    image["backing-image"] = image      # ImageInfo nests itself
+    node: dict = leaf(("node-name", "drv", "ro", "file", "encrypted", "detect_zeroes", "bps",
+                       "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "write_threshold",
+                       "backing_file_depth", "backing_file"))
+    node["image"] = image
+    node["cache"] = leaf(("writeback", "direct", "no-flush"))
+    node["dirty-bitmaps"] = [leaf(("busy", "count", "granularity", "persistent", "recording"))]
+    if profile.node_active_field:
+        node["active"] = None
+    if profile.node_children_field:
+        node["children"] = [leaf(("child", "node-name"))]
+    return node
 
 
 def project(nodes: list[dict]) -> list[dict]:

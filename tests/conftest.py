@@ -15,7 +15,7 @@ def qemu_binaries(version: str):
     return resolve_qemu(str(inst.binary("system")))
 
 
-@pytest.fixture(scope="session", params=["10.0", "7.2"])
+@pytest.fixture(scope="session", params=["10.0", "7.2", "11.1"])
 def any_qemu(request):
     return qemu_binaries(request.param)
 

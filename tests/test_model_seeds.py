@@ -25,7 +25,7 @@ def test_all_issue_scenarios_present():
             "test_backing_reference"} <= names
 
 
-@pytest.mark.parametrize("profile", ["7.2", "10.0"])
+@pytest.mark.parametrize("profile", sorted(PROFILES))
 @pytest.mark.parametrize("path", SEEDS, ids=lambda p: os.path.basename(p)[:-5])
 def test_model_predicts_seed(path, profile):
     tr = T.load(path)
