@@ -20,6 +20,7 @@ from .graph import Graph, Node
 from .profiles import VersionProfile
 from .drivers import DRIVERS
 from .imagedata import CLUSTER
+from .limits import block_limits
 from .qdict import qdict_order, to_json
 
 QCOW2_FORMAT_SPECIFIC = {
@@ -180,6 +181,8 @@ def image_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
                 info["backing-filename-format"] = img.backing_format
     elif n.drv == "file" and profile.file_format_specific:
         info["format-specific"] = {"type": "file", "data": {}}
+    if profile.image_limits_field:
+        info["limits"] = block_limits(g, n)
     b = g.filter_or_cow_child(n)
     if b is not None:
         info["backing-image"] = image_info(g, b, profile, cache)
