@@ -17,6 +17,7 @@ from . import perms as P
 from .errors import NotModeled, QmpFailure
 from .devices import reconcile_attach
 from .drivers import DRIVERS, FILE_FIRST
+from . import limits as L
 from .graph import ROLE_COW, ROLE_DATA, ROLE_FILTERED, Graph, Node
 from .imagedata import CLUSTER, SECTOR
 from .profiles import VersionProfile
@@ -415,6 +416,9 @@ class _Opener:
                         if k not in child_names and not any(k.startswith(c + ".") for c in child_names)}
         node.explicit = {k: v for k, v in explicit.items()
                          if k not in child_names and not any(k.startswith(c + ".") for c in child_names)}
+        # bdrv_open_driver() after .bdrv_open attached the children, and for qcow2 again when
+        # bdrv_open_backing_file() set the backing: the last of them is what stays
+        L.refresh(g, node)
         return node
 
     def open_child(self, node: Node, options: dict, child_name: str, role: str) -> Node:
@@ -457,6 +461,7 @@ class _Opener:
         # bdrv_set_backing_hd(): not prefixed
         reconcile_attach(g, node, target)
         g.attach(node, target, "backing", ROLE_COW)
+        L.refresh(g, node)   # bdrv_set_file_or_backing_noperm()
         P.refresh(g, [node.name])
         if implicit:
             # bdrv_open_backing_file(): implicit_backing -> auto_backing_file = child's filename
@@ -626,6 +631,7 @@ def _parse_file_or_backing(g: Graph, e: _Entry, is_backing: bool) -> None:
         g.attach(bs, new, child_name, role)
         if update_inherits:
             new.inherits_from = bs.name
+    L.refresh(g, bs)   # bdrv_set_file_or_backing_noperm()
 
 
 def _prepare(g: Graph, e: _Entry, profile: VersionProfile) -> None:
@@ -727,6 +733,7 @@ def _commit(g: Graph, e: _Entry) -> None:
         bs.throttle_group = e.throttle_group  # throttle_reopen_commit() switches groups
     if bs.drv not in ("qcow2", "null-co") and g.profile.reopen_refreshes_length:
         bs.cached_length = refreshed_length(g, bs)
+    L.refresh(g, bs)   # bdrv_reopen_commit(): children first (the caller's reverse order)
 
 
 def blockdev_reopen(g: Graph, args: Any, profile: VersionProfile) -> None:

@@ -76,6 +76,9 @@ class Node:
     seq: int = 0                     # name-assignment order (query-named-block-nodes)
     implicit: bool = False           # bs->implicit: a job filter nobody named
     ctx: str = "main"                # AioContext: "main" or an iothread id (models.devices)
+    #: bs->bl as last computed by bdrv_refresh_limits() (models.limits), for profiles that
+    #: report image.limits; replaced, never mutated (clones share it)
+    bl: dict | None = None
 
     def clone(self) -> "Node":
         return attrs.evolve(self, options=dict(self.options), explicit=dict(self.explicit),

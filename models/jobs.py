@@ -32,6 +32,7 @@ from . import blockdev as B
 from . import iodata
 from . import perms as P
 from .errors import NotModeled, QmpFailure
+from . import limits as L
 from .graph import ROLE_COW, ROLE_FILTERED, Graph, JobParent, Node
 from .imagedata import CLUSTER
 
@@ -207,6 +208,7 @@ def set_backing(g: Graph, parent: Node, new: Node | None) -> None:
         g.attach(parent, new, "backing", ROLE_COW)
         if update:
             new.inherits_from = parent.name
+    L.refresh(g, parent)   # bdrv_set_file_or_backing_noperm()
     if old is not None and g.refcount(old) == 0:
         g.unref(old)
 
@@ -244,6 +246,8 @@ def _new_filter(g: Graph, drv: str, name: str | None, read_only: bool) -> Node:
              read_only=read_only, cache_direct=False, cache_no_flush=False, discard="ignore",
              detect_zeroes="off", force_share=False, seq=g.seq, implicit=name is None)
     g.nodes[node_name] = n
+    if drv in L.JOB_FILTERS:
+        L.refresh(g, n, children=())   # bdrv_new_open_driver(): opened without children
     return n
 
 
@@ -384,6 +388,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     if "filter-node-name" in args:
         cor.options["node-name"] = args["filter-node-name"]
     g.attach(cor, bs, "file", ROLE_FILTERED)
+    L.refresh(g, cor)   # cor_open() attached its file child
     cor.cached_length = B.node_length(g, bs)
     P.refresh(g, [cor.name])
     freeze_chain(g, job, cor, base_overlay)   # cor_open(): down to 'bottom'; bottom->base stays free

@@ -216,6 +216,14 @@ def refresh_limits(g: Graph, n: Node, children: Iterable[Node] | None = None) ->
     return reported(bl)
 
 
+def refresh(g: Graph, n: Node, children: Iterable[Node] | None = None) -> None:
+    """Record ``bdrv_refresh_limits()`` of ``n`` now, at one of the points the module
+    docstring lists; only for profiles that report limits (elsewhere nothing reads it, and
+    ``cache.direct=on`` must not be declined for them)."""
+    if g.profile is not None and g.profile.image_limits_field:
+        n.bl = refresh_limits(g, n, children)
+
+
 def block_limits(g: Graph, n: Node) -> dict:
     """``image.limits`` QEMU 10.2+ reports for ``n`` (``bs->bl``; see the module docstring).
 
