@@ -125,6 +125,9 @@ class Graph:
     #: starts empty): a failed command's abort puts them back at the head of both lists
     #: (``restore_removed()``)
     removed: list = attrs.field(factory=list)
+    #: (parent, child name) of every edge the current command's bdrv_replace_node() calls moved,
+    #: in order (a clone starts empty; see ``replay_moves()``)
+    moved: list = attrs.field(factory=list)
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -248,6 +251,19 @@ class Graph:
             p = self.nodes.get(parent)
             edge = p.child(name) if p is not None else None
             if edge is not None and edge.child == child:
+                self.move_to_head(edge)
+
+    def replay_moves(self, moved: list) -> None:
+        """A failed command whose rollback QEMU performs with more ``bdrv_replace_node()``
+        calls (a job start dropping the filter it inserted, ``bdrv_cor_filter_drop()``): each
+        move put the edge at the head of its lists again, so the edges that moved end up
+        newest, in the order of the last move.  Observed on 11.1.3: a ``block-stream`` failing
+        with "Invalid job ID" after inserting its filter leaves the streamed node's parent edge
+        first in its parent's ``children``."""
+        for parent, name in moved:
+            p = self.nodes.get(parent)
+            edge = p.child(name) if p is not None else None
+            if edge is not None:
                 self.move_to_head(edge)
 
     def detach(self, edge: Child) -> None:

@@ -190,6 +190,7 @@ def replace_node(g: Graph, old: Node, new: Node) -> None:
         c.seq = g.next_edge_seq()
         new.parents.insert(0, c)
         g.move_to_head(c)
+        g.moved.append((c.parent, c.name))
     for key, d in list(g.devices.items()):
         if getattr(d, "node", None) == old.name:
             g.devices[key] = attrs.evolve(d, node=new.name, parent=attrs.evolve(
@@ -317,6 +318,7 @@ def _restoring(start):
             if snap is not None:
                 snap.auto_counter = g.auto_counter
                 snap.anon_devices = g.anon_devices
+                snap.replay_moves(g.moved[ctx["moved"]:])
                 trial = snap.clone()
                 try:
                     B.reopen_set_read_only(trial, trial.nodes[ctx["node"]], True)
@@ -342,7 +344,7 @@ def _try_set_read_only(g: Graph, node: Node, read_only: bool) -> None:
 def _make_writable(g: Graph, job: Job, node: Node, ctx: dict) -> None:
     B.reopen_set_read_only(g, node, False)
     job.restore_ro = node.name
-    ctx["snapshot"], ctx["node"] = g.clone(), node.name
+    ctx["snapshot"], ctx["node"], ctx["moved"] = g.clone(), node.name, len(g.moved)
 
 
 @_restoring
@@ -573,6 +575,7 @@ def _commit_prepare(g: Graph, job: Job) -> None:
         c.seq = g.next_edge_seq()
         base.parents.insert(0, c)
         g.move_to_head(c)
+        g.moved.append((c.parent, c.name))
         if c.role == ROLE_COW:
             img = g.images[parent.filename]
             img.backing_file = refresh_filename(g, base).filename

@@ -394,3 +394,20 @@ def test_object_del_of_a_used_throttle_group(version, desc):
     assert m.execute("blockdev-add", {"driver": "throttle", "node-name": "t",
                                       "throttle-group": "tg", "file": "n"}).ok
     assert m.execute("object-del", {"id": "tg"}).error.desc == desc
+
+
+def test_a_failed_stream_start_moves_the_parent_edge_back_to_the_head():
+    # observed on 11.1.3 (a campaign finding): blkverify q0 attaches raw first, then test;
+    # block-stream on its raw child inserts the copy-on-read filter, fails on the job ID and
+    # drops the filter again (bdrv_replace_node() twice): the raw edge is now the newest
+    m = Model(PROFILES["11.1"], IMAGES)
+    assert m.execute("blockdev-add", {
+        "driver": "blkverify", "node-name": "q0",
+        "test": {"driver": "file", "filename": "hd0.img", "node-name": "q0-f"},
+        "raw": {"driver": "qcow2", "file": {"driver": "file", "filename": "hd1.img",
+                                            "node-name": "q0r-f"}}}).ok
+    assert _children(m, "q0") == [("test", "q0-f"), ("raw", "#block0")]
+    out = m.execute("block-stream", {"device": "#block0", "base-node": "#block2",
+                                     "filter-node-name": "jf0", "auto-finalize": False})
+    assert out.error.desc == "Invalid job ID ''"
+    assert _children(m, "q0") == [("raw", "#block0"), ("test", "q0-f")]
