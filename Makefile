@@ -32,6 +32,7 @@ $(VENV_STAMP): pyproject.toml
 qemu: venv
 	$(VENV)/bin/blockfuzz qemu fetch 10.0
 	$(VENV)/bin/blockfuzz qemu fetch 7.2
+	$(VENV)/bin/blockfuzz qemu fetch 11.1
 
 fuzz: venv qemu
 	$(VENV)/bin/blockfuzz run --time $(FUZZ_TIME) --out findings

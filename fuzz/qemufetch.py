@@ -2,30 +2,50 @@
 
 blockfuzz compares QEMU with a model whose expectations are written per QEMU version (a trace's
 ``"by-version"`` keys), so it runs *known* builds rather than whatever the host has: Debian's
-``7.2`` (bookworm) and ``10.0`` (bookworm-backports). They are fetched as Debian packages and
-unpacked into the git-ignored ``.qemu/`` directory of the checkout; nothing is installed and the
-system's apt configuration is left alone.
+``7.2`` (bookworm), ``10.0`` (bookworm-backports) and ``11.1`` (trixie-backports); the table
+:data:`SOURCES` says where each comes from, and a new version is one entry there. They are
+fetched as Debian packages and unpacked into the git-ignored ``.qemu/`` directory of the
+checkout; nothing is installed and the system's apt configuration and state are left alone.
 
 Fetching::
 
-    $ blockfuzz qemu fetch 10.0          # ~35 MB, seconds; prints the qemu-system-x86_64 path
-    /work/main/.qemu/10.0/root/usr/bin/qemu-system-x86_64
+    $ blockfuzz qemu fetch 11.1          # ~50 MB, 10-20 s; prints the qemu-system-x86_64 to run
+    /work/main/.qemu/11.1/bin/qemu-system-x86_64
     $ blockfuzz qemu path 7.2            # instant; exit 1 if 7.2 was never fetched
+    $ blockfuzz qemu list                # every known version: suite, package, fetched, path
 
 Layout (``$BLOCKFUZZ_QEMU_DIR`` moves the whole thing, default ``<checkout>/.qemu``)::
 
-    .qemu/apt/              private apt state: sources.list, lists/, cache/, apt.conf
-    .qemu/<ver>/debs/       the downloaded .debs, exact versions (see manifest.json)
-    .qemu/<ver>/root/       every .deb unpacked with ``dpkg -x``
+    .qemu/apt/<release>/        private apt state per Debian release (bookworm, trixie, ...):
+                                sources.list, lists/, apt.conf, an empty dpkg status file
+    .qemu/<ver>/bin/            qemu-system-x86_64, qemu-img, qemu-io: the programs to run
+                                (sh wrappers, see below)
+    .qemu/<ver>/share           -> root/usr/share, so bin/../share/seabios is the tree's BIOS
+    .qemu/<ver>/debs/           the downloaded .debs, exact versions (see manifest.json)
+    .qemu/<ver>/root/           every .deb unpacked with ``dpkg -x``
     .qemu/<ver>/manifest.json   written last: its presence means "complete"
 
-What gets fetched: the QEMU packages (``ROOT_PACKAGES``) at the pinned version plus, recursively,
-every package they ``Depends`` on that the host does not already have installed. Libraries land
-in ``root/usr/lib/<triplet>`` (and a few private subdirectories, e.g. ``ceph/``), so an unpacked
-binary only runs with the environment returned by :func:`qemu_env`, which sets
-``LD_LIBRARY_PATH`` and ``QEMU_MODULE_DIR``.
+A tree is built in ``.qemu/.<ver>.partial`` and renamed into place; fetches are serialised by
+an flock on ``.qemu/.lock``.
 
-Running, from the harness::
+What gets fetched: the QEMU packages (``ROOT_PACKAGES``) at the pinned version -- the newest
+build of that upstream version in the version's suites -- and whatever ``apt-get install
+--no-install-recommends`` pulls in for them on a system with *nothing* installed (apt runs
+with an empty dpkg status file, and with ``-t`` for a backports version). So every library is
+in the tree, the C library and its loader included, and a tree does not depend on the host's
+libraries at all: a trixie QEMU needs trixie's glibc, which a bookworm host does not have.
+Checked before the rename: every binary and every module in ``root/usr/lib/<triplet>/qemu``
+is listed by the tree's loader (``ld.so --list``) with every library a file of the tree (the
+loader would quietly fall back to the host's), and the three wrappers report the version.
+
+Running: the files in ``bin/`` are POSIX sh wrappers that ``exec`` the tree's own loader
+(``root/.../ld-linux-x86-64.so.2 --library-path <the tree's lib dirs> root/usr/bin/<prog>``)
+with ``QEMU_MODULE_DIR`` pointing at the tree's modules. ``exec``, so the QEMU process is the
+wrapper's pid. They need no environment, so :func:`qemu_env` and ``QemuBinaries.env`` are
+``{}``; a binary under ``root/`` is not runnable on its own and is refused if given. QEMU
+looks for firmware in its compiled-in ``/usr/share/qemu`` and ``/usr/share/seabios``, the
+host's, not the tree's: pass ``-L`` (the harness passes ``bin/../share/seabios`` for
+``-M pc``)::
 
     from fuzz.qemufetch import resolve_qemu
     q = resolve_qemu(args.qemu)                    # --qemu PATH, else $QEMU_PROG, else 10.0
@@ -44,12 +64,14 @@ a fuzzer that quietly tests a different QEMU than asked produces misleading find
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import functools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -62,65 +84,92 @@ import attrs
 __all__ = [
     "DEFAULT_VERSION",
     "KNOWN_VERSIONS",
+    "SOURCES",
     "FetchError",
     "Installation",
     "QemuBinaries",
     "QemuNotFound",
+    "Source",
     "fetch",
     "installed",
-    "parse_depends",
+    "pinned",
     "qemu_dir",
     "qemu_env",
     "qemu_version",
     "resolve_qemu",
 ]
 
-KNOWN_VERSIONS = ("7.2", "10.0")
+_DEBIAN = "http://deb.debian.org/debian"
+_DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
+# Releases without -updates, -backports and -security suites.
+_ROLLING = ("sid", "unstable")
+
+
+@attrs.frozen
+class Source:
+    """Where the Debian packages of one QEMU version come from."""
+
+    # The Debian release whose archive apt resolves against: its suites (the release itself,
+    # -updates, -backports, -security; only itself for sid) make up the sources list, and each
+    # release has its own private apt directory. Versions of one release share it.
+    release: str
+    # The suites whose builds of the QEMU packages may be pinned (the newest matching one is).
+    suites: tuple[str, ...]
+    # apt-get -t: a backports QEMU needs backports' newer libraries (and seabios).
+    target: str | None = None
+    mirror: str = _DEBIAN
+    security_mirror: str = _DEBIAN_SECURITY
+
+    @property
+    def archive(self) -> tuple[tuple[str, str], ...]:
+        """(mirror, suite) of every suite in this release's sources list."""
+        r = self.release
+        if r in _ROLLING:
+            return ((self.mirror, r),)
+        return (
+            (self.mirror, r),
+            (self.mirror, f"{r}-updates"),
+            (self.mirror, f"{r}-backports"),
+            (self.security_mirror, f"{r}-security"),
+        )
+
+
+# Version -> where it comes from. 7.2 is bookworm's own QEMU (point releases and security updates
+# included: take the highest); 10.0 exists only in bookworm-backports, 11.1 in trixie-backports
+# (and sid). Adding a version is one line, e.g. "11.2": Source("sid", ("sid",)).
+SOURCES = {
+    "7.2": Source("bookworm", ("bookworm", "bookworm-updates", "bookworm-security")),
+    "10.0": Source("bookworm", ("bookworm-backports",), target="bookworm-backports"),
+    "11.1": Source("trixie", ("trixie-backports",), target="trixie-backports"),
+}
+KNOWN_VERSIONS = tuple(SOURCES)
 DEFAULT_VERSION = "10.0"
 
-# Which archive suites may supply the QEMU packages of each version. 7.2 is bookworm's own QEMU
-# (point releases and security updates included: take the highest); 10.0 exists only in
-# backports.
-_SUITES = {
-    "7.2": ("bookworm", "bookworm-updates", "bookworm-security"),
-    "10.0": ("bookworm-backports",),
-}
-
-_MIRRORS = (
-    ("http://deb.debian.org/debian", ("bookworm", "bookworm-updates", "bookworm-backports")),
-    ("http://deb.debian.org/debian-security", ("bookworm-security",)),
-)
 _KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 # The packages fetched at exactly the pinned QEMU version. qemu-block-extra carries the block
 # driver modules (curl, iscsi, nfs, rbd, ssh, gluster): without them a fuzzed
 # `blockdev-add driver=nfs` would fail with "unknown driver" instead of the driver's own error,
-# which a real installation gives.
+# which a real installation gives. The rest (seabios for `-M pc` among it) is apt's choice.
 ROOT_PACKAGES = ("qemu-system-x86", "qemu-system-common", "qemu-utils", "qemu-block-extra")
 
-# Dependencies deliberately not fetched. Each is data, not code: nothing in it is linked or
-# dlopen()ed, so `ldd` cannot miss it. Most traces run `-M none`, which loads no firmware; the
-# iothread scenarios need `-M pc` (PCI for virtio-scsi), whose BIOS comes from seabios, which
-# *is* fetched and passed with `-L` (the binary's compiled-in /usr/share/... is not our tree).
-SKIP = {
-    "ipxe-qemu": "NIC option ROMs; blockfuzz machines have no NICs",
-    "qemu-system-data": "ROMs, keymaps, icons; `-M none` and `-M pc -nodefaults` load none",
-}
-
-_BINARIES = {
-    "system": "usr/bin/qemu-system-x86_64",
-    "img": "usr/bin/qemu-img",
-    "io": "usr/bin/qemu-io",
+# which -> program name, in bin/ (the wrapper) and in root/usr/bin/ (the real binary).
+_PROGRAMS = {
+    "system": "qemu-system-x86_64",
+    "img": "qemu-img",
+    "io": "qemu-io",
 }
 
 _MANIFEST = "manifest.json"
-_MANIFEST_FORMAT = 1
+# 1: binaries run from root/usr/bin with LD_LIBRARY_PATH and the host's libc; 2: bin/ wrappers
+# and the tree's own loader and libc. Trees of another format are fetched again.
+_MANIFEST_FORMAT = 2
 
-# Debian architecture -> multiarch triplet, i.e. the lib directory name. Only hosts whose
-# libraries we can place are supported.
-_TRIPLETS = {
-    "amd64": "x86_64-linux-gnu",
-    "arm64": "aarch64-linux-gnu",
+# Debian architecture -> (multiarch triplet, i.e. the lib directory name; the loader's name).
+# Only hosts whose libraries we can place are supported.
+_ARCHES = {
+    "amd64": ("x86_64-linux-gnu", "ld-linux-x86-64.so.2"),
+    "arm64": ("aarch64-linux-gnu", "ld-linux-aarch64.so.1"),
 }
 
 
@@ -167,7 +216,8 @@ class Installation:
 
     version: str
     directory: Path  # .qemu/<version>
-    library_path: tuple  # directories relative to root/, in LD_LIBRARY_PATH order
+    loader: str  # the tree's ld.so, relative to root/
+    library_path: tuple  # directories relative to root/, in --library-path order
     module_dir: str  # relative to root/
     packages: dict  # name -> exact Debian version, everything unpacked into root/
     qemu_version: str  # first line of `qemu-system-x86_64 --version`
@@ -177,23 +227,59 @@ class Installation:
         return self.directory / "root"
 
     def binary(self, which: str) -> Path:
-        """``which`` is ``"system"``, ``"img"`` or ``"io"``."""
-        return self.root / _BINARIES[which]
+        """The program to run (the wrapper in ``bin/``); ``which`` is "system", "img" or "io"."""
+        return self.directory / "bin" / _PROGRAMS[which]
+
+    def program(self, which: str) -> Path:
+        """The real ELF binary the wrapper starts (not runnable on its own)."""
+        return self.root / "usr/bin" / _PROGRAMS[which]
+
+    @property
+    def package_version(self) -> str:
+        """The Debian version of the QEMU fetched, e.g. ``1:10.0.2+ds-2+deb13u1~bpo12+1``."""
+        return self.packages.get("qemu-system-x86", "")
 
     @property
     def env(self) -> dict[str, str]:
-        return _tree_env(self.root, self.library_path, self.module_dir)
+        # The wrappers set up everything themselves.
+        return {}
 
 
-def _tree_env(root: Path, library_path, module_dir: str) -> dict[str, str]:
-    # LD_LIBRARY_PATH is replaced, not extended: an ambient value could shadow the tree's
-    # libraries with other versions, and the binary would then be something we never verified.
-    return {
-        "LD_LIBRARY_PATH": ":".join(str(root / d) for d in library_path),
+def _wrapper_text(directory: Path, which: str, loader: str, library_path, module_dir: str) -> str:
+    """The sh script ``directory/bin/<program>``: exec the tree's loader on the real binary.
+
+    Absolute paths, so it runs from anywhere; a moved tree no longer matches what
+    :func:`installed` expects and is fetched again.
+    """
+    root = directory / "root"
+    q = lambda p: shlex.quote(os.fspath(p))  # noqa: E731 - POSIX sh single quoting
+    lib = ":".join(os.fspath(root / d) for d in library_path)
+    return (
+        "#!/bin/sh\n"
+        f"# QEMU {directory.name} run with its own C library (written by blockfuzz, "
+        "fuzz/qemufetch.py)\n"
         # The module dir is compiled in as /usr/lib/<triplet>/qemu; without this QEMU would load
         # the host's modules (or none), which need not match the binary's build.
-        "QEMU_MODULE_DIR": str(root / module_dir),
-    }
+        f"QEMU_MODULE_DIR={q(root / module_dir)}\n"
+        "export QEMU_MODULE_DIR\n"
+        # --library-path replaces $LD_LIBRARY_PATH for this process: an ambient value cannot
+        # shadow the tree's libraries. exec: the QEMU process keeps the wrapper's pid.
+        f"exec {q(root / loader)} --library-path {q(lib)} {q(root / 'usr/bin' / _PROGRAMS[which])}"
+        ' "$@"\n'
+    )
+
+
+def _write_wrappers(
+    directory: Path, loader: str, library_path, module_dir: str, *, at: Path | None = None
+) -> None:
+    """Write ``directory/bin/*`` naming the tree's files as they are at ``at`` (default:
+    ``directory``; a staging directory gets the final place's paths before its rename)."""
+    bindir = directory / "bin"
+    bindir.mkdir(exist_ok=True)
+    for which, name in _PROGRAMS.items():
+        path = bindir / name
+        path.write_text(_wrapper_text(at or directory, which, loader, library_path, module_dir))
+        path.chmod(0o755)
 
 
 def _read_manifest(directory: Path) -> dict | None:
@@ -207,45 +293,49 @@ def _read_manifest(directory: Path) -> dict | None:
 
 
 def installed(version: str) -> Installation | None:
-    """The fetched tree of ``version``, or None if it is absent or incomplete."""
+    """The fetched tree of ``version``, or None if it is absent, incomplete or out of date."""
     check_version(version)
     directory = qemu_dir() / version
     data = _read_manifest(directory)
     if data is None or data.get("version") != version:
         return None
-    inst = Installation(
-        version=version,
-        directory=directory,
-        library_path=tuple(data["library-path"]),
-        module_dir=data["module-dir"],
-        packages=dict(data["packages"]),
-        qemu_version=data["qemu-version"],
-    )
-    # A manifest whose binaries went missing (someone pruned root/) is not a usable tree; nor
-    # is one fetched before seabios was (the `-M pc` traces need its BIOS).
-    if not all(_is_executable(inst.binary(w)) for w in _BINARIES):
+    try:
+        inst = Installation(
+            version=version,
+            directory=directory,
+            loader=data["loader"],
+            library_path=tuple(data["library-path"]),
+            module_dir=data["module-dir"],
+            packages=dict(data["packages"]),
+            qemu_version=data["qemu-version"],
+        )
+    except (KeyError, TypeError, ValueError):
         return None
-    if "seabios" not in inst.packages:
+    # A manifest whose files went missing (someone pruned root/ or bin/) is not a usable tree.
+    if not _is_executable(inst.root / inst.loader):
+        return None
+    for which in _PROGRAMS:
+        if not _is_executable(inst.program(which)):
+            return None
+        wrapper = inst.binary(which)
+        expected = _wrapper_text(directory, which, inst.loader, inst.library_path, inst.module_dir)
+        try:
+            if not _is_executable(wrapper) or wrapper.read_text() != expected:
+                return None  # missing, edited, or the tree was moved (absolute paths inside)
+        except (OSError, UnicodeDecodeError):
+            return None
+    # The `-M pc` traces need the BIOS, found through bin/../share/seabios.
+    if "seabios" not in inst.packages or not (directory / "share" / "seabios").is_dir():
         return None
     return inst
 
 
 def qemu_env(binary_path: str | os.PathLike) -> dict[str, str]:
-    """Environment additions needed to run ``binary_path``.
+    """Environment additions needed to run ``binary_path``: merge the result over os.environ.
 
-    For a binary inside a fetched tree, the variables that make it find the tree's libraries
-    and modules; for any other binary (a system or self-built QEMU), ``{}``. Merge the result
-    over ``os.environ``.
+    Always ``{}`` now: a fetched tree's programs (``bin/`` wrappers) set up their libraries and
+    modules themselves, and a system or self-built QEMU runs as is. Kept for callers.
     """
-    path = Path(binary_path).absolute()
-    # Follow symlinks too, so a ~/bin/qemu -> .qemu/10.0/root/usr/bin/... link still works.
-    for candidate in dict.fromkeys((path, path.resolve())):
-        for parent in candidate.parents:
-            if parent.name != "root":
-                continue
-            data = _read_manifest(parent.parent)
-            if data is not None:
-                return _tree_env(parent, data["library-path"], data["module-dir"])
     return {}
 
 
@@ -266,8 +356,8 @@ def qemu_version(binary_path: str | os.PathLike) -> str:
 class QemuBinaries:
     """The three programs the harness runs. Paths are absolute strings.
 
-    ``env`` is what ``system`` needs merged over ``os.environ`` (``{}`` for a system QEMU).
-    ``img`` and ``io`` may come from elsewhere (``$QEMU_IMG_PROG``), so use
+    ``env`` is what ``system`` needs merged over ``os.environ`` (``{}``: fetched trees run
+    through wrappers). ``img`` and ``io`` may come from elsewhere (``$QEMU_IMG_PROG``), so use
     :meth:`env_for` for them.
     """
 
@@ -284,6 +374,15 @@ def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
+def _inside_a_tree(path: Path) -> Path | None:
+    """The wrapper to use instead, if ``path`` is a binary inside a fetched tree's root/."""
+    for candidate in dict.fromkeys((path, path.resolve())):
+        for parent in candidate.parents:
+            if parent.name == "root" and (parent.parent / _MANIFEST).is_file():
+                return parent.parent / "bin" / candidate.name
+    return None
+
+
 def _validate(value: str, source: str) -> str:
     # A bare name ("qemu-system-x86_64") is looked up in $PATH like a shell would.
     if os.sep not in value:
@@ -296,6 +395,12 @@ def _validate(value: str, source: str) -> str:
         raise QemuNotFound(f"{source} {value!r}: no such file")
     if not _is_executable(path):
         raise QemuNotFound(f"{source} {value!r}: not an executable file")
+    wrapper = _inside_a_tree(path)
+    if wrapper is not None:
+        # It would start with the host's loader and C library, not the ones it was built for.
+        raise QemuNotFound(
+            f"{source} {value!r}: a fetched QEMU runs only through its wrapper, use {wrapper}"
+        )
     return str(path)
 
 
@@ -389,125 +494,90 @@ def _newest(versions: list[str]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Debian control data
-
-
-@attrs.frozen
-class Dep:
-    """One alternative of a ``Depends`` entry: ``name (op version)``."""
-
-    name: str
-    op: str | None = None
-    version: str | None = None
-
-    def allows(self, version: str) -> bool:
-        return self.op is None or _version_satisfies(version, self.op, self.version)
-
-    def __str__(self) -> str:
-        return self.name if self.op is None else f"{self.name} ({self.op} {self.version})"
-
-
-_DEP_RE = re.compile(
-    r"^\s*(?P<name>[a-z0-9][a-z0-9+.-]*)(?::[a-z0-9-]+)?"  # ":any"/":amd64" qualifier ignored
-    r"\s*(?:\(\s*(?P<op><<|<=|=|>=|>>)\s*(?P<version>[^\s)]+)\s*\))?"
-    r"\s*(?:\[[^]]*\])?\s*(?:<[^>]*>\s*)*$"  # arch / build-profile restrictions (source only)
-)
-
-
-def parse_depends(text: str) -> list[tuple[Dep, ...]]:
-    """``"a (>= 1), b | c"`` -> ``[(Dep(a, '>=', '1'),), (Dep(b), Dep(c))]``."""
-    groups = []
-    for entry in text.split(","):
-        if not entry.strip():
-            continue
-        alternatives = []
-        for alt in entry.split("|"):
-            m = _DEP_RE.match(alt)
-            if m is None:
-                raise FetchError(f"cannot parse dependency {alt.strip()!r}")
-            alternatives.append(Dep(m["name"], m["op"], m["version"]))
-        groups.append(tuple(alternatives))
-    return groups
-
-
-def _parse_stanzas(text: str) -> Iterator[dict[str, str]]:
-    """RFC 822 control stanzas, continuation lines folded into their field."""
-    for block in re.split(r"\n\s*\n", text):
-        fields: dict[str, str] = {}
-        key = None
-        for line in block.splitlines():
-            if line[:1] in (" ", "\t") and key is not None:
-                fields[key] += "\n" + line.strip()
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-        if fields:
-            yield fields
-
-
-# --------------------------------------------------------------------------------------------
 # Private apt
 
 
 class _Apt:
     """apt-get/apt-cache against our own sources and state, never the system's.
 
-    Everything apt would write (lists, archives, locks) goes below ``directory``. The system's
-    apt.conf.d is still read, on purpose: it may carry proxy or mirror settings a CI machine
-    needs to reach the archive. The one thing from it we must not run is its hooks (e.g.
-    APT::Update::Post-Invoke-Success refreshing the *system's* AppStream cache), so our
-    apt.conf clears them (and a host-wide APT::Default-Release, which would steer candidate
-    selection); it is passed with -c, which apt reads after the system files.
+    One instance per Debian release (``directory`` is ``.qemu/apt/<release>``). Everything apt
+    would read as state or write (lists, archives, locks, the dpkg status, logs) is below
+    ``directory``; the dpkg status file is empty, so apt plans as for a system with nothing
+    installed and downloads every dependency. The system's apt.conf.d is still read, on
+    purpose: it may carry proxy or mirror settings a CI machine needs to reach the archive. The
+    one thing from it we must not run is its hooks (e.g. APT::Update::Post-Invoke-Success
+    refreshing the *system's* AppStream cache), so our apt.conf clears them (and a host-wide
+    APT::Default-Release, which would steer candidate selection, and foreign architectures); it
+    is passed with -c, which apt reads after the system files.
     """
 
-    def __init__(self, directory: Path, arch: str):
-        self.directory = directory
+    def __init__(self, directory: Path, arch: str, source: Source, *, create: bool = True):
+        self.directory = d = directory
         self.arch = arch
-        if not Path(_KEYRING).is_file():
-            raise FetchError(f"{_KEYRING} is missing (Debian package debian-archive-keyring)")
-        d = directory
-        for sub in ("lists/partial", "cache/archives/partial", "sources.list.d", "preferences.d"):
-            (d / sub).mkdir(parents=True, exist_ok=True)
-        sources = "".join(
-            f"deb [signed-by={_KEYRING}] {uri} {suite} main\n"
-            for uri, suites in _MIRRORS
-            for suite in suites
-        )
-        _write_if_changed(d / "sources.list", sources)
-        # Empty on purpose: the host's pins (e.g. a nodesource priority) must not steer our
-        # candidate selection. Default priorities make backports 100 and the rest 500.
-        _write_if_changed(d / "preferences", "")
-        _write_if_changed(
-            d / "apt.conf",
-            "// blockfuzz private apt: drop the system's hooks and release pin (qemufetch.py)\n"
-            + "".join(
-                f"#clear {hook};\n"
-                for hook in (
-                    "APT::Update::Pre-Invoke",
-                    "APT::Update::Post-Invoke",
-                    "APT::Update::Post-Invoke-Success",
-                    "DPkg::Pre-Invoke",
-                    "DPkg::Post-Invoke",
-                    "APT::Default-Release",
+        self.source = source
+        if create:
+            if not Path(_KEYRING).is_file():
+                raise FetchError(f"{_KEYRING} is missing (Debian package debian-archive-keyring)")
+            for sub in ("lists/partial", "cache", "state", "log", "sources.list.d",
+                        "preferences.d"):  # fmt: skip
+                (d / sub).mkdir(parents=True, exist_ok=True)
+            # Only the Packages indices: no translations, no AppStream data a host may enable.
+            sources = "".join(
+                f"deb [signed-by={_KEYRING} arch={arch} target=Packages] {uri} {suite} main\n"
+                for uri, suite in source.archive
+            )
+            _write_if_changed(d / "sources.list", sources)
+            # Empty on purpose: the host's pins (e.g. a nodesource priority) must not steer our
+            # candidate selection. Default priorities make backports 100 and the rest 500.
+            _write_if_changed(d / "preferences", "")
+            _write_if_changed(d / "status", "")
+            _write_if_changed(
+                d / "apt.conf",
+                "// blockfuzz private apt: drop the system's hooks, release pin and foreign\n"
+                "// architectures (fuzz/qemufetch.py)\n"
+                + "".join(
+                    f"#clear {name};\n"
+                    for name in (
+                        "APT::Update::Pre-Invoke",
+                        "APT::Update::Post-Invoke",
+                        "APT::Update::Post-Invoke-Success",
+                        "DPkg::Pre-Invoke",
+                        "DPkg::Post-Invoke",
+                        "APT::Default-Release",
+                        "APT::Architectures",
+                    )
                 )
-            ),
-        )
+                + f'APT::Architectures {{ "{arch}"; }};\n',
+            )
         self.options = [
             "-c", str(d / "apt.conf"),
             "-o", f"Dir::Etc::SourceList={d / 'sources.list'}",
             "-o", f"Dir::Etc::SourceParts={d / 'sources.list.d'}",
             "-o", f"Dir::Etc::Preferences={d / 'preferences'}",
             "-o", f"Dir::Etc::PreferencesParts={d / 'preferences.d'}",
+            "-o", f"Dir::State={d / 'state'}",
             "-o", f"Dir::State::Lists={d / 'lists'}",
+            # Nothing is installed, as far as this apt knows.
+            "-o", f"Dir::State::status={d / 'status'}",
             "-o", f"Dir::Cache={d / 'cache'}",
+            "-o", f"Dir::Log={d / 'log'}",
+            "-o", "Acquire::Languages=none",
             # We download into a directory the _apt sandbox user cannot write to; as root apt
             # then downloads unsandboxed anyway and says so. Ask for that directly.
             "-o", "APT::Sandbox::User=root",
-            # The host may disable apt's binary cache (Debian's docker images do); we make many
-            # small apt-cache queries, each ~0.5 s without it and ~10 ms with it.
-            "-o", "Dir::Cache::pkgcache=pkgcache.bin",
-            "-o", "Dir::Cache::srcpkgcache=srcpkgcache.bin",
         ]  # fmt: skip
+        if create:
+            # The host may disable apt's binary cache (Debian's docker images do); a fetch runs
+            # apt three times over the same lists, each ~2 s slower without it.
+            self.options += ["-o", "Dir::Cache::pkgcache=pkgcache.bin",
+                             "-o", "Dir::Cache::srcpkgcache=srcpkgcache.bin"]  # fmt: skip
+        else:
+            # Read-only use (`qemu list`): no binary cache files written next to a fetch.
+            self.options += ["-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache="]
+
+    @property
+    def has_lists(self) -> bool:
+        return any((self.directory / "lists").glob("*_Packages*"))
 
     def get(self, *args: str, cwd: Path | None = None) -> str:
         argv = ["apt-get", "-q", *self.options, *args]
@@ -515,7 +585,7 @@ class _Apt:
 
     def cache(self, *args: str) -> str:
         argv = ["apt-cache", *self.options, *args]
-        return _run(argv, env=_apt_env(), what=f"apt-cache {' '.join(args)}")
+        return _run(argv, env=_apt_env(), what=f"apt-cache {args[0]}")
 
     def update(self) -> None:
         # Without --error-on=any an unreachable mirror is only a warning, and the failure would
@@ -523,42 +593,82 @@ class _Apt:
         self.get("update", "--error-on=any")
 
     def drop_caches(self) -> None:
-        # ~75 MB that only speeds up the queries of one fetch; lists are kept for the next one.
+        # ~100 MB that only speed up the apt runs of one fetch; lists are kept for the next.
         for name in ("pkgcache.bin", "srcpkgcache.bin"):
             (self.directory / "cache" / name).unlink(missing_ok=True)
 
     def versions(self, names: list[str]) -> dict[str, list[tuple[str, str]]]:
         """name -> [(version, suite)] for every version in our sources (native arch or all)."""
-        out: dict[str, list[tuple[str, str]]] = {n: [] for n in names}
-        if not names:
-            return out
-        # madison exits 0 and prints nothing for unknown names.
-        for line in self.cache("madison", *names).splitlines():
-            parts = [p.strip() for p in line.split("|")]
-            if len(parts) != 3 or parts[0] not in out:
-                continue
-            where = parts[2].split()  # "<uri> <suite>/<component> <arch> Packages"
-            if len(where) >= 3 and where[-1] == "Packages" and where[-2] in (self.arch, "all"):
-                out[parts[0]].append((parts[1], where[1].split("/")[0]))
-        return out
+        return parse_madison(self.cache("madison", *names), names, self.arch)
 
-    def candidates(self, names: list[str]) -> dict[str, str | None]:
-        """name -> the version apt would install by default (None if none)."""
-        out: dict[str, str | None] = {}
-        current = None
-        for line in self.cache("policy", *names).splitlines():
-            if line and not line[0].isspace() and line.rstrip().endswith(":"):
-                current = line.rstrip()[:-1].split(":")[0]  # "libfoo:" or "libfoo:amd64:"
-            elif current is not None and line.strip().startswith("Candidate:"):
-                value = line.split(":", 1)[1].strip()
-                out[current] = None if value == "(none)" else value
-        return out
+    def _install(self, pins: dict[str, str], *extra: str) -> str:
+        target = ["-t", self.source.target] if self.source.target else []
+        return self.get(
+            "install", *target, *extra, "-y", "--no-install-recommends",
+            *(f"{n}={v}" for n, v in sorted(pins.items())),
+        )  # fmt: skip
 
-    def show(self, name: str, version: str) -> dict[str, str]:
-        for stanza in _parse_stanzas(self.cache("show", f"{name}={version}")):
-            if stanza.get("Architecture") in (self.arch, "all"):
-                return stanza
-        raise FetchError(f"apt-cache show {name}={version}: no {self.arch} package")
+    def plan(self, pins: dict[str, str]) -> dict[str, str]:
+        """name -> version of every package ``apt-get install`` of ``pins`` would unpack."""
+        plan = parse_simulation(self._install(pins, "--simulate"))
+        if not plan:
+            raise FetchError("apt-get install --simulate: planned to install nothing")
+        return plan
+
+    def download(self, pins: dict[str, str], into: Path) -> None:
+        (into / "partial").mkdir(parents=True, exist_ok=True)
+        self._install(pins, "--download-only", "-o", f"Dir::Cache::archives={into}")
+        shutil.rmtree(into / "partial", ignore_errors=True)
+        (into / "lock").unlink(missing_ok=True)
+
+
+def parse_madison(text: str, names: list[str], arch: str) -> dict[str, list[tuple[str, str]]]:
+    """``apt-cache madison`` output -> name -> [(version, suite)], binary packages of ``arch``
+    (or ``all``) only."""
+    out: dict[str, list[tuple[str, str]]] = {n: [] for n in names}
+    # madison exits 0 and prints nothing for unknown names.
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) != 3 or parts[0] not in out:
+            continue
+        where = parts[2].split()  # "<uri> <suite>/<component> <arch> Packages"
+        if len(where) >= 3 and where[-1] == "Packages" and where[-2] in (arch, "all"):
+            out[parts[0]].append((parts[1], where[1].split("/")[0]))
+    return out
+
+
+_INST_RE = re.compile(r"^Inst (?P<name>[^\s:]+)(?::\S+)? (?:\[[^]]*\] )?\((?P<version>\S+) ")
+
+
+def parse_simulation(text: str) -> dict[str, str]:
+    """``apt-get install --simulate`` output -> name -> version of each ``Inst`` line."""
+    return dict(sorted((m["name"], m["version"]) for m in map(_INST_RE.match, text.splitlines())
+                       if m is not None))  # fmt: skip
+
+
+def choose_pins(version: str, found: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
+    """The exact version of each root package: the newest ``version`` build in its suites.
+
+    ``found`` is :func:`parse_madison`'s answer for the root packages.
+    """
+    suites = SOURCES[version].suites
+    upstream = re.compile(rf"^{re.escape(version)}(?:[.+~]|$)")
+    pins = {}
+    for name, builds in found.items():
+        matching = [
+            v
+            for v, suite in builds
+            if suite in suites
+            # "1:7.2+dfsg-7+deb12u18+b3" -> upstream "7.2+dfsg": drop epoch and Debian revision.
+            and upstream.match(v.split(":", 1)[-1].rsplit("-", 1)[0])
+        ]
+        if not matching:
+            seen = ", ".join(f"{v} ({s})" for v, s in builds) or "none"
+            raise FetchError(
+                f"no QEMU {version} build of {name} in {'/'.join(suites)} (archive has: {seen})"
+            )
+        pins[name] = _newest(matching)
+    return pins
 
 
 def _apt_env() -> dict[str, str]:
@@ -571,164 +681,37 @@ def _write_if_changed(path: Path, text: str) -> None:
         path.write_text(text)
 
 
-def _installed_versions(names: list[str]) -> dict[str, str]:
-    """name -> installed version, for those of ``names`` dpkg has fully installed."""
-    if not names:
-        return {}
-    # Exit status is 1 if any name is unknown to dpkg; the known ones are still printed.
-    proc = subprocess.run(
-        ["dpkg-query", "-W", "-f=${Package}\t${Status}\t${Version}\n", *names],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    out = {}
-    for line in proc.stdout.splitlines():
-        name, _, rest = line.partition("\t")
-        status, _, version = rest.partition("\t")
-        if "install ok installed" in status:
-            out[name.split(":")[0]] = version
-    return out
+def _apt_for(base: Path, version: str, arch: str, *, create: bool = True) -> _Apt:
+    source = SOURCES[version]
+    return _Apt(base / "apt" / source.release, arch, source, create=create)
 
 
-# --------------------------------------------------------------------------------------------
-# Resolution
+# Left in .qemu/apt/ by manifest format 1, which had one apt directory for bookworm only.
+_LEGACY_APT = ("lists", "cache", "sources.list", "sources.list.d", "preferences",
+               "preferences.d", "apt.conf")  # fmt: skip
 
 
-@attrs.frozen
-class _Plan:
-    packages: dict  # name -> version to download
-    satisfied: dict  # name -> installed version that satisfies every constraint seen
-    skipped: dict  # name -> reason
+def _drop_legacy_apt(apt_dir: Path) -> None:
+    for name in _LEGACY_APT:
+        path = apt_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
-def _pin_roots(apt: _Apt, version: str) -> dict[str, str]:
-    """The exact version of each root package: the highest ``version`` build in its suites."""
-    upstream = re.compile(rf"^{re.escape(version)}(?:[.+~]|$)")
-    pins = {}
-    for name, found in apt.versions(list(ROOT_PACKAGES)).items():
-        matching = [
-            v
-            for v, suite in found
-            if suite in _SUITES[version]
-            # "1:7.2+dfsg-7+deb12u18+b3" -> upstream "7.2+dfsg": drop epoch and Debian revision.
-            and upstream.match(v.split(":", 1)[-1].rsplit("-", 1)[0])
-        ]
-        if not matching:
-            seen = ", ".join(f"{v} ({s})" for v, s in found) or "none"
-            raise FetchError(
-                f"no QEMU {version} build of {name} in {'/'.join(_SUITES[version])}"
-                f" (archive has: {seen})"
-            )
-        pins[name] = _newest(matching)
-    return pins
-
-
-def _resolve(
-    apt: _Apt,
-    version: str,
-    log: Callable[[str], None],
-    host: Callable[[str], str | None] | None = None,
-) -> _Plan:
-    """Everything to fetch: roots at their pins plus the transitive ``Depends`` closure.
-
-    Mirrors what ``apt-get install`` would pull in on a bookworm host, minus what the host
-    already has: for each dependency take the apt candidate if it satisfies every version
-    constraint seen, else the newest version that does (this is how a backports QEMU gets the
-    newer libraries it needs). An alternative group ``a | b`` is satisfied by any member we
-    already have; otherwise its first member is taken, as apt does. ``host(name)`` gives the
-    installed version or None (default: ask dpkg).
-    """
-    if host is None:
-        host = lambda name: _installed_versions([name]).get(name)  # noqa: E731
-    pins = _pin_roots(apt, version)
-    log(f"QEMU {version}: " + ", ".join(f"{n} {v}" for n, v in sorted(pins.items())))
-    selected: dict[str, str] = {}
-    stanzas: dict[str, dict[str, str]] = {}
-    constraints: dict[str, list[Dep]] = {}
-    provides: dict[str, str] = {}  # virtual name -> selected provider
-    satisfied: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    installed_cache: dict[str, str | None] = {}
-    queue: list[str] = []
-
-    def select(name: str, chosen: str) -> None:
-        selected[name] = chosen
-        stanzas[name] = apt.show(name, chosen)
-        # Register what it provides right away, so that whether `a | b` is already satisfied
-        # does not depend on the order packages are expanded in.
-        for virtual in parse_depends(stanzas[name].get("Provides", "")):
-            provides.setdefault(virtual[0].name, name)
-        satisfied.pop(name, None)
-        queue.append(name)
-
-    for name in sorted(pins):
-        select(name, pins[name])
-
-    def host_version(name: str) -> str | None:
-        if name not in installed_cache:
-            installed_cache[name] = host(name)
-        return installed_cache[name]
-
-    def have(dep: Dep) -> bool:
-        if dep.name in selected:
-            return dep.allows(selected[dep.name])
-        if dep.name in provides or dep.name in skipped:
-            return True
-        inst = host_version(dep.name)
-        if inst is not None and dep.allows(inst):
-            satisfied[dep.name] = inst
-            return True
-        return False
-
-    def choose(name: str) -> str | None:
-        """Version to fetch for ``name`` under its constraints; None if the host's will do."""
-        wanted = constraints[name]
-        inst = host_version(name)
-        if inst is not None and all(d.allows(inst) for d in wanted):
-            satisfied[name] = inst
+def pinned(version: str) -> str | None:
+    """The QEMU package version a fetch of ``version`` would take now, from the private package
+    lists as they are (no network, nothing written); None if there are none or no build."""
+    check_version(version)
+    try:
+        arch, _, _ = _host_arch()
+        apt = _apt_for(qemu_dir(), version, arch, create=False)
+        if not apt.has_lists or not (apt.directory / "status").is_file():
             return None
-        candidate = apt.candidates([name]).get(name)
-        if candidate is not None and all(d.allows(candidate) for d in wanted):
-            return candidate
-        ok = [v for v, _ in apt.versions([name])[name] if all(d.allows(v) for d in wanted)]
-        if not ok:
-            why = ", ".join(str(d) for d in wanted)
-            raise FetchError(f"no version of {name} satisfies {why}")
-        return _newest(ok)
-
-    while queue:
-        name = queue.pop(0)
-        fields = stanzas[name]
-        for group in parse_depends(
-            ", ".join(filter(None, (fields.get("Pre-Depends"), fields.get("Depends"))))
-        ):
-            if any(have(d) for d in group):
-                continue
-            if group[0].name in SKIP:
-                skipped[group[0].name] = SKIP[group[0].name]
-                continue
-            # The first alternative that is a real package (a virtual name has no versions of
-            # its own; we do not guess among its providers).
-            dep = next((d for d in group if apt.versions([d.name])[d.name]), None)
-            if dep is None:
-                alts = " | ".join(str(d) for d in group)
-                raise FetchError(f"{name} needs {alts}: no such package in the archive")
-            if dep.name in pins:
-                raise FetchError(
-                    f"{name} {selected[name]} needs {dep}, but {dep.name} is pinned at "
-                    f"{pins[dep.name]}"
-                )
-            constraints.setdefault(dep.name, []).append(dep)
-            chosen = choose(dep.name)
-            if chosen is not None and selected.get(dep.name) != chosen:
-                # New, or an earlier pick violates a constraint seen now: (re)expand it.
-                select(dep.name, chosen)
-    return _Plan(
-        packages=dict(sorted(selected.items())),
-        satisfied=dict(sorted(satisfied.items())),
-        skipped=dict(sorted(skipped.items())),
-    )
+        return choose_pins(version, apt.versions(["qemu-system-x86"]))["qemu-system-x86"]
+    except (FetchError, OSError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -751,12 +734,14 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _host_arch() -> tuple[str, str]:
+@functools.lru_cache(maxsize=None)
+def _host_arch() -> tuple[str, str, str]:
+    """(Debian architecture, multiarch triplet, loader name) of the host."""
     arch = _run(["dpkg", "--print-architecture"]).strip()
-    if arch not in _TRIPLETS:
-        supported = ", ".join(_TRIPLETS)
+    if arch not in _ARCHES:
+        supported = ", ".join(_ARCHES)
         raise FetchError(f"unsupported host architecture {arch!r} (supported: {supported})")
-    return arch, _TRIPLETS[arch]
+    return (arch, *_ARCHES[arch])
 
 
 def fetch(
@@ -765,19 +750,23 @@ def fetch(
     """Make sure QEMU ``version`` is fetched, unpacked and verified; return it.
 
     Idempotent: a complete tree is returned as is (``force`` re-fetches). Needs network access
-    to deb.debian.org through apt, and dpkg, apt-get and ldd on the host.
+    to the Debian archive through apt, and dpkg and apt-get on the host.
     """
     check_version(version)
     if not force and (inst := installed(version)) is not None:
         return inst
     base = qemu_dir()
+    if ":" in os.fspath(base):
+        # The loader's --library-path is ':'-separated; it cannot name such directories.
+        raise FetchError(f"{base}: the QEMU directory must not contain ':'")
     with _locked(base):
         # Another process may have finished the same fetch while we waited for the lock.
         if not force and (inst := installed(version)) is not None:
             return inst
         started = time.monotonic()
-        arch, triplet = _host_arch()
-        apt = _Apt(base / "apt", arch)
+        arch, triplet, loader_name = _host_arch()
+        _drop_legacy_apt(base / "apt")
+        apt = _apt_for(base, version, arch)
         # Build beside the final place and rename at the end, so an interrupted fetch never
         # leaves something that looks complete. (A failed one stays here for inspection until
         # the next fetch.)
@@ -788,9 +777,11 @@ def fetch(
         log(f"updating the private package lists ({apt.directory})")
         try:
             apt.update()
-            plan = _resolve(apt, version, log)
-            log(f"downloading {len(plan.packages)} packages")
-            apt.get("download", *(f"{n}={v}" for n, v in plan.packages.items()), cwd=debs)
+            pins = choose_pins(version, apt.versions(list(ROOT_PACKAGES)))
+            log(f"QEMU {version}: " + ", ".join(f"{n} {v}" for n, v in sorted(pins.items())))
+            plan = apt.plan(pins)
+            log(f"downloading {len(plan)} packages")
+            apt.download(pins, debs)
         finally:
             apt.drop_caches()
         files = sorted(debs.glob("*.deb"))
@@ -799,82 +790,162 @@ def fetch(
             fields = _run(["dpkg-deb", "-f", str(deb), "Package", "Version"])
             info = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
             got[info["Package"]] = info["Version"]
-        if got != plan.packages:
-            wrong = sorted(set(got.items()) ^ set(plan.packages.items()))
-            raise FetchError(f"apt-get download: unexpected package set, differences: {wrong}")
-        for deb in files:
-            # dpkg -x only unpacks the data archive: no maintainer scripts, no dpkg database.
-            _run(["dpkg", "-x", str(deb), str(root)])
+        if got != plan:
+            wrong = sorted(set(got.items()) ^ set(plan.items()))
+            raise FetchError(f"apt-get download: not the planned package set, differences: {wrong}")
+        if "seabios" not in got:
+            raise FetchError("apt did not fetch seabios (needed for -M pc)")
+        size = sum(f.stat().st_size for f in files)
+        log(f"unpacking {len(files)} packages ({size / 1e6:.0f} MB)")
+        root.mkdir()
+        # dpkg -x only unpacks the data archive: no maintainer scripts, no dpkg database. The
+        # packages of one consistent installation ship disjoint files, so the order does not
+        # matter; in parallel, because decompressing is most of a fetch's CPU time.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
+            for _ in ex.map(lambda deb: _run(["dpkg", "-x", str(deb), str(root)]), files):
+                pass
 
         module_dir = f"usr/lib/{triplet}/qemu"
-        library_path = _library_path(root, triplet, module_dir)
-        env = {**os.environ, **_tree_env(root, library_path, module_dir)}
-        banner = _run([str(root / _BINARIES["system"]), "--version"], env=env).splitlines()[0]
-        if not re.search(rf"version {re.escape(version)}(?:\.|\s|$)", banner):
-            raise FetchError(f"unpacked QEMU reports {banner!r}, expected version {version}")
+        loader = _find_loader(root, triplet, loader_name)
+        library_path = _library_path(root, triplet, loader, module_dir)
+        (staging / "share").symlink_to("root/usr/share")
+        # Run what will be run: the wrappers, here with the staging paths baked in.
+        _write_wrappers(staging, loader, library_path, module_dir)
+        banner = ""
+        for which, name in _PROGRAMS.items():
+            out = _run([str(staging / "bin" / name), "--version"], env=_clean_env())
+            first = (out.splitlines() or [""])[0]
+            if not re.search(rf"version {re.escape(version)}(?:\.|\s|$)", first):
+                raise FetchError(f"unpacked {name} reports {first!r}, expected version {version}")
+            banner = banner or first
+        final = base / version
+        _write_wrappers(staging, loader, library_path, module_dir, at=final)
 
+        source = SOURCES[version]
         manifest = {
             "blockfuzz-qemu": _MANIFEST_FORMAT,
             "version": version,
             "qemu-version": banner,
+            "debian": {"release": source.release, "suites": list(source.suites),
+                       "target": source.target},  # fmt: skip
+            "loader": loader,
             "library-path": library_path,
             "module-dir": module_dir,
-            "binaries": {k: f"root/{v}" for k, v in _BINARIES.items()},
-            "packages": plan.packages,
-            "host-satisfied": plan.satisfied,
-            "skipped": plan.skipped,
+            "binaries": {k: f"bin/{v}" for k, v in _PROGRAMS.items()},
+            "packages": got,
+            "download-bytes": size,
             "fetched-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staging / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        final = base / version
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
-        log(f"QEMU {version} ready in {time.monotonic() - started:.0f}s: {banner}")
+        log(
+            f"QEMU {version} ready in {time.monotonic() - started:.0f}s"
+            f" ({len(got)} packages): {banner}"
+        )
     inst = installed(version)
     if inst is None:  # pragma: no cover - only if the tree vanished under us
         raise FetchError(f"QEMU {version} disappeared from {base} right after fetching")
     return inst
 
 
-def _library_path(root: Path, triplet: str, module_dir: str) -> list[str]:
-    """The LD_LIBRARY_PATH (relative to root) under which every binary and module loads.
+def _clean_env() -> dict[str, str]:
+    # What the host may have set for its own programs must not reach the tree's loader.
+    return {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "LD_LIBRARY_PATH")}
+
+
+def _find_loader(root: Path, triplet: str, name: str) -> str:
+    """The tree's dynamic loader, relative to root (bookworm's libc6 has it in /lib, later
+    releases in /usr/lib)."""
+    for rel in (f"usr/lib/{triplet}/{name}", f"lib/{triplet}/{name}"):
+        path = root / rel
+        # Not a symlink leaving the tree (libc6's /lib64/ld-linux-x86-64.so.2 is an absolute one).
+        if _is_executable(path) and path.resolve().is_relative_to(root.resolve()):
+            return rel
+    raise FetchError(f"no {name} in the unpacked packages (is libc6 among them?)")
+
+
+_LISTED_RE = re.compile(r"^\s*(?P<soname>\S+) => (?P<path>.+?)(?: \(0x[0-9a-f]+\))?$")
+_LOAD_ERROR_RE = re.compile(r"error while loading shared libraries: (?P<soname>[^:]+):")
+
+
+def _list_libraries(root: Path, loader: str, path: list[str], target: Path) -> tuple[dict, str]:
+    """``ld.so --list`` of ``target`` under the tree's loader and ``path`` (relative to root).
+
+    Returns ({soname: file it loads}, the soname it cannot find or "").
+    """
+    argv = [
+        str(root / loader), "--list",
+        "--library-path", ":".join(str(root / d) for d in path), str(target),
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, env=_clean_env(),
+                          stdin=subprocess.DEVNULL)  # fmt: skip
+    loaded, missing = {}, ""
+    for line in proc.stdout.splitlines():
+        m = _LISTED_RE.match(line)
+        if m is None:
+            continue  # linux-vdso.so.1 and the like: no file
+        if m["path"] == "not found":
+            missing = missing or m["soname"]
+        else:
+            loaded[m["soname"]] = m["path"]
+    if not missing and (m := _LOAD_ERROR_RE.search(proc.stderr)):
+        missing = m["soname"]
+    if proc.returncode != 0 and not missing:
+        detail = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
+        raise FetchError(f"{target.relative_to(root)}: the tree's loader cannot list it: {detail}")
+    return loaded, missing
+
+
+def _library_path(root: Path, triplet: str, loader: str, module_dir: str) -> list[str]:
+    """The --library-path (relative to root) under which every binary and module loads.
 
     Covers the three binaries and the QEMU modules: modules are dlopen()ed only when a command
     needs them (e.g. the first `blockdev-add driver=rbd`), so a missing library would otherwise
-    surface as a puzzling behaviour difference in the middle of a fuzzing run.
+    surface as a puzzling behaviour difference in the middle of a fuzzing run. Checked with the
+    tree's own loader, as the wrappers run them, and every library must be a file of the tree:
+    the loader falls back to the host's directories, which would hide a library apt did not
+    fetch.
 
     Starts with the multiarch directories. Some libraries find their private helpers through an
     absolute RUNPATH (librados2 -> /usr/lib/<triplet>/ceph/libceph-common.so.2), which points
-    at the host, not the tree; for a library that `ldd` reports missing but the tree contains,
-    its directory is appended. Anything still missing is an error.
+    at the host, not the tree; for a library the loader cannot find but the tree contains, its
+    directory is appended. Anything still missing is an error.
     """
-    path = [f"usr/lib/{triplet}", f"lib/{triplet}"]
-    targets = [root / p for p in _BINARIES.values()]
+    path = [d for d in (f"usr/lib/{triplet}", f"lib/{triplet}") if (root / d).is_dir()]
+    targets = [root / "usr/bin" / p for p in _PROGRAMS.values()]
     targets += sorted((root / module_dir).glob("*.so"))
     for target in targets:
         if not target.exists():
             raise FetchError(f"{target.relative_to(root)} is missing from the unpacked packages")
+    real_root = root.resolve()
     while True:
-        env = {**os.environ, **_tree_env(root, path, module_dir)}
         missing: dict[str, Path] = {}  # soname -> first object needing it
+        host: dict[str, str] = {}  # soname -> the host's file the loader found instead
         for target in targets:
-            for line in _run(["ldd", str(target)], env=env).splitlines():
-                if "not found" in line:
-                    missing.setdefault(line.split()[0], target)
+            loaded, soname = _list_libraries(root, loader, path, target)
+            if soname:
+                missing.setdefault(soname, target)
+            for name, file in loaded.items():
+                if not Path(file).resolve().is_relative_to(real_root):
+                    host[name] = file
+                    missing.setdefault(name, target)
         if not missing:
             return path
         added = False
         for soname, target in missing.items():
-            found = sorted(p for p in root.rglob(soname) if p.is_file() or p.is_symlink())
+            found = sorted(p for p in root.rglob(soname) if p.is_file())
             if not found:
+                where = f"loads it from the host ({host[soname]})" if soname in host else (
+                    "cannot find it")
                 raise FetchError(
-                    f"{target.relative_to(root)} cannot find {soname}"
-                    " (no fetched package provides it)"
+                    f"{target.relative_to(root)} needs {soname} and {where}:"
+                    " no fetched package provides it"
                 )
             directory = str(found[0].parent.relative_to(root))
             if directory not in path:
                 path.append(directory)
                 added = True
-        if not added:  # found in a directory already searched, yet ldd cannot load it
+        if not added:  # found in a directory already searched, yet the loader cannot load it
             soname, target = next(iter(missing.items()))
             raise FetchError(f"{target.relative_to(root)} cannot load {soname}")
