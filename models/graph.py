@@ -126,7 +126,7 @@ class Graph:
     #: (``restore_removed()``)
     removed: list = attrs.field(factory=list)
     #: (parent, child name) of every edge the current command's bdrv_replace_node() calls moved,
-    #: in order (a clone starts empty; see ``replay_moves()``)
+    #: in order (a clone starts empty; see ``undo_moves()``)
     moved: list = attrs.field(factory=list)
 
     def clone(self) -> "Graph":
@@ -253,14 +253,16 @@ class Graph:
             if edge is not None and edge.child == child:
                 self.move_to_head(edge)
 
-    def replay_moves(self, moved: list) -> None:
-        """A failed command whose rollback QEMU performs with more ``bdrv_replace_node()``
-        calls (a job start dropping the filter it inserted, ``bdrv_cor_filter_drop()``): each
-        move put the edge at the head of its lists again, so the edges that moved end up
-        newest, in the order of the last move.  Observed on 11.1.3: a ``block-stream`` failing
-        with "Invalid job ID" after inserting its filter leaves the streamed node's parent edge
-        first in its parent's ``children``."""
-        for parent, name in moved:
+    def undo_moves(self, moved: list) -> None:
+        """A failed command that QEMU undoes with more ``bdrv_replace_node()`` calls (a job
+        start dropping the filter it inserted: ``bdrv_cor_filter_drop()``, ``commit_start()``'s
+        error path), applied to the graph as it was before the command.  Every replace puts
+        the edge at the head of its lists: the insertion moved the edges in ``moved`` order,
+        the drop moves them back iterating the filter's parents (newest first, so in reverse),
+        and the edges end up first, in ``moved`` order.  Observed on 11.1.3: a blkverify
+        node's ``raw`` and ``test`` edges after a ``block-stream`` of their child failed on
+        the job ID."""
+        for parent, name in [*moved, *reversed(moved)]:
             p = self.nodes.get(parent)
             edge = p.child(name) if p is not None else None
             if edge is not None:

@@ -318,7 +318,7 @@ def _restoring(start):
             if snap is not None:
                 snap.auto_counter = g.auto_counter
                 snap.anon_devices = g.anon_devices
-                snap.replay_moves(g.moved[ctx["moved"]:])
+                snap.undo_moves(g.moved[ctx["moved"]:])
                 trial = snap.clone()
                 try:
                     B.reopen_set_read_only(trial, trial.nodes[ctx["node"]], True)

@@ -178,7 +178,7 @@ class Model:
             self.graph.dangling_data_file |= g.dangling_data_file & set(self.graph.nodes)
             # the abort re-attaches removed children at the head of their lists
             self.graph.restore_removed(g.removed)
-            self.graph.replay_moves(g.moved)
+            self.graph.undo_moves(g.moved)
             return Outcome.failure(e.desc, e.cls)
         settle_locks(g)
         self.graph = g

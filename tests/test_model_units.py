@@ -411,3 +411,16 @@ def test_a_failed_stream_start_moves_the_parent_edge_back_to_the_head():
                                      "filter-node-name": "jf0", "auto-finalize": False})
     assert out.error.desc == "Invalid job ID ''"
     assert _children(m, "q0") == [("raw", "#block0"), ("test", "q0-f")]
+
+
+def test_a_failed_stream_start_over_a_node_used_twice_keeps_the_first_moved_edge_first():
+    # observed on 11.1.3 (campaign finding): blkverify q0 with raw and test both on hd0
+    # (children [test, raw]); a failed block-stream of hd0 leaves [test, raw]
+    m = Model(PROFILES["11.1"], IMAGES)
+    assert m.execute("blockdev-add", hd(0)).ok
+    assert m.execute("blockdev-add", {"driver": "blkverify", "node-name": "q0", "raw": "hd0",
+                                      "test": "hd0"}).ok
+    assert _children(m, "q0") == [("test", "hd0"), ("raw", "hd0")]
+    out = m.execute("block-stream", {"device": "hd0", "job-id": "1bad", "auto-dismiss": False})
+    assert out.error.desc == "Invalid job ID '1bad'"
+    assert _children(m, "q0") == [("test", "hd0"), ("raw", "hd0")]
