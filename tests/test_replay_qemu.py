@@ -78,7 +78,10 @@ def test_known_qemu_bugs_reproduce_exactly_where_they_should(any_qemu):
     assert len(lines) == len(findings), r.stdout
     for path in findings:
         tr = json.load(open(path))
-        want = "FAIL" if short in tr["affects"] else "PASS"
+        # a race (10.0's hang of qcow2-failed-open-over-iothread-node-abort) fails only
+        # sometimes: either outcome is right there, and nothing else is
+        want = ("FAIL", "PASS") if short in tr.get("intermittent", ()) else \
+            ("FAIL",) if short in tr["affects"] else ("PASS",)
         assert lines[tr["name"]].startswith(want), (short, lines[tr["name"]])
     kinds = " ".join(lines.values())
     assert "SIGSEGV" in kinds
