@@ -277,6 +277,11 @@ class Runner:
 
     def _qmp(self, index: int, step: dict) -> Outcome:
         cmd, args = step["qmp"], step.get("args", {})
+        if self.qemu is not None:
+            # a step that names a host path is refused before anything runs, so the error
+            # names the path rather than whatever the model would decline it for
+            from .qemu import check_step
+            check_step(cmd, args)
         predicted = self.model.execute(cmd, args)
         self.observed[index] = {"model": predicted.to_json()}
         actual = None

@@ -33,7 +33,8 @@ import tempfile
 from typing import Iterable
 
 
-from fuzz.qemu import HarnessError, QemuBinaries, binaries_env
+from fuzz import sandbox
+from fuzz.qemu import HarnessError, QemuBinaries, UnsafeStep, binaries_env
 from models.model import ImageSpec, Write
 
 __all__ = ["Write", "ImageSpec", "make_images"]
@@ -52,9 +53,16 @@ def make_images(specs: Iterable[ImageSpec], workdir: str | os.PathLike[str],
     """Create the images of ``specs`` in ``workdir`` (from the template cache when possible).
 
     Raises :class:`fuzz.qemu.HarnessError` if a tool fails (a bad spec, e.g. a write beyond the
-    image's end, is the caller's error, not a QEMU finding).
+    image's end, is the caller's error, not a QEMU finding), :class:`fuzz.qemu.UnsafeStep`
+    before running anything if a ``file`` or ``backing-file`` is not a plain file name
+    (``fuzz.sandbox.image_problem``: the tools run unconfined).
     """
     specs = tuple(specs)
+    for s in specs:
+        if (problem := sandbox.image_problem(s)) is not None:
+            raise UnsafeStep(f"refused image spec: {problem.describe()} (a trace may only name "
+                             "files inside its work directory)", command="images",
+                             path=problem.text)
     workdir = os.fspath(workdir)
     # A file may appear twice: entries run in order and a later one re-creates the file (the
     # seed's test_reopen_raw turns hd0.img into a raw image after setUp made it qcow2).

@@ -32,6 +32,14 @@ QEMU runs with ``cwd=workdir`` (images are addressed by relative names) and writ
 stderr to ``qemu.stdout.log`` / ``qemu.stderr.log`` there; the logs stay for the caller (findings).
 The QMP channel is a ``socketpair`` handed to QEMU as ``-chardev socket,fd=N``: no socket file,
 no polling for it, no path-length limit, and if QEMU dies during start-up we see EOF at once.
+It becomes the monitor with ``-object monitor-qmp`` where the binary has it (11.1 deprecates
+``-mon``), else ``-mon``.
+
+**Sandbox** (``fuzz.sandbox``): ``execute()`` refuses a command naming a file outside the work
+directory (:class:`UnsafeStep`), and QEMU runs chrooted into the work directory
+(``$BLOCKFUZZ_NO_CHROOT=1`` turns the chroot off; not root: through
+``unshare --user --map-root-user``).  What a binary supports is probed once per path
+(:func:`qemu_features`).
 """
 from __future__ import annotations
 
@@ -45,12 +53,14 @@ from typing import Any, Mapping, NoReturn, Protocol, Sequence
 
 import attrs
 
+from fuzz import sandbox
 from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpGone, QmpSync, QmpTimeout, QmpTransportError
 from models.outcome import Outcome, QmpError, canonical_node_name, canonicalize_text
 
 __all__ = [
     "QemuBinaries", "QemuProcess", "binaries_env",
-    "HarnessError", "QemuFailure", "QemuCrashed", "QemuHung",
+    "HarnessError", "UnsafeStep", "QemuFailure", "QemuCrashed", "QemuHung",
+    "QemuFeatures", "qemu_features", "check_step",
     "NodeNames", "stdout_lines", "STDOUT_LOG", "STDERR_LOG",
 ]
 
@@ -104,6 +114,27 @@ class HarnessError(Exception):
 
     def __str__(self) -> str:
         return self.message + (f"\n--- stderr ---\n{self.stderr_tail}" if self.stderr_tail else "")
+
+
+@attrs.define(str=False)
+class UnsafeStep(HarnessError):
+    """A step (or image spec) names a file outside the work directory; refused before QEMU
+    sees it.  ``message`` is one line naming the command and the offending string."""
+
+    command: str = ""
+    path: str = ""
+
+
+def check_step(cmd: str, args: Any) -> None:
+    """Raise :class:`UnsafeStep` if QMP command ``cmd`` may not be sent (``fuzz.sandbox``)."""
+    problem = sandbox.step_problem(cmd, args)
+    if problem is not None:
+        raise _unsafe(cmd, problem)
+
+
+def _unsafe(what: str, problem: sandbox.Problem) -> UnsafeStep:
+    return UnsafeStep(f"refused {what}: {problem.describe()} (a trace may only name files "
+                      "inside its work directory)", command=what, path=problem.text)
 
 
 class QemuFailure(Exception):
@@ -267,6 +298,55 @@ class NodeNames:
         return found
 
 
+# -- what a binary supports -----------------------------------------------------------------
+
+@attrs.frozen
+class QemuFeatures:
+    """What a ``qemu-system-*`` binary supports, from ``-help`` and ``-object help``."""
+
+    #: ``"run-with"`` (``-run-with chroot=``, 8.1+), ``"chroot"`` (``-chroot``, 7.2) or None
+    chroot: str | None
+    #: ``-object monitor-qmp`` exists (11.1; there ``-mon`` is deprecated)
+    monitor_object: bool
+
+
+_FEATURES: dict[str, QemuFeatures] = {}
+_PROBE_TIMEOUT = 30.0
+
+
+def qemu_features(binaries: QemuBinaries) -> QemuFeatures:
+    """Probe (two short runs of the binary, ~20 ms) once per binary path and process."""
+    key = os.fspath(binaries.system)
+    features = _FEATURES.get(key)
+    if features is None:
+        help_text, objects = _probe([[key, "-help"], [key, "-object", "help"]],
+                                    binaries_env(binaries))
+        features = QemuFeatures(
+            chroot=sandbox.chroot_style(help_text),
+            monitor_object="monitor-qmp" in (line.strip() for line in objects.splitlines()))
+        if "usage:" in help_text:   # a real answer: keep it (a failed probe is retried)
+            _FEATURES[key] = features
+    return features
+
+
+def _probe(argvs: list[list[str]], env: dict[str, str]) -> list[str]:
+    """The stdout of each command, run side by side."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for argv in argvs:
+            procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                          text=True, errors="replace"))
+        return [p.communicate(timeout=_PROBE_TIMEOUT)[0] for p in procs]
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(f"cannot launch {argvs[0][0]}: {e}") from e
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 # -- the process ----------------------------------------------------------------------------
 
 class QemuProcess:
@@ -274,17 +354,23 @@ class QemuProcess:
 
     ``timeout`` bounds every command (and start-up); exceeding it raises :class:`QemuHung`.
     ``machine`` and ``extra_args`` are passed through (``-M none`` has no buses: enough for
-    blockdev-* and qemu-io, not for devices).
+    blockdev-* and qemu-io, not for devices).  ``check_paths`` and ``chroot`` are the two
+    sandbox layers (``chroot=None``: on unless ``$BLOCKFUZZ_NO_CHROOT``); turning one off is
+    for tests that show the other holds alone.
     """
 
     def __init__(self, binaries: QemuBinaries, workdir: str | os.PathLike[str], *,
                  timeout: float = DEFAULT_TIMEOUT, machine: str = "none",
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), check_paths: bool = True,
+                 chroot: bool | None = None):
         self.binaries = binaries
         self.workdir = os.fspath(workdir)
         self.timeout = timeout
         self.machine = machine
         self.extra_args = tuple(extra_args)
+        self.check_paths = check_paths
+        self.chroot = not sandbox.chroot_disabled() if chroot is None else chroot
+        self._dev_null = False   # we put the chroot's dev/null into workdir
         self.stdout_path = os.path.join(self.workdir, STDOUT_LOG)
         self.stderr_path = os.path.join(self.workdir, STDERR_LOG)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -321,13 +407,18 @@ class QemuProcess:
             raise HarnessError("QemuProcess.start() called twice")
         if not os.path.isdir(self.workdir):
             raise HarnessError(f"work directory {self.workdir!r} does not exist")
+        system = os.fspath(self.binaries.system)
+        features = qemu_features(self.binaries)
+        prefix, confine = self._confinement(features)
+        monitor = (["-object", "monitor-qmp,id=qmp-monitor,chardev=qmp"] if features.monitor_object
+                   else ["-mon", "chardev=qmp,mode=control"])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = ours
         argv = [
-            os.fspath(self.binaries.system),
+            *prefix, system,
             "-no-user-config", "-nodefaults", "-display", "none", "-M", self.machine,
-            "-chardev", f"socket,id=qmp,fd={theirs.fileno()}", "-mon", "chardev=qmp,mode=control",
-            *self.machine_args(), *self.extra_args,
+            "-chardev", f"socket,id=qmp,fd={theirs.fileno()}", *monitor,
+            *self.machine_args(), *confine, *self.extra_args,
         ]
         try:
             with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
@@ -341,6 +432,7 @@ class QemuProcess:
                 )
         except OSError as e:
             ours.close()
+            self._drop_dev_null()
             raise HarnessError(f"cannot launch {argv[0]}: {e}") from e
         finally:
             theirs.close()  # QEMU has its copy; ours must go or we never see EOF
@@ -351,12 +443,37 @@ class QemuProcess:
             self._qmp.connect(ours, timeout=self.timeout)
         except (QmpTransportError, OSError) as e:
             self.close()
-            raise HarnessError(f"QEMU did not become ready: {e}",
-                               stderr_tail=self._stderr_tail()) from e
+            tail = self._stderr_tail()
+            if confine and "chroot failed" in tail:
+                raise HarnessError(
+                    f"QEMU cannot chroot into {self.workdir} (needs CAP_SYS_CHROOT); set "
+                    f"{sandbox.NO_CHROOT_ENV}=1 to run it unconfined") from e
+            raise HarnessError(f"QEMU did not become ready: {e}", stderr_tail=tail) from e
         except BaseException:   # e.g. Ctrl-C: __exit__ will not run, so clean up here
             self.close()
             raise
         return self
+
+    def _confinement(self, features: QemuFeatures) -> tuple[list[str], list[str]]:
+        """The argv prefix and QEMU options that chroot QEMU into the work directory."""
+        if not self.chroot:
+            return [], []
+        hint = f"set {sandbox.NO_CHROOT_ENV}=1 to run it unconfined"
+        if features.chroot is None:
+            raise HarnessError(f"{self.binaries.system} has no chroot option (-run-with chroot= "
+                               f"or -chroot), so QEMU cannot be confined to its work directory; "
+                               f"{hint}")
+        why = sandbox.userns_problem()
+        if why is not None:
+            raise HarnessError(f"QEMU cannot be chrooted into its work directory: not root, and "
+                               f"`unshare --user --map-root-user` fails ({why}); {hint}")
+        self._dev_null = sandbox.make_dev_null(self.workdir)
+        return sandbox.confinement(features.chroot, self.workdir)
+
+    def _drop_dev_null(self) -> None:
+        if self._dev_null:
+            sandbox.remove_dev_null(self.workdir)
+            self._dev_null = False
 
     def close(self) -> int | None:
         """Stop QEMU (``quit``, SIGKILL after a grace period), reap it, release everything.
@@ -399,6 +516,7 @@ class QemuProcess:
                     if fd >= 0:
                         os.close(fd)
                 self._out_fd = self._err_fd = -1
+                self._drop_dev_null()
         return None if proc is None else proc.returncode
 
     def __enter__(self) -> "QemuProcess":
@@ -418,8 +536,12 @@ class QemuProcess:
         """Run one QMP command and return its normalised :class:`Outcome`.
 
         Raises :class:`QemuCrashed` / :class:`QemuHung` (findings), :class:`HarnessError` when
-        the process was never started or already failed.
+        the process was never started or already failed, :class:`UnsafeStep` (QEMU is not
+        asked, the process stays usable) when the command names a file outside the work
+        directory.
         """
+        if self.check_paths and (problem := sandbox.step_problem(cmd, args)) is not None:
+            raise _unsafe(cmd, problem)
         self._require_usable(cmd)
         if not self._names_fresh and self._names.unknown(cmd, args):
             self._learn_names()

@@ -143,7 +143,8 @@ SOURCES = {
     "11.1": Source("trixie", ("trixie-backports",), target="trixie-backports"),
 }
 KNOWN_VERSIONS = tuple(SOURCES)
-DEFAULT_VERSION = "10.0"
+# The current stable release: what users run, and what `make fuzz` fuzzes.
+DEFAULT_VERSION = "11.1"
 
 _KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 

@@ -314,7 +314,9 @@ while data := sock.recv(65536):        # QMP messages need not end with a newlin
 
 
 @pytest.fixture
-def fake_qemu(tmp_path) -> LocalBinaries:
+def fake_qemu(tmp_path, monkeypatch) -> LocalBinaries:
+    # the fake answers no `-help`, so it has no chroot option: run it unconfined
+    monkeypatch.setenv("BLOCKFUZZ_NO_CHROOT", "1")
     script = tmp_path / "fake-qemu"
     script.write_text(f"#!{sys.executable}\n{FAKE_QEMU}")
     script.chmod(0o755)

@@ -274,7 +274,7 @@ def test_fetch_into_an_empty_directory(tmp_path, monkeypatch, capsys):
     # the listing of that directory
     assert cli.main(["qemu", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    row = r"^11\.1 +trixie-backports +1:11\.1\.3\S+ +yes +"
+    row = r"^11\.1 \(default\) +trixie-backports +1:11\.1\.3\S+ +yes +"
     assert re.match(row + re.escape(str(wrapper)) + "$", lines[3]), lines
 
     # a fetch of a complete tree is a no-op
@@ -551,7 +551,7 @@ def test_nothing_available_says_what_to_do(qdir):
     with pytest.raises(QemuNotFound) as exc:
         resolve_qemu(None)
     assert _one_line(str(exc.value)) == (
-        "no QEMU: run `blockfuzz qemu fetch 10.0` or pass --qemu PATH"
+        "no QEMU: run `blockfuzz qemu fetch 11.1` or pass --qemu PATH"
     )
 
 
@@ -618,8 +618,8 @@ def test_cli_list(qdir, capsys):
         ["VERSION", "DEBIAN", "PACKAGE", "FETCHED", "QEMU-SYSTEM-X86_64"],
         ["7.2", "bookworm,bookworm-updates,bookworm-security", "1:7.2.9+ds-1", "yes",
          f"{qdir}/7.2/bin/qemu-system-x86_64"],
-        ["10.0 (default)", "bookworm-backports", "-", "no", "-"],
-        ["11.1", "trixie-backports", "-", "outdated", "-"],
+        ["10.0", "bookworm-backports", "-", "no", "-"],
+        ["11.1 (default)", "trixie-backports", "-", "outdated", "-"],
     ]  # fmt: skip
     assert list((qdir).iterdir()) != [] and not (qdir / "apt").exists()  # wrote nothing
 
