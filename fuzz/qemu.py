@@ -391,14 +391,16 @@ class QemuProcess:
     def machine_args(self) -> list[str]:
         """``-M none`` needs nothing more.  ``-M pc`` (buses for virtio-scsi) runs TCG with the
         CPUs stopped (``-S``: the guest never runs) and needs a BIOS: a fetched tree has
-        seabios beside the binary (``root/usr/share/seabios``), passed with ``-L``; any other
-        build finds its own data directory."""
+        seabios and QEMU's data files (``kvmvapic.bin``) beside its ``bin/`` (``share/seabios``,
+        ``share/qemu``), passed with ``-L`` in that order; any other build finds its own data
+        directory."""
         if self.machine == "none":
             return []
         args = ["-accel", "tcg", "-S"]
-        seabios = os.path.join(os.path.dirname(os.fspath(self.binaries.system)), "..", "share", "seabios")
-        if os.path.isdir(seabios):
-            args += ["-L", os.path.normpath(seabios)]
+        share = os.path.join(os.path.dirname(os.fspath(self.binaries.system)), "..", "share")
+        for data in ("seabios", "qemu"):
+            if os.path.isdir(os.path.join(share, data)):
+                args += ["-L", os.path.normpath(os.path.join(share, data))]
         return args
 
     def start(self) -> "QemuProcess":
