@@ -187,12 +187,16 @@ def confinement(style: str, workdir: str) -> tuple[list[str], list[str]]:
 
     QEMU chroots at the end of its start-up, after loading firmware (``-L``) and setting up the
     QMP socket, and then does ``chdir("/")``: relative names keep resolving in ``workdir``.
+    It also runs in a network namespace of its own (``--net``: no interface but a down
+    loopback), so a built-in network driver a trace names (``nbd``, ``http`` of a build with
+    curl built in) reaches nothing; the QMP channel is a socketpair, not a network socket.
+    ``unshare`` without ``--fork`` execs QEMU in its own process, so the pid stays QEMU's.
     """
     root = os.path.abspath(workdir)
     opts = (["-run-with", "chroot=" + root.replace(",", ",,")] if style == "run-with"
             else ["-chroot", root])
-    prefix = [] if os.geteuid() == 0 else [_unshare(), "--user", "--map-root-user"]
-    return prefix, opts
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return [_unshare(), *user, "--net"], opts
 
 
 def _unshare() -> str:
@@ -205,7 +209,7 @@ def userns_problem() -> str | None:
     if os.geteuid() == 0:
         return None
     try:
-        p = subprocess.run([_unshare(), "--user", "--map-root-user", "true"],
+        p = subprocess.run([_unshare(), "--user", "--map-root-user", "--net", "true"],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
         return str(e)

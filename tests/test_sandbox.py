@@ -508,3 +508,26 @@ def test_qmp_monitor_without_deprecated_options(version, tmp_path):
         assert ("-mon" in argv) != features.monitor_object
     stderr = (tmp_path / STDERR_LOG).read_text()
     assert "deprecated" not in stderr, stderr
+
+
+@pytest.mark.qemu
+def test_qemu_runs_in_a_network_namespace_of_its_own(any_qemu, tmp_path):
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    try:
+        with QemuProcess(any_qemu, tmp_path, timeout=5) as q:
+            assert os.readlink(f"/proc/{q.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+            # nbd is built in (no module to load): past the path check it would connect
+            out = q.execute("blockdev-add", {"driver": "nbd", "node-name": "n", "export": "x",
+                                             "server": {"type": "inet", "host": "127.0.0.1",
+                                                        "port": str(port)}})
+            assert out.error is not None
+        with pytest.raises(socket.timeout):
+            listener.accept()   # nothing ever reached the host's loopback
+    finally:
+        listener.close()
