@@ -2,8 +2,9 @@
 
 Subcommands::
 
-    blockfuzz qemu fetch 7.2|10.0   fetch + unpack a Debian QEMU into .qemu/, print its path
-    blockfuzz qemu path 7.2|10.0    print the path of an already fetched QEMU
+    blockfuzz qemu fetch VERSION    fetch + unpack a Debian QEMU into .qemu/, print its path
+    blockfuzz qemu path VERSION     print the path of an already fetched QEMU
+    blockfuzz qemu list             every known version: Debian suite, package, fetched, path
 
 Exit status: 0 success; 1 the thing asked for does not exist (``qemu path`` of an unfetched
 version); 2 usage or operational error. Errors are one line on stderr, prefixed ``blockfuzz:``.
@@ -56,6 +57,15 @@ def add_qemu_parser(subparsers) -> None:
     path.add_argument("version", metavar=versions)
     path.set_defaults(handler=_qemu_path)
 
+    listing = actions.add_parser(
+        "list",
+        help="list the known QEMU versions: Debian suite, package version, fetched, path",
+        description="One line per known version: the Debian suites it comes from, the QEMU "
+        "package version (fetched, or else the one a fetch would take per the private "
+        "package lists, '-' if unknown), whether it is fetched, and its qemu-system-x86_64.",
+    )
+    listing.set_defaults(handler=_qemu_list)
+
 
 def _version(value: str) -> str:
     try:
@@ -83,6 +93,31 @@ def _qemu_path(args) -> int:
     return 0
 
 
+def _qemu_list_row(version: str) -> tuple[str, ...]:
+    source = qemufetch.SOURCES[version]
+    label = f"{version} (default)" if version == qemufetch.DEFAULT_VERSION else version
+    suites = ",".join(source.suites)
+    try:
+        inst = qemufetch.installed(version)
+        if inst is not None:
+            return (label, suites, inst.package_version, "yes", str(inst.binary("system")))
+        # A tree that is there but incomplete, damaged or of an older format: fetch replaces it.
+        stale = (qemufetch.qemu_dir() / version / "manifest.json").exists()
+        package = qemufetch.pinned(version) or "-"
+    except (OSError, ValueError, qemufetch.FetchError) as exc:
+        return (label, suites, "?", f"? ({exc})".splitlines()[0], "-")
+    return (label, suites, package, "outdated" if stale else "no", "-")
+
+
+def _qemu_list(args) -> int:
+    header = ("VERSION", "DEBIAN", "PACKAGE", "FETCHED", "QEMU-SYSTEM-X86_64")
+    rows = [header, *(_qemu_list_row(v) for v in qemufetch.KNOWN_VERSIONS)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -96,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- other subcommands register here, two lines each: ---------------------------------
     from fuzz.runcmd import add_run_parser; add_run_parser(subparsers)
     from fuzz.replaycmd import add_replay_parser; add_replay_parser(subparsers)
+    from fuzz.diffcmd import add_diff_parser; add_diff_parser(subparsers)
     # ----------------------------------------------------------------------------------------
     return parser
 

@@ -5,6 +5,21 @@ each step is checked exactly as the fuzzer checks it (result, graph, qemu-io out
 trace's written expectations.  Per trace: ``PASS``, ``FAIL <name>: step N ...`` or
 ``ERROR <name>: ...`` (cannot run: bad file, missing QEMU, something the model does not cover).
 Exit status: 0 all passed, 1 some failed, 2 some could not run.
+
+With ``--qemu`` given more than once, every trace runs on each build (fresh QEMU and model
+each, the same checks) and prints one line with a column per build::
+
+    test_reopen  7.2.22:PASS  10.0.2:FAIL | 10.0.2: step 3 (blockdev-reopen): ...
+
+so which builds a finding affects can be read off a corpus.  A column is ``PASS``, ``FAIL``,
+``ERROR`` (cannot run) or ``UNMODELLED`` (the model declines a step, so it cannot judge the
+build alone: a finding of ``blockfuzz diff`` made where the model was out of the loop).  A trace
+with an ``UNMODELLED`` column is also run on the first build and each other build together, as
+``blockfuzz diff`` compares them (``fuzz.diffengine``), and the line ends with ``builds:SAME`` or
+``builds:DIFFER`` (with the first difference), ``builds:SAME`` also when both failed alike past
+the model (``... | 7.2.22 and 10.0.2: step 2 (block-stream): both builds died of SIGSEGV``).
+Exit status: the worst over all traces and builds (``UNMODELLED`` counts as what the build
+comparison found).
 """
 from __future__ import annotations
 
@@ -22,7 +37,9 @@ def add_replay_parser(subparsers) -> None:
     p = subparsers.add_parser("replay", help="re-run traces against QEMU and the model",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (JSON)")
-    p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 to use (default: $QEMU_PROG, then the fetched 10.0)")
+    p.add_argument("--qemu", metavar="PATH", action="append", default=[],
+                   help="qemu-system-x86_64 to use (default: $QEMU_PROG, then the fetched 10.0); "
+                        "repeat it to replay on several builds, one column each")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per-command timeout (default 5)")
     p.set_defaults(handler=run_replay)
 
@@ -39,7 +56,9 @@ def replay_trace(tr: T.Trace, binaries, timeout: float = 5.0) -> None:
 def run_replay(args: argparse.Namespace) -> int:
     from .qemufetch import resolve_qemu
 
-    binaries = resolve_qemu(args.qemu)
+    if len(args.qemu) > 1:
+        return run_replay_builds(args)
+    binaries = resolve_qemu(args.qemu[0] if args.qemu else None)
     status = 0
     for path in args.traces:
         try:
@@ -60,5 +79,77 @@ def run_replay(args: argparse.Namespace) -> int:
             status = 2
         else:
             print(f"PASS {tr.name}")
+        sys.stdout.flush()
+    return status
+
+
+def _one_line(e: BaseException) -> str:
+    return " | ".join(l for l in str(e).splitlines() if l.strip())
+
+
+def _verdict(tr: T.Trace, binaries, timeout: float) -> tuple[str, str, int]:
+    """(column, detail, status) of one trace on one build."""
+    try:
+        replay_trace(tr, binaries, timeout)
+    except (Disagreement, QemuCrash) as e:
+        return "FAIL", _one_line(e), 1
+    except NotModeled as e:
+        return "UNMODELLED", f"not covered by the model: {e}", 0
+    except (HarnessError, OSError) as e:
+        return "ERROR", _one_line(e), 2
+    return "PASS", "", 0
+
+
+def run_replay_builds(args: argparse.Namespace) -> int:
+    """``replay --qemu A --qemu B ...``: a column per build (module docstring)."""
+    from .diffengine import build_label, diff_failure_of
+    from .qemufetch import FetchError, resolve_qemu
+
+    builds = [resolve_qemu(q) for q in args.qemu]
+    try:
+        labels = [build_label(b) for b in builds]
+    except FetchError as e:
+        print(f"blockfuzz: {e}", file=sys.stderr)
+        return 2
+    if len(set(labels)) < len(labels):
+        labels = [f"{l}/{i + 1}" for i, l in enumerate(labels)]
+    status = 0
+    for path in args.traces:
+        try:
+            tr = T.load(path)
+        except T.TraceError as e:
+            print(f"ERROR {path}: {e.message}")
+            status = 2
+            sys.stdout.flush()
+            continue
+        results = [_verdict(tr, b, args.timeout) for b in builds]
+        line = tr.name + "".join(f"  {l}:{r[0]}" for l, r in zip(labels, results))
+        worst = max(r[2] for r in results)
+        if any(r[0] == "UNMODELLED" for r in results):
+            # the model cannot judge alone: compare each build with the first, as diff does
+            differ, alike = [], []
+            for b, l in zip(builds[1:], labels[1:]):
+                info: dict = {}
+                try:
+                    err = diff_failure_of(tr, (builds[0], b), args.timeout, info=info)
+                except (HarnessError, OSError) as e:
+                    differ.append(f"{labels[0]} vs {l}: {_one_line(e)}")
+                    worst = 2
+                    continue
+                if err is not None:
+                    differ.append(f"{labels[0]} vs {l}: {_one_line(err)}")
+                elif info.get("ended"):
+                    alike.append(f"{labels[0]} and {l}: {info['ended']}")
+            line += "  builds:DIFFER" if differ else "  builds:SAME"
+            if differ:
+                worst = max(worst, 1)
+            details = [f"{l}: {r[1]}" for l, r in zip(labels, results) if r[0] in ("FAIL", "ERROR")]
+            details += differ + alike
+        else:
+            details = [f"{l}: {r[1]}" for l, r in zip(labels, results) if r[1]]
+        if details:
+            line += " | " + " | ".join(details)
+        print(line)
+        status = max(status, worst)
         sys.stdout.flush()
     return status

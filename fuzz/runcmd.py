@@ -114,6 +114,8 @@ class FindingWriter:
         self.seen: dict[str, str] = {}
         self.signatures: dict[str, str] = {}
         self.internal: set[str] = set()
+        #: how summary.txt says to replay a finding (diff mode names both builds)
+        self.replay_command = "blockfuzz replay"
 
     def __call__(self, machine, error: BaseException) -> None:
         internal = not isinstance(error, (Disagreement, QemuCrash))
@@ -137,7 +139,7 @@ class FindingWriter:
             self.internal.add(folder)
         detail = "".join(traceback.format_exception(error)) if internal else f"{error}\n"
         _atomic_text(os.path.join(folder, "summary.txt"), f"{detail}signature: {sig}\n"
-                     f"replay: blockfuzz replay {os.path.join(folder, 'minimal.json')}\n")
+                     f"replay: {self.replay_command} {os.path.join(folder, 'minimal.json')}\n")
 
 
 def _atomic_text(path: str, text: str) -> None:

@@ -12,6 +12,12 @@ detect-zeroes, whose zero clusters the model does not cover); ``cache.direct`` i
 work directory's file system may not support O_DIRECT); qcow2 ``lazy-refcounts=on``,
 ``overlap-check``, ``encrypt``, ``data-file`` and file ``aio=native``/``pr-manager`` are not
 generated; reads are only verified where the model knows the data.
+
+Differential mode (``CONTEXT["diff"]``, ``blockfuzz diff``): the runner is a
+``fuzz.diffengine.DiffRunner`` over two builds, each with its own model.  Rules draw from model
+A's state (``self.runner.model``) exactly as above; both models' known-bug state steers I/O away
+from stuck nodes (``guard_graphs``).  A declined step is not dropped there: the DiffRunner sends
+it to both builds and raises ``NotModeled`` only for known-bug guards.
 """
 from __future__ import annotations
 
@@ -86,10 +92,20 @@ class BlockGraphMachine(RuleBasedStateMachine):
         on_start = CONTEXT.get("on_example_start")
         if on_start:
             on_start(self)
-        self.session = Session(CONTEXT["binaries"], images, events=CONTEXT.get("events"),
-                               timeout=CONTEXT.get("timeout", 5.0), machine=machine).__enter__()
+        if CONTEXT.get("diff") is not None:
+            # differential mode (fuzz.diffengine): two builds, each beside its own model;
+            # rules draw from model A's state (self.runner.model)
+            from .diffengine import DiffSession
+
+            self.session = DiffSession(CONTEXT["diff"], images, events=CONTEXT.get("events"),
+                                       timeout=CONTEXT.get("timeout", 5.0), machine=machine,
+                                       profiles=CONTEXT.get("diff_profiles", (None, None))).__enter__()
+        else:
+            self.session = Session(CONTEXT["binaries"], images, events=CONTEXT.get("events"),
+                                   timeout=CONTEXT.get("timeout", 5.0), machine=machine).__enter__()
         self.runner = self.session.runner
-        self.runner.model.graph.guard_known_crashes = True
+        for graph in self.guard_graphs():
+            graph.guard_known_crashes = True
 
     def teardown(self) -> None:
         if self.session is not None:
@@ -98,6 +114,12 @@ class BlockGraphMachine(RuleBasedStateMachine):
     @property
     def g(self):
         return self.runner.model.graph
+
+    def guard_graphs(self) -> list:
+        """The model states whose known-bug guards steer generation: the model's, or in
+        differential mode both models' (a bug of build B must be avoided too)."""
+        guards = getattr(self.runner, "guard_graphs", None)
+        return guards() if guards is not None else [self.g]
 
     def do(self, step: dict) -> None:
         self.steps.append(step)
@@ -317,8 +339,9 @@ class BlockGraphMachine(RuleBasedStateMachine):
 
     def io_nodes(self, write: bool) -> list[str]:
         out = []
+        guards = self.guard_graphs()
         for name, n in sorted(self.g.nodes.items()):
-            if self.g.reaches_stuck(n):
+            if any(g.reaches_stuck(g.nodes[name]) for g in guards if name in g.nodes):
                 continue  # known QEMU bug: this I/O would hang (VersionProfile)
             try:
                 if write:
