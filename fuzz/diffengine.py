@@ -72,7 +72,7 @@ from typing import Any
 
 import attrs
 
-from models import Model, NotModeled, Outcome
+from models import KnownQemuBug, Model, NotModeled, Outcome
 from models.profiles import VersionProfile
 
 from .engine import (DataMismatch, Disagreement, Events, ExpectationMismatch, GraphMismatch,
@@ -418,9 +418,8 @@ def render_difference(model: Model, pa: VersionProfile, pb: VersionProfile) -> s
 
 def is_known_bug(e: NotModeled) -> bool:
     """A decline that is a known-QEMU-bug guard (``Graph.guard_known_crashes``), not a gap of
-    the model: these messages all start "known QEMU" (models/blockdev, jobs, devices,
-    qemuio, graph)."""
-    return str(e).startswith("known QEMU")
+    the model (``models.KnownQemuBug``)."""
+    return isinstance(e, KnownQemuBug)
 
 
 _VERSIONS: dict[str, str] = {}

@@ -2,10 +2,10 @@
 
 Never imports ``fuzz``.  Start with ``models.model.Model``.
 """
-from .errors import NotModeled, QmpFailure
+from .errors import KnownQemuBug, NotModeled, QmpFailure
 from .model import ImageSpec, Model, Write
 from .outcome import Outcome, QmpError
 from .profiles import PROFILES, VersionProfile, profile_for
 
-__all__ = ["ImageSpec", "Model", "NotModeled", "Outcome", "PROFILES", "QmpError", "QmpFailure",
+__all__ = ["ImageSpec", "KnownQemuBug", "Model", "NotModeled", "Outcome", "PROFILES", "QmpError", "QmpFailure",
            "VersionProfile", "Write", "profile_for"]

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from . import perms as P
-from .errors import NotModeled, QmpFailure
+from .errors import KnownQemuBug, NotModeled, QmpFailure
 from .devices import reconcile_attach
 from .drivers import DRIVERS, FILE_FIRST
 from . import limits as L
@@ -341,7 +341,7 @@ class _Opener:
                 # joins its group; the attach moves the new node into the child's iothread and
                 # throttle_attach_aio_context() dereferences the missing group: SIGSEGV
                 # (corpus/findings/throttle-over-iothread-node-segv.json)
-                raise NotModeled("known QEMU crash: a throttle node over a node in an iothread")
+                raise KnownQemuBug("known QEMU crash: a throttle node over a node in an iothread")
             # The driver attaches the (already opened) file child first; every attach
             # refreshes permissions from the parent down (bdrv_attach_child()).
             reconcile_attach(g, node, file_edge_target)
@@ -361,7 +361,7 @@ class _Opener:
             _qcow2_refuse_unmodelled(options)
             if g.reaches_stuck(file_edge_target) and g.guard_known_crashes:
                 # reading the header through a node a known 10.0 bug left drained never ends
-                raise NotModeled("known QEMU hang: qcow2 header read through a drained node")
+                raise KnownQemuBug("known QEMU hang: qcow2 header read through a drained node")
             try:
                 node.filename = _qcow2_image_of(g, file_edge_target)
                 qcow2_check_options(g, node.filename, options)
@@ -371,7 +371,7 @@ class _Opener:
                     # the time, 11.1 SIGABRT in bdrv_drain_all_end): a qcow2 open that fails
                     # over a child in an iothread
                     # (corpus/findings/qcow2-failed-open-over-iothread-node-abort.json)
-                    raise NotModeled("known QEMU crash: a failing qcow2 open over a node in "
+                    raise KnownQemuBug("known QEMU crash: a failing qcow2 open over a node in "
                                      "an iothread") from None
                 raise
         elif drv == "raw":
@@ -774,14 +774,14 @@ def reopen_multiple(g: Graph, queue: list, profile: VersionProfile) -> None:
         # draining a node drains its parents too: a job on any ancestor of a stuck node stalls
         if any(g.reaches_stuck(g.nodes[n]) for j in g.jobs.values() for n in job_nodes(g, j)
                if n in g.nodes):
-            raise NotModeled("known QEMU bug: the reopen leaves a job's node drained; the job "
+            raise KnownQemuBug("known QEMU bug: the reopen leaves a job's node drained; the job "
                              "never settles (VersionProfile.reopen_duplicate_drain_leak)")
     for i, e in enumerate(queue):
         _prepare(g, e, profile)
         if profile.reopen_detached_entry_asserts and g.guard_known_crashes:
             later = {f.node.name for f in queue[i + 1:]}
             if {e.old_backing, e.old_file} & later:
-                raise NotModeled("known QEMU 7.2 abort: the reopen detaches a node that a later "
+                raise KnownQemuBug("known QEMU 7.2 abort: the reopen detaches a node that a later "
                                  "entry of the same queue reopens")
     refresh_list: list[str] = []
     for e in queue:
@@ -806,7 +806,7 @@ def reopen_multiple(g: Graph, queue: list, profile: VersionProfile) -> None:
         # QEMU (7.2 and 10.0) crashes with SIGSEGV here: the queue entry of a node that the
         # reopen itself closes is used after the node was freed.
         # corpus/findings/reopen-closes-queued-node-segv.json
-        raise NotModeled("known QEMU crash: the reopen closes a node that is in its own queue")
+        raise KnownQemuBug("known QEMU crash: the reopen closes a node that is in its own queue")
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from . import perms as P
-from .errors import NotModeled, QmpFailure
+from .errors import KnownQemuBug, NotModeled, QmpFailure
 from .graph import Graph, JobParent, Node
 
 CTX_ERROR = "Cannot change iothread of active block backend"
@@ -165,7 +165,7 @@ def _add_disk(g: Graph, args: dict) -> None:
         # QEMU on a mismatch, quorum votes, copy-on-read allocates: not modelled
         raise NotModeled("disks on blkverify/quorum/copy-on-read nodes")
     if g.reaches_stuck(node) and g.guard_known_crashes:
-        raise NotModeled("known QEMU bug: a disk on a node left drained hangs device_add")
+        raise KnownQemuBug("known QEMU bug: a disk on a node left drained hangs device_add")
     writable = not node.read_only
     perm = P.CONSISTENT_READ | (P.WRITE if writable else 0)
     shared = P.CONSISTENT_READ | P.WRITE_UNCHANGED | P.RESIZE | (P.WRITE if share_rw else 0)

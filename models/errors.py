@@ -21,3 +21,9 @@ class QmpFailure(Exception):
 
 class NotModeled(NotImplementedError):
     """The model does not cover this command or option (yet)."""
+
+
+class KnownQemuBug(NotModeled):
+    """A campaign guard: the command would run into a QEMU bug that ``corpus/findings`` already
+    documents (a crash, a hang), so the fuzzer does not find it again and again.  Raised only
+    while ``Graph.guard_known_crashes`` is on (campaigns); replay predicts normally."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import attrs
 
-from .errors import NotModeled
+from .errors import KnownQemuBug, NotModeled
 
 # BdrvChildRole, reduced to what the permission rules look at.
 ROLE_FILTERED = "filtered"   # BDRV_CHILD_FILTERED | PRIMARY (raw without offset/size)
@@ -303,7 +303,7 @@ class Graph:
             # Closing a qcow2 node whose s->data_file dangles unrefs a freed BdrvChild: QEMU
             # dies with SIGSEGV or corrupts a neighbour, whichever command closes it
             # (corpus/findings/qcow2-dangling-data-file-close-corrupts-neighbour.json)
-            raise NotModeled("known QEMU crash: closing a qcow2 node with a dangling data_file")
+            raise KnownQemuBug("known QEMU crash: closing a qcow2 node with a dangling data_file")
         edges = list(node.children)
         for edge in edges:
             self.unset_inherits_from(node.name, edge)

@@ -76,6 +76,9 @@ class VersionProfile:
     #: probed; the 10.2.0 source has the resize callback, 10.0.2 leaves those parents' cached
     #: length alone)
     growth_resizes_filtered_parents: bool = False
+    #: QEMU bug: an active ``block-commit`` whose device is a compress filter never answers
+    #: (10.0.2 and 11.1.3; 7.2.22 starts the job), found by ``blockfuzz diff`` past the model
+    compress_active_commit_hangs: bool = False
     throttle_group_del_error: str = "object '{id}' is in use, can not be deleted"
 
 
@@ -94,7 +97,7 @@ PROFILES: dict[str, VersionProfile] = {
                            reopen_detached_entry_asserts=False,
                            active_commit_cancel_restores_ro=True, mirror_bitmap_on_filter=True,
                            write_zeroes_unmap_needs_discard=True, main_loop_disks_follow=True,
-                           dataplane_op_blocker=False),
+                           dataplane_op_blocker=False, compress_active_commit_hangs=True),
 }
 # 11.1 starts as 10.0 plus what it is seen or read to do differently; each flag's docstring
 # names its source (QEMU commit or a probe of 11.1.3).

@@ -14,7 +14,7 @@ import attrs
 
 from . import iodata
 from . import perms as P
-from .errors import NotModeled
+from .errors import KnownQemuBug, NotModeled
 from .graph import Graph
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -90,7 +90,7 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
         if src and g.reaches(node, lambda n: n.name in src) and g.guard_known_crashes:
             # QEMU bug (7.2 and 10.0): qemu-io on an active commit's source while the job is
             # pending never returns (corpus/findings/active-commit-pending-qemu-io-hang.json)
-            raise NotModeled("known QEMU hang: qemu-io on an active commit's source in pending")
+            raise KnownQemuBug("known QEMU hang: qemu-io on an active commit's source in pending")
     if cmd.op == "read":
         if cmd.offset + cmd.length > length:
             return IoResult("", ("read failed: Input/output error",))

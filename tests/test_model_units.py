@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models import PROFILES, ImageSpec, Model, Write
+from models import PROFILES, ImageSpec, Model, NotModeled, Write
 from models.qdict import bucket, qdict_order, to_json
 
 MiB = 1 << 20
@@ -424,3 +424,16 @@ def test_a_failed_stream_start_over_a_node_used_twice_keeps_the_first_moved_edge
     out = m.execute("block-stream", {"device": "hd0", "job-id": "1bad", "auto-dismiss": False})
     assert out.error.desc == "Invalid job ID '1bad'"
     assert _children(m, "q0") == [("test", "hd0"), ("raw", "hd0")]
+
+
+@pytest.mark.parametrize("version,guarded", [("7.2", False), ("10.0", True), ("11.1", True)])
+def test_campaigns_do_not_commit_a_compress_node_where_that_hangs(version, guarded):
+    from models import KnownQemuBug
+
+    m = Model(PROFILES[version], IMAGES)
+    m.graph.guard_known_crashes = True
+    assert m.execute("blockdev-add", {"driver": "compress", "node-name": "t0", "file": {
+        "driver": "qcow2", "file": {"driver": "file", "filename": "hd1.img"}}}).ok
+    with pytest.raises(NotModeled) as e:
+        m.execute("block-commit", {"device": "t0", "job-id": "job0", "base-node": "#block3"})
+    assert isinstance(e.value, KnownQemuBug) is guarded
