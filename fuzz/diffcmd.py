@@ -47,6 +47,9 @@ def add_diff_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=25, metavar="N", help="steps per example (default 25)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per-command QEMU timeout")
     p.add_argument("--coverage", action="store_true", help="print the coverage table at the end")
+    p.add_argument("--strict", action="store_true",
+                   help="a build without an exact profile: compare the fields its profile does "
+                        "not know too (default: name them once and leave them out)")
     p.set_defaults(handler=run_diff)
 
 
@@ -162,6 +165,7 @@ def run_diff(args: argparse.Namespace) -> int:
           + ("; ".join(aside.describe()) or "nothing (same profile)"))
     sys.stdout.flush()
     SM.CONTEXT.update(binaries=pair[0], diff=pair, events=events, timeout=args.timeout,
+                      strict=args.strict,
                       on_failure=writer, on_example_start=on_start)
     prof = dict(PROFILES["nightly"], stateful_step_count=args.steps,
                 database=DirectoryBasedExampleDatabase(os.path.join(args.out, ".hypothesis")))
@@ -212,9 +216,13 @@ def run_diff(args: argparse.Namespace) -> int:
         if len(small.steps) < len(tr.steps):
             T.save(small, path)
             print(f"{folder}: minimized from {len(tr.steps)} to {len(small.steps)} steps")
+    from .session import report_unknown_fields
+
+    unknown = report_unknown_fields()
     with open(os.path.join(args.out, "coverage.json"), "w") as f:
         json.dump(dict(coverage.to_json(), examples=examples, seconds=elapsed,
-                       builds=list(labels), **{"past-model": dict(past.kinds)}), f, indent=1)
+                       builds=list(labels), **{"past-model": dict(past.kinds),
+                                               "set-aside-fields": unknown}), f, indent=1)
     if args.coverage:
         print(coverage.table())
         print()

@@ -38,17 +38,20 @@ def add_replay_parser(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (JSON)")
     p.add_argument("--qemu", metavar="PATH", action="append", default=[],
-                   help="qemu-system-x86_64 to use (default: $QEMU_PROG, then the fetched 10.0); "
+                   help="qemu-system-x86_64 to use (default: $QEMU_PROG, then the fetched 11.1); "
                         "repeat it to replay on several builds, one column each")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per-command timeout (default 5)")
+    p.add_argument("--strict", action="store_true",
+                   help="a build without an exact profile: compare the fields its profile does "
+                        "not know too (default: name them and leave them out)")
     p.set_defaults(handler=run_replay)
 
 
-def replay_trace(tr: T.Trace, binaries, timeout: float = 5.0) -> None:
+def replay_trace(tr: T.Trace, binaries, timeout: float = 5.0, strict: bool = False) -> None:
     """Run one trace; raises a Disagreement/QemuCrash on failure."""
     from .session import Session
 
-    with Session(binaries, tr.images, timeout=timeout, machine=tr.machine) as s:
+    with Session(binaries, tr.images, timeout=timeout, machine=tr.machine, strict=strict) as s:
         for step in tr.steps:
             s.runner.run(step)
 
@@ -63,7 +66,7 @@ def run_replay(args: argparse.Namespace) -> int:
     for path in args.traces:
         try:
             tr = T.load(path)
-            replay_trace(tr, binaries, args.timeout)
+            replay_trace(tr, binaries, args.timeout, args.strict)
         except T.TraceError as e:
             print(f"ERROR {path}: {e.message}")
             status = max(status, 2)
@@ -87,10 +90,11 @@ def _one_line(e: BaseException) -> str:
     return " | ".join(l for l in str(e).splitlines() if l.strip())
 
 
-def _verdict(tr: T.Trace, binaries, timeout: float) -> tuple[str, str, int]:
+def _verdict(tr: T.Trace, binaries, timeout: float, strict: bool = False
+             ) -> tuple[str, str, int]:
     """(column, detail, status) of one trace on one build."""
     try:
-        replay_trace(tr, binaries, timeout)
+        replay_trace(tr, binaries, timeout, strict)
     except (Disagreement, QemuCrash) as e:
         return "FAIL", _one_line(e), 1
     except NotModeled as e:
@@ -122,7 +126,7 @@ def run_replay_builds(args: argparse.Namespace) -> int:
             status = 2
             sys.stdout.flush()
             continue
-        results = [_verdict(tr, b, args.timeout) for b in builds]
+        results = [_verdict(tr, b, args.timeout, args.strict) for b in builds]
         line = tr.name + "".join(f"  {l}:{r[0]}" for l, r in zip(labels, results))
         worst = max(r[2] for r in results)
         if any(r[0] == "UNMODELLED" for r in results):

@@ -48,7 +48,7 @@ for _name, _kw in PROFILES.items():
 
 def add_run_parser(subparsers) -> None:
     p = subparsers.add_parser("run", help="run a fuzz campaign", description=__doc__.split("\n\n")[0])
-    p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 (default: $QEMU_PROG, then the fetched 10.0)")
+    p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 (default: $QEMU_PROG, then the fetched 11.1)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--time", type=float, metavar="S", help="stop after S seconds (default 60)")
     g.add_argument("--examples", type=int, metavar="N", help="stop after N examples")
@@ -59,6 +59,9 @@ def add_run_parser(subparsers) -> None:
     p.add_argument("--profile", choices=["nightly", "repro"], default="nightly",
                    help="nightly: random seeds, failures kept in DIR/.hypothesis (default); "
                         "repro: only re-run the failures stored there by an earlier run")
+    p.add_argument("--strict", action="store_true",
+                   help="a build without an exact profile: compare the fields its profile does "
+                        "not know too (default: name them once and leave them out)")
     p.set_defaults(handler=run_campaign)
 
 
@@ -170,7 +173,7 @@ def run_campaign(args: argparse.Namespace) -> int:
         if deadline is not None and time.monotonic() > deadline:
             raise _TimeUp()
 
-    SM.CONTEXT.update(binaries=binaries, events=events, timeout=args.timeout,
+    SM.CONTEXT.update(binaries=binaries, events=events, timeout=args.timeout, strict=args.strict,
                       on_failure=writer, on_example_start=on_start)
     prof = dict(PROFILES[args.profile], stateful_step_count=args.steps,
                 database=DirectoryBasedExampleDatabase(os.path.join(args.out, ".hypothesis")))
@@ -207,9 +210,13 @@ def run_campaign(args: argparse.Namespace) -> int:
     for folder in findings:
         if folder not in writer.internal:
             _minimize_finding(folder, writer.signatures[folder], binaries, args.timeout)
-    with open(os.path.join(args.out, "coverage.json"), "w") as f:
-        json.dump(dict(coverage.to_json(), examples=examples, seconds=elapsed), f, indent=1)
+    from .session import report_unknown_fields
+
     print(coverage.table())
+    unknown = report_unknown_fields()
+    with open(os.path.join(args.out, "coverage.json"), "w") as f:
+        json.dump(dict(coverage.to_json(), examples=examples, seconds=elapsed,
+                       **{"set-aside-fields": unknown}), f, indent=1)
     print(f"\n{examples} examples, {coverage.steps} steps in {elapsed:.1f} s "
           f"({examples / elapsed:.2f} examples/s, {coverage.steps / elapsed:.1f} steps/s)")
     if writer.internal:

@@ -121,3 +121,13 @@ class Session:
             self.qemu.close()
         if self.workdir is not None and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def report_unknown_fields() -> dict[str, list[str]]:
+    """For a campaign's results: print the fields set aside per build (one line each) and
+    return them for coverage.json."""
+    found = Session.unknown_fields()
+    for build, paths in sorted(found.items()):
+        print(f"QEMU {build} has no exact profile; fields left out of the comparison "
+              f"(--strict compares them): {', '.join(paths)}")
+    return found

@@ -99,10 +99,12 @@ class BlockGraphMachine(RuleBasedStateMachine):
 
             self.session = DiffSession(CONTEXT["diff"], images, events=CONTEXT.get("events"),
                                        timeout=CONTEXT.get("timeout", 5.0), machine=machine,
-                                       profiles=CONTEXT.get("diff_profiles", (None, None))).__enter__()
+                                       profiles=CONTEXT.get("diff_profiles", (None, None)),
+                                       strict=CONTEXT.get("strict", False)).__enter__()
         else:
             self.session = Session(CONTEXT["binaries"], images, events=CONTEXT.get("events"),
-                                   timeout=CONTEXT.get("timeout", 5.0), machine=machine).__enter__()
+                                   timeout=CONTEXT.get("timeout", 5.0), machine=machine,
+                                   strict=CONTEXT.get("strict", False)).__enter__()
         self.runner = self.session.runner
         for graph in self.guard_graphs():
             graph.guard_known_crashes = True
