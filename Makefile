@@ -1,7 +1,7 @@
 # blockfuzz bootstrap. The two everyday commands:
 #
-#   make test     venv + both QEMUs, then the test suite
-#   make fuzz     venv + both QEMUs, then fuzz for $(FUZZ_TIME) seconds into findings/
+#   make test     venv + QEMU 7.2, 10.0 and 11.1, then the test suite
+#   make fuzz     venv + the QEMUs, then fuzz the default (11.1) for $(FUZZ_TIME) s into findings/
 #
 # Everything lands in the checkout (.venv/, .qemu/, both git-ignored); nothing is installed on
 # the system. Needs: python3.11 (or a python3 >= 3.11 with venv), and a Debian host with
