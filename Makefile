@@ -18,7 +18,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.blockfuzz-installed
 FUZZ_TIME ?= 600
 
-.PHONY: venv qemu fuzz test
+.PHONY: venv qemu tools fuzz test
 
 venv: $(VENV_STAMP)
 
@@ -34,8 +34,12 @@ qemu: venv
 	$(VENV)/bin/blockfuzz qemu fetch 7.2
 	$(VENV)/bin/blockfuzz qemu fetch 11.1
 
-fuzz: venv qemu
+# Graphviz for the finding reports' pictures, unpacked like QEMU into .qemu/tools/ (~10 s once).
+tools: venv
+	$(VENV)/bin/python -m fuzz.toolfetch fetch graphviz
+
+fuzz: venv qemu tools
 	$(VENV)/bin/blockfuzz run --time $(FUZZ_TIME) --out findings
 
-test: venv qemu
+test: venv qemu tools
 	$(VENV)/bin/python -m pytest -q

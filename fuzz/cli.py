@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fuzz.runcmd import add_run_parser; add_run_parser(subparsers)
     from fuzz.replaycmd import add_replay_parser; add_replay_parser(subparsers)
     from fuzz.diffcmd import add_diff_parser; add_diff_parser(subparsers)
+    from fuzz.showcmd import add_show_parser; add_show_parser(subparsers)
     # ----------------------------------------------------------------------------------------
     return parser
 

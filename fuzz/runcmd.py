@@ -207,9 +207,13 @@ def run_campaign(args: argparse.Namespace) -> int:
         signal.alarm(0)
     elapsed = time.monotonic() - start
     findings = sorted(writer.seen.values())
+    from .report import write_finding_report
+
     for folder in findings:
         if folder not in writer.internal:
             _minimize_finding(folder, writer.signatures[folder], binaries, args.timeout)
+            # after minimizing, so the picture is of the short trace; never raises
+            write_finding_report(folder, binaries, timeout=args.timeout)
     from .session import report_unknown_fields
 
     print(coverage.table())
