@@ -39,7 +39,6 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 import traceback
 from typing import Any
 
@@ -1010,24 +1009,9 @@ def render_html(rep: Report, dot: str | None = None) -> str:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".html", dir=directory)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)   # mkstemp's 0600 would hide it from a web server
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from .trace import write_atomically
+
+    write_atomically(path, text)
 
 
 def write_report(path: str, rep: Report, dot: str | None = None) -> str:

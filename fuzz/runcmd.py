@@ -146,12 +146,7 @@ class FindingWriter:
 
 
 def _atomic_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    T.write_atomically(path, text)
 
 
 def run_campaign(args: argparse.Namespace) -> int:

@@ -130,13 +130,22 @@ def load(path: str) -> Trace:
 
 def save(trace: Trace, path: str) -> None:
     """Atomically write ``trace`` to ``path``."""
+    write_atomically(path, json.dumps(trace.to_json(), indent=1) + "\n")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader (or a crash) sees the old file or the whole
+    new one, never a part: a temporary file beside it, fsync, rename.  The file gets the
+    usual permissions (umask), not mkstemp's 0600, so findings can be shared and served."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(trace.to_json(), f, indent=1)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import attrs
 
-from .errors import KnownQemuBug, NotModeled
+from .errors import KnownQemuBug
 
 # BdrvChildRole, reduced to what the permission rules look at.
 ROLE_FILTERED = "filtered"   # BDRV_CHILD_FILTERED | PRIMARY (raw without offset/size)

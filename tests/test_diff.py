@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 
-import attrs
 import pytest
 
 from conftest import qemu_binaries
