@@ -33,6 +33,7 @@ qemu: venv
 	$(VENV)/bin/blockfuzz qemu fetch 10.0
 	$(VENV)/bin/blockfuzz qemu fetch 7.2
 	$(VENV)/bin/blockfuzz qemu fetch 11.1
+	$(VENV)/bin/blockfuzz qemu source 10.0   # QEMU's iotests and `check`, for exported iotests
 
 # Graphviz for the finding reports' pictures, unpacked like QEMU into .qemu/tools/ (~10 s once).
 tools: venv

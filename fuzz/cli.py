@@ -57,6 +57,9 @@ def add_qemu_parser(subparsers) -> None:
     path.add_argument("version", metavar=versions)
     path.set_defaults(handler=_qemu_path)
 
+    from fuzz.qemusource import add_source_parser
+    add_source_parser(actions)
+
     listing = actions.add_parser(
         "list",
         help="list the known QEMU versions: Debian suite, package version, fetched, path",
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fuzz.runcmd import add_run_parser; add_run_parser(subparsers)
     from fuzz.replaycmd import add_replay_parser; add_replay_parser(subparsers)
     from fuzz.diffcmd import add_diff_parser; add_diff_parser(subparsers)
+    from fuzz.export import add_export_parser; add_export_parser(subparsers)
     from fuzz.showcmd import add_show_parser; add_show_parser(subparsers)
     # ----------------------------------------------------------------------------------------
     return parser

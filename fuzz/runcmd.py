@@ -202,13 +202,16 @@ def run_campaign(args: argparse.Namespace) -> int:
         signal.alarm(0)
     elapsed = time.monotonic() - start
     findings = sorted(writer.seen.values())
+    from .export import export_finding
     from .report import write_finding_report
 
     for folder in findings:
         if folder not in writer.internal:
             _minimize_finding(folder, writer.signatures[folder], binaries, args.timeout)
-            # after minimizing, so the picture is of the short trace; never raises
+            # after minimizing, so the picture and reproducers are of the short trace; never
+            # raise
             write_finding_report(folder, binaries, timeout=args.timeout)
+            export_finding(folder, binaries)
     from .session import report_unknown_fields
 
     print(coverage.table())
