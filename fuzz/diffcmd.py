@@ -216,6 +216,17 @@ def run_diff(args: argparse.Namespace) -> int:
         if len(small.steps) < len(tr.steps):
             T.save(small, path)
             print(f"{folder}: minimized from {len(tr.steps)} to {len(small.steps)} steps")
+        # the pictures replay on one build: report.html on B (the newer build, as a rule),
+        # report-<A>.html on A; neither raises
+        from .report import write_finding_report
+
+        first = open(os.path.join(folder, "summary.txt")).readline().strip()
+        write_finding_report(folder, pair[1], error=first, timeout=args.timeout)
+        write_finding_report(folder, pair[0], error=first, timeout=args.timeout,
+                             out=f"report-{labels[0]}.html")
+        from .export import export_finding
+
+        export_finding(folder, pair[1])   # past the model: a note why there is none
     from .session import report_unknown_fields
 
     unknown = report_unknown_fields()
