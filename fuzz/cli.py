@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fuzz.diffcmd import add_diff_parser; add_diff_parser(subparsers)
     from fuzz.export import add_export_parser; add_export_parser(subparsers)
     from fuzz.showcmd import add_show_parser; add_show_parser(subparsers)
+    from fuzz.minimizecmd import add_minimize_parser; add_minimize_parser(subparsers)
     # ----------------------------------------------------------------------------------------
     return parser
 

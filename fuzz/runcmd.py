@@ -235,14 +235,15 @@ def run_campaign(args: argparse.Namespace) -> int:
 
 
 def _minimize_finding(folder: str, signature: str, binaries, timeout: float) -> None:
-    """Shorten Hypothesis' minimal example by deleting steps (fuzz.minimize)."""
-    from .minimize import minimize
+    """Shorten and simplify Hypothesis' minimal example (fuzz.minimize: steps, images,
+    arguments, references, qemu-io; bounded in time and replays)."""
+    from .minimize import minimize_finding
 
     path = os.path.join(folder, "minimal.json")
     tr = T.load(path)
     before = len(tr.steps)
-    small = minimize(tr, binaries, signature, timeout=timeout)
-    if len(small.steps) < before:
+    small = minimize_finding(tr, binaries, signature, timeout=timeout)
+    if small is not tr:   # arguments and images may shrink with the step count unchanged
         T.save(small, path)
         print(f"{folder}: minimized from {before} to {len(small.steps)} steps")
 
