@@ -7,7 +7,6 @@ monkeypatch applies) for them back."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 import signal
 import time
