@@ -35,9 +35,11 @@ qemu: venv
 	$(VENV)/bin/blockfuzz qemu fetch 11.1
 	$(VENV)/bin/blockfuzz qemu source 10.0   # QEMU's iotests and `check`, for exported iotests
 
-# Graphviz for the finding reports' pictures, unpacked like QEMU into .qemu/tools/ (~10 s once).
+# Graphviz for the finding reports' pictures and redis-server for the shared example database's
+# tests, unpacked like QEMU into .qemu/tools/ (~10 s each once; then only looked up).
 tools: venv
 	$(VENV)/bin/python -m fuzz.toolfetch fetch graphviz
+	$(VENV)/bin/python -m fuzz.toolfetch fetch redis
 
 fuzz: venv qemu tools
 	$(VENV)/bin/blockfuzz run --time $(FUZZ_TIME) --out findings

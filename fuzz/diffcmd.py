@@ -20,18 +20,12 @@ import argparse
 import json
 import os
 import re
-import signal
 import sys
-import time
 from collections import Counter
 
-from hypothesis import seed as hyp_seed, settings
-from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.stateful import run_state_machine_as_test
-
 from . import trace as T
-from .engine import Events, StepDone
-from .runcmd import PROFILES, Coverage, FindingWriter, _TimeUp
+from .runcmd import (UsageError, add_campaign_options, campaign_numbers, prepare_out,
+                     prepare_report_path, reporting_bus)
 
 
 def add_diff_parser(subparsers) -> None:
@@ -39,47 +33,8 @@ def add_diff_parser(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--qemu", metavar="PATH", action="append", default=[],
                    help="qemu-system-x86_64 of a build; given twice, A then B (A's model drives generation)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--time", type=float, metavar="S", help="stop after S seconds (default 60)")
-    g.add_argument("--examples", type=int, metavar="N", help="stop after N examples")
-    p.add_argument("--seed", type=int, metavar="N", help="Hypothesis seed (default: random)")
-    p.add_argument("--out", default="findings", metavar="DIR", help="where findings go (default ./findings)")
-    p.add_argument("--steps", type=int, default=25, metavar="N", help="steps per example (default 25)")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per-command QEMU timeout")
-    p.add_argument("--coverage", action="store_true", help="print the coverage table at the end")
-    p.add_argument("--strict", action="store_true",
-                   help="a build without an exact profile: compare the fields its profile does "
-                        "not know too (default: name them once and leave them out)")
+    add_campaign_options(p)
     p.set_defaults(handler=run_diff)
-
-
-class DiffCoverage(Coverage):
-    """Run's coverage (rules, outcomes: model A's prediction, build A's reply where the model
-    declined), plus how far the models followed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.declined = 0        # steps a model declined (sent to both builds all the same)
-        self.builds_only = 0     # steps compared build against build only
-        self.decline_reasons: Counter = Counter()
-
-    def __call__(self, event) -> None:
-        from .diffengine import DiffStepDone
-
-        if not isinstance(event, DiffStepDone):
-            return
-        model_a, qemu_a = event.models[0], event.qemus[0]
-        if not event.modelled:
-            self.builds_only += 1
-            if any(m is None for m in event.models):
-                self.declined += 1
-        outcome = model_a if model_a is not None else qemu_a
-        if outcome is not None:
-            super().__call__(StepDone(event.index, event.step, outcome, qemu_a))
-
-    def to_json(self) -> dict:
-        return dict(super().to_json(), **{"declined-steps": self.declined,
-                                          "build-only-steps": self.builds_only})
 
 
 class PastModel:
@@ -122,7 +77,6 @@ def _profile_of(binaries):
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from . import statemachine as SM
     from .diffengine import (SetAside, build_label, diff_failure_of, labels_for, minimize_diff,
                              profile_set_aside)
     from .qemufetch import FetchError, resolve_qemu
@@ -141,22 +95,16 @@ def run_diff(args: argparse.Namespace) -> int:
     except FetchError as e:
         print(f"blockfuzz: {e}", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    events = Events()
-    coverage = DiffCoverage()
-    events.subscribe(coverage)
-    past = PastModel(args.out)
-    events.subscribe(past)
-    writer = FindingWriter(args.out)
-    writer.replay_command = "blockfuzz replay " + " ".join(f"--qemu {q}" for q in args.qemu)
-    examples = 0
-    deadline = time.monotonic() + (args.time if args.time is not None else 60.0) if args.examples is None else None
-
-    def on_start(machine):
-        nonlocal examples
-        examples += 1
-        if deadline is not None and time.monotonic() > deadline:
-            raise _TimeUp()
+    try:
+        numbers = campaign_numbers(args)
+        prepare_out(args.out)
+        prepare_report_path("--junit", args.junit)
+        prepare_report_path("--json", args.json)
+    except UsageError as e:
+        print(f"blockfuzz: {e}", file=sys.stderr)
+        return 2
+    from .campaign import CampaignSpec, run_campaign
+    from .database import CAMPAIGN_KEY
 
     print(f"diff: A = {labels[0]} ({pair[0].system}), B = {labels[1]} ({pair[1].system}); "
           f"generation follows A's model")
@@ -164,44 +112,26 @@ def run_diff(args: argparse.Namespace) -> int:
     print("after a model declines a step, builds are compared without: "
           + ("; ".join(aside.describe()) or "nothing (same profile)"))
     sys.stdout.flush()
-    SM.CONTEXT.update(binaries=pair[0], diff=pair, events=events, timeout=args.timeout,
-                      strict=args.strict,
-                      on_failure=writer, on_example_start=on_start)
-    prof = dict(PROFILES["nightly"], stateful_step_count=args.steps,
-                database=DirectoryBasedExampleDatabase(os.path.join(args.out, ".hypothesis")))
-    if args.examples is not None:
-        prof["max_examples"] = args.examples
-    machine = SM.BlockGraphMachine
-    if args.seed is not None:
-        machine = hyp_seed(args.seed)(type("SeededDiffMachine", (SM.BlockGraphMachine,), {}))
-    start = time.monotonic()
-    if deadline is not None:
-        def _alarm(signum, frame):
-            raise _TimeUp()
-        signal.signal(signal.SIGALRM, _alarm)
-        signal.alarm(int(deadline - time.monotonic()) + 60)
-    try:
-        run_state_machine_as_test(machine, settings=settings(
-            parent=settings.get_profile("blockfuzz-nightly"), **prof))
-    except (_TimeUp, SM.BlockfuzzBug):
-        pass
-    except BaseException as e:  # noqa: BLE001 - every failure is reported, then mapped to the exit code
-        errors = list(getattr(e, "exceptions", [e]))
-        if not writer.seen and not any(isinstance(x, _TimeUp) for x in errors):
-            print(f"blockfuzz: harness error: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
-    finally:
-        signal.alarm(0)
-        for key in ("diff", "diff_profiles"):
-            SM.CONTEXT.pop(key, None)
-    elapsed = time.monotonic() - start
-    findings = sorted(writer.seen.values())
-    for folder in findings:
-        if folder in writer.internal:
+    pasts: list[PastModel] = []
+
+    def listeners() -> list:
+        pasts.append(PastModel(args.out))
+        return pasts[-1:]
+
+    spec = CampaignSpec(binaries=pair[0], out=args.out, workers=1, strict=args.strict,
+                        diff=pair, listeners=listeners, db_key=CAMPAIGN_KEY + b":diff",
+                        replay_command="blockfuzz replay " + " ".join(f"--qemu {q}" for q in args.qemu),
+                        **numbers)
+    state = run_campaign(spec, reporting_bus(args, spec))
+    past = pasts[0] if pasts else PastModel(args.out)
+    elapsed = state.elapsed
+    examples = state.examples
+    for f in (state.new() if state.stopped_by is None else []):
+        if f.internal:
             continue
+        folder, sig = f.folder, f.signature
         path = os.path.join(folder, "minimal.json")
         tr = T.load(path)
-        sig = writer.signatures[folder]
         again = diff_failure_of(tr, pair, args.timeout)
         if again is None or again.signature() != sig:
             # past the model two builds can race (a job's copying after block-job-complete,
@@ -227,32 +157,44 @@ def run_diff(args: argparse.Namespace) -> int:
         from .export import export_finding
 
         export_finding(folder, pair[1])   # past the model: a note why there is none
-    from .session import report_unknown_fields
+    from .reporters import coverage_table
 
-    unknown = report_unknown_fields()
-    with open(os.path.join(args.out, "coverage.json"), "w") as f:
-        json.dump(dict(coverage.to_json(), examples=examples, seconds=elapsed,
+    cov = state.merged_coverage()
+    unknown = {b: sorted(p) for b, p in state.unknown_fields.items() if p}
+    for build, paths in sorted(unknown.items()):
+        print(f"QEMU {build} has no exact profile; fields left out of the comparison "
+              f"(--strict compares them): {', '.join(paths)}")
+    with open(os.path.join(args.out, "coverage.json"), "w") as fh:
+        json.dump(dict(cov, examples=examples, seconds=elapsed,
                        builds=list(labels), **{"past-model": dict(past.kinds),
-                                               "set-aside-fields": unknown}), f, indent=1)
+                                               "set-aside-fields": unknown}), fh, indent=1)
     if args.coverage:
-        print(coverage.table())
+        print(coverage_table(cov))
         print()
-    print(f"{examples} examples, {coverage.steps} steps in {elapsed:.1f} s "
-          f"({examples / elapsed:.2f} examples/s, {coverage.steps / elapsed:.1f} steps/s); "
-          f"{coverage.declined} steps declined by a model, {coverage.builds_only} compared "
-          f"build against build only")
+    el = max(elapsed, 1e-9)
+    print(f"{examples} examples, {state.steps} steps in {elapsed:.1f} s "
+          f"({examples / el:.2f} examples/s, {state.steps / el:.1f} steps/s); "
+          f"{cov.get('declined-steps', 0)} steps declined by a model, "
+          f"{cov.get('build-only-steps', 0)} compared build against build only")
     for kind, n in sorted(past.kinds.items()):
         print(f"{n} example(s) ended past the models' reach {kind} (alike, so no finding): "
               f"{past.kept[kind]}")
-    if writer.internal:
+    if state.stopped_by:
+        print(f"stopped by {state.stopped_by}")
+    for msg in state.harness_errors[:1]:
+        print(f"blockfuzz: harness error: {msg}", file=sys.stderr)
+    for f in state.internal()[:1]:
         print(f"blockfuzz: internal error (a blockfuzz bug), trace kept: "
-              f"{sorted(writer.internal)[0]}/minimal.json", file=sys.stderr)
-        return 2
-    if findings:
-        print(f"{len(findings)} finding(s):")
-        for f in findings:
-            first = open(os.path.join(f, "summary.txt")).readline().strip()
-            print(f"  {f}/minimal.json\n    {first[:300]}")
-        return 1
-    print("no findings")
-    return 0
+              f"{f.folder}/minimal.json", file=sys.stderr)
+    if not state.harness_errors and state.steps == 0:
+        print("blockfuzz: the campaign executed no step (nothing was checked)", file=sys.stderr)
+    status = state.exit_status()
+    new = state.new()
+    if new:
+        print(f"{len(new)} finding(s):")
+        for f in new:
+            first = open(os.path.join(f.folder, "summary.txt")).readline().strip()
+            print(f"  {f.folder}/minimal.json\n    {first[:300]}")
+    elif status == 0:
+        print("no findings")
+    return status

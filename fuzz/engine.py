@@ -78,18 +78,78 @@ class QemuCrash(AssertionError):
         super().__init__(f"step {step_index + 1} ({step.get('qmp')}): QEMU crashed: {cause}")
 
     def signature(self) -> str:
-        return f"crash:{self.step.get('qmp')}"
+        """How QEMU died, not the path there: the signal (or exit status) plus its abort or
+        assertion text with paths, line numbers and addresses removed.  A death with no
+        text (a bare SIGSEGV) also names the command, the only thing that tells two such
+        crashes apart without a backtrace."""
+        how = death_of(self.cause)
+        text = abort_text(getattr(self.cause, "stderr_tail", "") or "")
+        return f"crash:{how}:{text}" if text else f"crash:{how}:{_command_of(self.step)}"
 
 
 class QemuHang(QemuCrash):
     kind = "hang"
 
-    def __init__(self, step_index: int, step: dict, cause: BaseException):
+    def __init__(self, step_index: int, step: dict, cause: BaseException, jobs: tuple = ()):
         super().__init__(step_index, step, cause)
+        #: the model's jobs after the step, as ``type/status``: what the hang waited behind
+        self.jobs = tuple(jobs)
         self.args = (f"step {step_index + 1} ({step.get('qmp')}): QEMU hung: {cause}",)
 
     def signature(self) -> str:
-        return f"hang:{self.step.get('qmp')}"
+        """The command and what was in flight: the command itself, the state query after it,
+        or jobs that never settled (their types and states)."""
+        inflight = getattr(self.cause, "command", None) or "?"
+        tail = getattr(self.cause, "stderr_tail", "") or ""
+        if tail.startswith("jobs never settled"):
+            inflight = generalise(tail.splitlines()[0])
+        elif inflight == self.step.get("qmp"):
+            inflight = "reply"
+        jobs = ",".join(sorted(self.jobs)) or "no jobs"
+        return f"hang:{_command_of(self.step)}:{inflight}:{jobs}"
+
+
+def _command_of(step: dict) -> str:
+    """The command, with the qemu-io verb for HMP (``human-monitor-command:qemu-io write``)."""
+    cmd = step.get("qmp") or step.get("assert") or "?"
+    if cmd == "human-monitor-command":
+        line = (step.get("args") or {}).get("command-line", "")
+        m = re.match(r'\s*(\S+)\s+\S+\s+"\s*(\S+)', line)
+        if m:
+            cmd += f":{m[1]} {m[2]}"
+    return cmd
+
+
+def death_of(cause: BaseException) -> str:
+    """``SIGSEGV``, ``exit 1``, or ``fatal`` (a fatal message on stderr, QEMU still there)."""
+    import signal as _signal
+
+    rc = getattr(cause, "returncode", None)
+    if rc is not None and rc < 0:
+        try:
+            return _signal.Signals(-rc).name
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit {rc}" if rc is not None else "fatal"
+
+
+# glibc assert(), glib g_assert*/g_error/g_assert_not_reached, QEMU's abort() messages
+# (and util/qemu-thread-posix.c's error_exit(): "qemu: qemu_mutex_unlock_impl: ...")
+_ABORT_LINE = re.compile(r"Assertion .* failed|assertion failed|code should not be reached"
+                         r"|ERROR:|Bail out!|Unexpected error|Aborted|^qemu: ")
+
+
+def abort_text(stderr: str) -> str:
+    """The first abort or assertion line of ``stderr``, without the program name, paths'
+    line numbers and addresses: ``../block.c: bdrv_reopen_multiple: Assertion `...' failed.``"""
+    for line in stderr.splitlines():
+        if _ABORT_LINE.search(line):
+            line = re.sub(r"^\S*qemu-system-\S+: ", "", line.strip())
+            line = re.sub(r"(\.[ch]):\d+(:\d+)?", r"\1", line)      # file.c:123 -> file.c
+            line = re.sub(r"(?<![\w/.])(\.\./)+", "", line)        # the build directory's depth
+            line = re.sub(r"0x[0-9a-fA-F]+", "0xN", line)
+            return line
+    return ""
 
 
 def generalise(text: str) -> str:
@@ -329,7 +389,8 @@ class Runner:
             yield
         except QemuHung as e:
             self.observed[index][key] = f"hang: {e}"
-            raise QemuHang(index, step, e) from e
+            jobs = tuple(f"{j['type']}/{j['status']}" for j in self.model.query_jobs())
+            raise QemuHang(index, step, e, jobs) from e
         except QemuCrashed as e:
             self.observed[index][key] = f"crash: {e}"
             raise QemuCrash(index, step, e) from e

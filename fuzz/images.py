@@ -37,7 +37,7 @@ from fuzz import sandbox
 from fuzz.qemu import HarnessError, QemuBinaries, UnsafeStep, binaries_env
 from models.model import ImageSpec, Write
 
-__all__ = ["Write", "ImageSpec", "make_images"]
+__all__ = ["Write", "ImageSpec", "make_images", "refill_images"]
 
 _TOOL_TIMEOUT = 60.0
 _CACHE_MAX_SETS = 64   # FIFO-evicted; fuzzers draw from few image sets, this is a safety cap
@@ -78,6 +78,32 @@ def make_images(specs: Iterable[ImageSpec], workdir: str | os.PathLike[str],
     else:
         for s in {s.file: s for s in specs}.values():
             _sparse_copy(os.path.join(template, s.file), os.path.join(workdir, s.file))
+
+
+def refill_images(specs: Iterable[ImageSpec], workdir: str | os.PathLike[str],
+                  binaries: QemuBinaries, *, keep: Iterable[str] = ()) -> None:
+    """Empty an existing work directory (all but the names in ``keep``) and make ``specs``'
+    images in it: for a QEMU that is reused across examples, which is chrooted into this very
+    directory, so its images must be replaced in place.  Old files are unlinked before the new
+    ones are written, so nothing still open on an old image (there should be nothing) could
+    see the new data."""
+    specs = tuple(specs)
+    workdir = os.fspath(workdir)
+    for s in specs:   # refuse before touching anything, as make_images does
+        if (problem := sandbox.image_problem(s)) is not None:
+            raise UnsafeStep(f"refused image spec: {problem.describe()} (a trace may only name "
+                             "files inside its work directory)", command="images",
+                             path=problem.text)
+    keep = set(keep)
+    with os.scandir(workdir) as entries:
+        for e in entries:
+            if e.name in keep:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+    make_images(specs, workdir, binaries)
 
 
 # -- creation -------------------------------------------------------------------------------

@@ -43,11 +43,13 @@ directory (:class:`UnsafeStep`), and QEMU runs chrooted into the work directory
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from typing import Any, Mapping, NoReturn, Protocol, Sequence
 
@@ -55,11 +57,11 @@ import attrs
 
 from fuzz import sandbox
 from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpGone, QmpSync, QmpTimeout, QmpTransportError
-from models.outcome import Outcome, QmpError, canonical_node_name, canonicalize_text
+from models.outcome import Outcome, QmpError, canonicalize_text
 
 __all__ = [
     "QemuBinaries", "QemuProcess", "binaries_env",
-    "HarnessError", "UnsafeStep", "QemuFailure", "QemuCrashed", "QemuHung",
+    "HarnessError", "UnsafeStep", "ResetFailed", "QemuFailure", "QemuCrashed", "QemuHung",
     "QemuFeatures", "qemu_features", "check_step",
     "NodeNames", "stdout_lines", "STDOUT_LOG", "STDERR_LOG",
 ]
@@ -123,6 +125,16 @@ class UnsafeStep(HarnessError):
 
     command: str = ""
     path: str = ""
+
+
+@attrs.define(str=False)
+class ResetFailed(HarnessError):
+    """:meth:`QemuProcess.reset` could not bring QEMU back to empty (a command failed, QEMU
+    died or hung, or something survived).  The caller must close this QEMU and start a fresh
+    one; ``cause`` is the QEMU failure behind it, if any (a crash during clean-up is worth a
+    look, but it is not a step's finding)."""
+
+    cause: BaseException | None = None
 
 
 def check_step(cmd: str, args: Any) -> None:
@@ -214,14 +226,31 @@ def stdout_lines(text: str) -> tuple[str, ...]:
     return tuple(line for line in lines if not _STATS_LINE.fullmatch(line))
 
 
-def _canon(value: Any) -> Any:
+# models.outcome's pattern: "#block" + counter + two random digits (id_generate()).
+_AUTO_NAME = re.compile(r"#block(\d+)(\d\d)(?!\d)")
+
+
+def _canon_text(text: str, offset: int = 0) -> str:
+    """``canonicalize_text`` with the counter shifted down by ``offset`` (the auto names an
+    earlier example on this process used up; see :meth:`QemuProcess.reset`).  A name older
+    than the offset stays as QEMU wrote it, so it can never pass for the model's."""
+    if not offset:
+        return canonicalize_text(text)
+
+    def sub(m: re.Match) -> str:
+        n = int(m.group(1)) - offset
+        return f"#block{n}" if n >= 0 else m.group(0)
+    return _AUTO_NAME.sub(sub, text)
+
+
+def _canon(value: Any, offset: int = 0) -> Any:
     """Canonicalise auto node names in every string of a JSON value."""
     if isinstance(value, str):
-        return canonicalize_text(value)
+        return _canon_text(value, offset)
     if isinstance(value, dict):
-        return {k: _canon(v) for k, v in value.items()}
+        return {k: _canon(v, offset) for k, v in value.items()}
     if isinstance(value, list):
-        return [_canon(v) for v in value]
+        return [_canon(v, offset) for v in value]
     return value
 
 
@@ -234,18 +263,25 @@ _HMP_WORD = re.compile(r"(?<!\S)#block\d+(?!\S)")
 class NodeNames:
     """Canonical -> real auto node names of one QEMU process.
 
-    Auto names are unique per process and never reused, so the map only grows.
+    Auto names are unique per process and never reused, so the map only grows until
+    :meth:`clear` (a reset: the old nodes are gone and ``offset`` moves on).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, offset: int = 0) -> None:
         self.real: dict[str, str] = {}
+        #: the counter value canonical ``#block0`` stands for
+        self.offset = offset
+
+    def clear(self, offset: int) -> None:
+        self.real.clear()
+        self.offset = offset
 
     def learn(self, value: Any) -> None:
         """Record every ``node-name`` found anywhere in a (raw, uncanonicalised) reply."""
         if isinstance(value, dict):
             for k, v in value.items():
                 if k == "node-name" and isinstance(v, str):
-                    canonical = canonical_node_name(v)
+                    canonical = _canon_text(v, self.offset)
                     if canonical != v:
                         self.real[canonical] = v
                 else:
@@ -347,6 +383,36 @@ def _probe(argvs: list[list[str]], env: dict[str, str]) -> list[str]:
                 p.wait()
 
 
+# -- dying with the parent -----------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)   # loaded before any fork
+except OSError:
+    _LIBC = None
+
+
+def _pdeathsig_preexec():
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies (SIGKILL of the
+    fuzzer included, where no clean-up runs).  The setting survives ``execve`` of the wrapper
+    script, ``unshare`` and ld.so (they all exec, none is set-uid), so it reaches QEMU itself.
+
+    The kernel sends it when the *thread* that forked exits, so QEMU must be started from a
+    thread that lives as long as it (the main thread).  If the parent already died between
+    fork and prctl, the getppid() check exits at once."""
+    if _LIBC is None or threading.current_thread() is not threading.main_thread():
+        # a thread that ends before QEMU (fuzz.diffengine starts two builds side by side)
+        # would take QEMU with it: no PDEATHSIG there; close() and the campaign still clean up
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return preexec
+
+
 # -- the process ----------------------------------------------------------------------------
 
 class QemuProcess:
@@ -385,6 +451,10 @@ class QemuProcess:
         self._version: tuple[int, int, int] | None = None
         self._jobs_possible = False  # a job command succeeded and query-jobs was not yet empty
         self._jobs_seen: list | None = []   # query-jobs' reply, if no command came since
+        self._reset_failed: ResetFailed | None = None
+        self._confined = False
+        #: examples this process ran before the current one (reset() counts them)
+        self.resets = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -403,8 +473,12 @@ class QemuProcess:
                 args += ["-L", os.path.normpath(os.path.join(share, data))]
         return args
 
-    def start(self) -> "QemuProcess":
-        """Launch QEMU and wait until QMP is negotiated. Raises :class:`HarnessError`."""
+    def start(self, wait: bool = True) -> "QemuProcess":
+        """Launch QEMU and wait until QMP is negotiated. Raises :class:`HarnessError`.
+
+        ``wait=False`` only launches it (a pool starts the next QEMU while an example runs);
+        :meth:`wait_ready` then finishes the start.  Call both from a thread that outlives
+        QEMU (see ``_pdeathsig_preexec``)."""
         if self._proc is not None:
             raise HarnessError("QemuProcess.start() called twice")
         if not os.path.isdir(self.workdir):
@@ -431,6 +505,7 @@ class QemuProcess:
                     # Own session: a Ctrl-C aimed at the fuzzer must not also kill QEMU, or the
                     # harness would report the resulting EOF as a crash finding.
                     start_new_session=True,
+                    preexec_fn=_pdeathsig_preexec(),
                 )
         except OSError as e:
             ours.close()
@@ -438,15 +513,24 @@ class QemuProcess:
             raise HarnessError(f"cannot launch {argv[0]}: {e}") from e
         finally:
             theirs.close()  # QEMU has its copy; ours must go or we never see EOF
+        self._confined = bool(confine)
+        return self.wait_ready() if wait else self
+
+    def wait_ready(self) -> "QemuProcess":
+        """Finish :meth:`start` (``wait=False``): wait for QMP. Idempotent."""
+        if self._qmp is not None:
+            return self
+        if self._proc is None or self._sock is None or self._closed:
+            raise HarnessError("QemuProcess.wait_ready() before start()")
         try:
             self._out_fd = os.open(self.stdout_path, os.O_RDONLY)
             self._err_fd = os.open(self.stderr_path, os.O_RDONLY)
             self._qmp = QmpSync(self.timeout)
-            self._qmp.connect(ours, timeout=self.timeout)
+            self._qmp.connect(self._sock, timeout=self.timeout)
         except (QmpTransportError, OSError) as e:
             self.close()
             tail = self._stderr_tail()
-            if confine and "chroot failed" in tail:
+            if self._confined and "chroot failed" in tail:
                 raise HarnessError(
                     f"QEMU cannot chroot into {self.workdir} (needs CAP_SYS_CHROOT); set "
                     f"{sandbox.NO_CHROOT_ENV}=1 to run it unconfined") from e
@@ -568,9 +652,10 @@ class QemuProcess:
             self._names_fresh = False   # any other command may have created nodes
         if "error" in reply:
             err = reply["error"]
-            return Outcome(ret=None, error=QmpError(err["class"], canonicalize_text(err["desc"])),
+            return Outcome(ret=None, error=QmpError(err["class"],
+                                                    _canon_text(err["desc"], self._names.offset)),
                            stdout=stdout)
-        return Outcome(ret=_canon(reply["return"]), error=None, stdout=stdout)
+        return Outcome(ret=_canon(reply["return"], self._names.offset), error=None, stdout=stdout)
 
     def _settle_jobs(self, cmd: str) -> None:
         """Wait until every block job is in a settled state (``SETTLED_JOB_STATES``) or gone.
@@ -606,8 +691,10 @@ class QemuProcess:
             if outcome.error is not None:
                 raise HarnessError(f"query-jobs failed: {outcome.error}")
             jobs = outcome.ret
-        # the settle loop's last reply is reused when no command came since (one round trip less)
-        return [{k: j[k] for k in ("id", "type", "status", "error") if k in j} for j in jobs]
+        # the settle loop's last reply is reused when no command came since (one round trip less);
+        # it is raw, so canonicalise here (a job's default id is its node's name)
+        return [{k: _canon(j[k], self._names.offset) for k in ("id", "type", "status", "error")
+                 if k in j} for j in jobs]
 
     def query_nodes(self) -> list[dict]:
         """``query-named-block-nodes`` with every auto name canonicalised (also in json: names)."""
@@ -630,7 +717,242 @@ class QemuProcess:
         """Events received so far (canonicalised), waiting up to ``wait`` s if there are none."""
         self._require_usable("<events>")
         assert self._qmp is not None
-        return [_canon(e) for e in self._qmp.drain_events(wait)]
+        return [_canon(e, self._names.offset) for e in self._qmp.drain_events(wait)]
+
+    # -- reuse -------------------------------------------------------------------------------
+
+    def reset(self) -> int:
+        """Bring QEMU back to empty for the next example, and check that it is.
+
+        Cancels and dismisses every job, deletes every node (roots first, until none is left),
+        deletes every object the session added, drains pending events, and learns how many
+        auto names this process has used up (:attr:`name_offset`): from now on everything
+        coming out is canonicalised as if the counter had started at 0 again, so ``#block0``
+        is the first auto node the next example creates, as on a fresh QEMU.  The offset is
+        learned here, from a probe node, never from an example's own replies.
+
+        Then checks ``query-named-block-nodes == []``, ``query-jobs == []`` and no user object
+        under ``/objects``.  If a check or any command fails (or QEMU dies or hangs) it raises
+        :class:`ResetFailed`, and the process refuses further commands: close it and start a
+        fresh one.  Returns the new offset.
+        """
+        if self._reset_failed is not None:
+            raise self._reset_failed
+        try:
+            self._require_usable("<reset>")
+            assert self._qmp is not None
+            err0 = os.fstat(self._err_fd).st_size
+            deadline = time.monotonic() + self.timeout
+            self._qmp.drain_events()
+            offset = self._reset_fast(deadline)
+            if offset is None:   # something the one-batch plan did not clear: step by step
+                self._reset_jobs(deadline)
+                self._reset_nodes()
+                objects_deleted = self._reset_objects()
+                offset = self._probe_name_counter()
+                self._reset_check(objects_deleted)
+            if _FATAL_STDERR.search(_read_from(self._err_fd, err0)) or self._proc.poll() is not None:
+                raise ResetFailed("QEMU reported a fatal error during reset",
+                                  stderr_tail=self._stderr_tail())
+            self._qmp.drain_events()   # the probe's and the cancelled jobs' events
+        except QemuFailure as e:
+            self._reset_failed = ResetFailed(f"QEMU failed during reset: {e}",
+                                             stderr_tail=e.stderr_tail, cause=e)
+            raise self._reset_failed from e
+        except HarnessError as e:
+            self._reset_failed = e if isinstance(e, ResetFailed) else ResetFailed(
+                f"reset impossible: {e}", cause=e)
+            raise self._reset_failed
+        self._names.clear(offset)
+        self._names_fresh = True
+        self._jobs_possible = False
+        self._jobs_seen = []
+        self.resets += 1
+        return offset
+
+    @property
+    def name_offset(self) -> int:
+        """The auto-name counter value that canonical ``#block0`` stands for (0 until reset)."""
+        return self._names.offset
+
+    _PROBE = "blockfuzz-reset-probe"
+
+    def _reset_fast(self, deadline: float) -> int | None:
+        """The reset in (usually) two QMP batches: look (jobs, nodes, objects), then delete
+        everything in dependency order, open and read the probe, delete it and look again.
+        Returns the offset, or None if the final look is not empty (the caller then goes
+        step by step, which says what is left)."""
+        jobs, nodes, objects = self._batch_must(
+            [("query-jobs", None), ("query-named-block-nodes", None),
+             ("qom-list", {"path": "/objects"})], may_lack_objects=True)
+        if jobs:
+            self._reset_jobs(deadline)
+            nodes = self._must("query-named-block-nodes")
+        kids = _children_of(nodes)
+        if kids is None:   # BlockDeviceInfo.children is 11.1+: ask the debug graph (4.0+)
+            kids = _graph_children(self._must("x-debug-query-block-graph"))
+        own = self._own_objects()
+        ids = [o["name"] for o in objects
+               if str(o.get("type", "")).startswith("child<") and o["name"] not in own]
+        plan: list[tuple[str, Any]] = [("blockdev-del", {"node-name": n})
+                                       for n in _deletion_order(kids)]
+        plan += [("object-del", {"id": i}) for i in ids]
+        first = len(plan)
+        plan += [("blockdev-add", {"driver": "raw", "node-name": self._PROBE,
+                                   "file": {"driver": "null-co"}}),
+                 ("query-named-block-nodes", None),
+                 ("blockdev-del", {"node-name": self._PROBE}),
+                 ("query-named-block-nodes", None),
+                 ("qom-list", {"path": "/objects"})]
+        # deletions may fail harmlessly (an inline child went with its parent: "Failed to
+        # find node"); what counts is the final look
+        replies = self._batch(plan)[first:]
+        added, probed, deleted, after, objs = replies
+        if "error" in added or "error" in deleted:
+            return None
+        names = [n["node-name"] for n in probed["return"]]
+        autos = [m for n in names if (m := _AUTO_NAME.fullmatch(n))]
+        left_objects = [o for o in _objects_listed(objs) if str(o.get("type", "")).startswith(
+            "child<") and o["name"] not in own]
+        if len(names) != 2 or self._PROBE not in names or len(autos) != 1 \
+                or after["return"] or left_objects:
+            return None
+        return int(autos[0].group(1)) + 1
+
+    def _batch(self, calls: list[tuple[str, Any]]) -> list[dict]:
+        """Send ``calls`` at once and collect every reply (``{"return"}``/``{"error"}``): one
+        wait instead of one per command.  QEMU still runs them one after the other, in order
+        (a monitor without OOB suspends reading until a request is handled,
+        monitor_qmp_handle_inbound()).  Uses QmpSync's loop and client directly (to move into
+        QmpSync as a ``cmds()``)."""
+        import asyncio
+        from qemu.qmp import ExecuteError, Message
+
+        assert self._qmp is not None
+        client = self._qmp._client
+
+        async def one(cmd: str, args: Any) -> dict:
+            msg = Message({"execute": cmd, **({"arguments": args} if args else {})})
+            try:
+                return {"return": await client.execute_msg(msg)}
+            except ExecuteError as e:
+                return {"error": dict(e.received["error"])}
+
+        async def all_() -> list[dict]:
+            return list(await asyncio.gather(*(one(c, a) for c, a in calls)))
+
+        what = f"{calls[0][0]} (+{len(calls) - 1})"
+        try:
+            return self._qmp._run(all_(), self.timeout, what)
+        except QmpTimeout as e:
+            self._fail(QemuHung(what, e.timeout, self._stderr_tail()), e)
+        except (QmpTransportError, OSError, EOFError, Exception) as e:
+            self._fail(QemuCrashed(what, self._wait_exit(), self._stderr_tail()), e)
+
+    def _batch_must(self, calls: list[tuple[str, Any]], may_lack_objects: bool = False
+                    ) -> list[Any]:
+        out = []
+        for (cmd, args), reply in zip(calls, self._batch(calls)):
+            if cmd == "qom-list" and may_lack_objects:
+                reply = {"return": _objects_listed(reply)}
+            if "error" in reply:
+                raise ResetFailed(f"{cmd} {args or ''} failed during reset: "
+                                  f"{reply['error'].get('desc')}")
+            out.append(reply["return"])
+        return out
+
+    @staticmethod
+    def _must_ok(cmd: str, reply: Any) -> Any:
+        if isinstance(reply, dict) and "error" in reply:
+            raise ResetFailed(f"{cmd} failed during reset: {reply['error'].get('desc')}")
+        return reply
+
+    def _must(self, cmd: str, args: Mapping[str, Any] | None = None) -> Any:
+        reply = self._call(cmd, args, None)
+        if "error" in reply:
+            raise ResetFailed(f"{cmd} {args or ''} failed during reset: {reply['error'].get('desc')}")
+        return reply["return"]
+
+    def _reset_jobs(self, deadline: float) -> None:
+        """Cancel every job (QMP job-cancel is a forced cancel, job_user_cancel_locked(job,
+        true)), dismiss the concluded ones (auto-dismiss off), until query-jobs is empty."""
+        cancelled: set[str] = set()
+        while True:
+            jobs = self._must("query-jobs")
+            if not jobs:
+                return
+            for j in jobs:
+                status, jid = j.get("status"), j.get("id")
+                if status == "concluded":
+                    self._must("job-dismiss", {"id": jid})
+                elif status not in ("aborting", "null") and jid not in cancelled:
+                    # job_verb_table: cancel is refused only where the job is already going
+                    self._must("job-cancel", {"id": jid})
+                    cancelled.add(jid)
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{j.get('id')}={j.get('status')}" for j in jobs)
+                raise ResetFailed(f"jobs did not go away during reset: {states}")
+            time.sleep(0.0005)
+
+    def _reset_nodes(self) -> None:
+        """blockdev-del the roots (nodes no other node has as a child), again and again: an
+        inline child goes with its parent, a node added on its own goes once its parents have
+        (bdrv_has_blk / "Node ... is in use")."""
+        last: list[str] | None = None
+        while True:
+            nodes = self._must("query-named-block-nodes")
+            if not nodes:
+                return
+            names = [n["node-name"] for n in nodes]
+            if names == last:
+                raise ResetFailed("blockdev-del cannot empty the graph; left: " + ", ".join(names))
+            last = names
+            if all("children" in n for n in nodes):
+                children = {c["node-name"] for n in nodes for c in n["children"]}
+                roots = [n for n in names if n not in children] or names
+            else:   # builds without BlockDeviceInfo.children: newest first, errors tolerated
+                roots = names[::-1]
+            for name in roots:
+                self._call("blockdev-del", {"node-name": name}, None)
+
+    def _own_objects(self) -> set[str]:
+        """Objects QEMU has before any example: those of our own command line."""
+        return {"qmp-monitor"} if qemu_features(self.binaries).monitor_object else set()
+
+    def _user_objects(self) -> list[str]:
+        reply = _objects_listed(self._call("qom-list", {"path": "/objects"}, None))
+        return [o["name"] for o in self._must_ok("qom-list", reply)
+                if str(o.get("type", "")).startswith("child<")
+                and o["name"] not in self._own_objects()]
+
+    def _reset_objects(self) -> bool:
+        """object-del every user object; True if there were any (then they are listed again)."""
+        ids = self._user_objects()
+        for oid in ids:
+            self._must("object-del", {"id": oid})
+        return bool(ids)
+
+    def _probe_name_counter(self) -> int:
+        """Open one anonymous node (raw over an inline null-co: blockdev-add wants a name for
+        the root only) and read its counter; the next auto name gets counter + 1."""
+        probe = "blockfuzz-reset-probe"
+        self._must("blockdev-add", {"driver": "raw", "node-name": probe,
+                                    "file": {"driver": "null-co"}})
+        names = [n["node-name"] for n in self._must("query-named-block-nodes")]
+        autos = [m for n in names if (m := _AUTO_NAME.fullmatch(n))]
+        if len(names) != 2 or probe not in names or len(autos) != 1:
+            raise ResetFailed("nodes left after reset: " + ", ".join(n for n in names if n != probe))
+        self._must("blockdev-del", {"node-name": probe})
+        return int(autos[0].group(1)) + 1
+
+    def _reset_check(self, objects_deleted: bool) -> None:
+        """The checks not already made: _reset_jobs returns only on an empty query-jobs (and
+        nothing after it starts a job), an empty first qom-list needs no second one."""
+        left = {"nodes": [n.get("node-name") for n in self._must("query-named-block-nodes")],
+                "objects": self._user_objects() if objects_deleted else []}
+        if any(left.values()):
+            raise ResetFailed("reset left " + "; ".join(f"{k}: {', '.join(map(str, v))}"
+                                                        for k, v in left.items() if v))
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -642,6 +964,9 @@ class QemuProcess:
         if self._failure is not None:
             raise HarnessError(f"QEMU already failed ({self._failure.__class__.__name__}); "
                                "start a new process") from self._failure
+        if self._reset_failed is not None:
+            raise HarnessError("QEMU could not be reset; start a new process") \
+                from self._reset_failed
         if self._proc.poll() is not None:
             self._fail(QemuCrashed(cmd, self._proc.returncode, self._stderr_tail()))
 
@@ -687,6 +1012,52 @@ class QemuProcess:
                 return f.read().decode("utf-8", "replace")
         except OSError:
             return ""
+
+
+def _objects_listed(reply: dict) -> Any:
+    """qom-list /objects' entries; [] where the container does not exist yet (7.2 creates it
+    on first use, object_get_objects_root() -> container_get()).  Other errors pass through."""
+    if "error" in reply and reply["error"].get("class") == "DeviceNotFound":
+        return []
+    return reply["return"] if "return" in reply else reply
+
+
+def _children_of(nodes: list[dict]) -> dict[str, list[str]] | None:
+    """Node name -> its children's names, from query-named-block-nodes (11.1+; else None)."""
+    if not all("children" in n for n in nodes):
+        return None
+    return {n["node-name"]: [c["node-name"] for c in n["children"]] for n in nodes}
+
+
+def _graph_children(graph: dict) -> dict[str, list[str]]:
+    """The same from ``x-debug-query-block-graph`` (nodes by id, edges parent -> child)."""
+    names = {n["id"]: n["name"] for n in graph.get("nodes", []) if n.get("type") == "block-driver"}
+    kids: dict[str, list[str]] = {name: [] for name in names.values()}
+    for e in graph.get("edges", []):
+        if e.get("parent") in names and e.get("child") in names:
+            kids[names[e["parent"]]].append(names[e["child"]])
+    return kids
+
+
+def _deletion_order(kids: dict[str, list[str]]) -> list[str]:
+    """Node names with every parent before its children (blockdev-del refuses a node that
+    still has parents, bdrv_has_blk / "Node ... is in use")."""
+    parents = dict.fromkeys(kids, 0)
+    for cs in kids.values():
+        for c in cs:
+            if c in parents:
+                parents[c] += 1
+    ready = [name for name, k in parents.items() if k == 0]
+    out: list[str] = []
+    while ready:
+        name = ready.pop(0)
+        out.append(name)
+        for c in kids[name]:
+            if c in parents:
+                parents[c] -= 1
+                if parents[c] == 0:
+                    ready.append(c)
+    return out + [name for name in parents if name not in out]   # no cycles; keep all anyway
 
 
 def _read_from(fd: int, offset: int) -> str:

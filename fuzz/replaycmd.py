@@ -6,6 +6,11 @@ trace's written expectations.  Per trace: ``PASS``, ``FAIL <name>: step N ...`` 
 ``ERROR <name>: ...`` (cannot run: bad file, missing QEMU, something the model does not cover).
 Exit status: 0 all passed, 1 some failed, 2 some could not run.
 
+A *finding* trace (a campaign's ``minimal.json``/``first.json``, or a ``corpus/findings`` trace:
+it records a ``signature`` or the versions it ``affects``) answers the question a developer
+replays it for: ``STILL FAILS <name>: ...`` (with ``differently`` when the failure's signature
+is not the recorded one) or ``FIXED <name>`` (this build does not show it).
+
 With ``--qemu`` given more than once, every trace runs on each build (fresh QEMU and model
 each, the same checks) and prints one line with a column per build::
 
@@ -72,7 +77,15 @@ def run_replay(args: argparse.Namespace) -> int:
             status = max(status, 2)
         except (Disagreement, QemuCrash) as e:
             # one line per trace: a crash's stderr tail is folded onto it
-            print(f"FAIL {tr.name}: " + " | ".join(l for l in str(e).splitlines() if l.strip()))
+            line = " | ".join(l for l in str(e).splitlines() if l.strip())
+            if is_finding(tr):
+                wanted = recorded_signatures(tr)
+                # a written expectation failing is the trace's own check of the bug
+                how = "" if not wanted or e.kind == "expectation" or e.signature() in wanted \
+                    else f" (differently: {e.signature()})"
+                print(f"STILL FAILS {tr.name}{how}: {line}")
+            else:
+                print(f"FAIL {tr.name}: {line}")
             status = max(status, 1) if status != 2 else 2
         except NotModeled as e:
             print(f"ERROR {tr.name}: not covered by the model: {e}")
@@ -81,9 +94,30 @@ def run_replay(args: argparse.Namespace) -> int:
             print(f"ERROR {path}: {e}")
             status = 2
         else:
-            print(f"PASS {tr.name}")
+            print(f"FIXED {tr.name}" if is_finding(tr) else f"PASS {tr.name}")
         sys.stdout.flush()
     return status
+
+
+def is_finding(tr: T.Trace) -> bool:
+    """A trace of a QEMU bug rather than a conformance scenario (see the module docstring)."""
+    return "signature" in tr.extra or "affects" in tr.extra or tr.name.startswith("finding ")
+
+
+def recorded_signatures(tr: T.Trace) -> set[str]:
+    """The signatures a finding trace records: a corpus trace's ``signature`` (one, or per
+    version), a campaign's in the first line of its description."""
+    from .findings import _signatures
+
+    found = set(_signatures(tr.extra.get("signature")))
+    per_version = tr.extra.get("signature")
+    if isinstance(per_version, dict):   # a version's entry may list an intermittent pair
+        for v in per_version.values():
+            if isinstance(v, list):
+                found.update(x for x in v if isinstance(x, str))
+    if tr.name.startswith("finding ") and tr.description:
+        found.add(tr.description.splitlines()[0])
+    return found
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,252 +1,279 @@
 """``blockfuzz run``: a fuzz campaign against one QEMU.
 
-    blockfuzz run [--qemu PATH] [--time S | --examples N] [--seed N] [--out DIR] [--profile P]
+    blockfuzz run [--qemu PATH] [--time S | --examples N] [--workers N] [--seed N] [--out DIR]
+                  [--database redis://HOST:PORT/N] [--junit FILE] [--json FILE] [--strict]
 
-Findings go to ``DIR/<signature>/``: ``first.json`` (the failing example as found, written the
-moment it failed), ``minimal.json`` (after Hypothesis' shrinking), ``summary.txt``.  A coverage
-table (rules run, outcomes seen: success and each distinct error text) is printed at the end and
-written to ``DIR/coverage.json``.  Exit status: 0 no findings, 1 findings, 2 harness or usage
-error.
+Findings go to ``DIR/<kind>-<hash>/`` (``fuzz.findings``): ``first.json`` (the failing example
+as found, written the moment it failed), ``minimal.json`` (after Hypothesis' shrinking and
+blockfuzz's own minimizer), ``summary.txt``, ``report.html``, ``reproducer.py``, ``iotest/``.
+A bug already in ``corpus/findings/`` for this version is *known*: counted, written under
+``DIR/known/``, and it does not fail the campaign.  A coverage table is written to
+``DIR/coverage.json``.
 
-Settings profiles are registered here explicitly and always passed explicitly, so Hypothesis'
-auto-loaded ``ci`` profile (derandomized, no database whenever ``$CI`` is set) never applies.
+Exit status: 0 no new finding; 1 new findings; 2 a harness or usage error, a blockfuzz bug, or
+a campaign that executed no step.  SIGINT / SIGTERM stop the campaign within seconds (no
+minimizing then); the status is what the findings so far call for.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import signal
+import subprocess
 import sys
-import time
-import traceback
-from collections import Counter
+from pathlib import Path
 
-from hypothesis import HealthCheck, Phase, seed as hyp_seed, settings
-from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.stateful import run_state_machine_as_test
+from .campaign import CampaignSpec, CampaignState, default_workers, run_campaign
+from .engine import Events
+from .findings import KnownBugs
 
-from . import trace as T
-from .engine import Disagreement, Events, QemuCrash, StepDone, generalise
+#: the checkout's known QEMU bugs
+CORPUS_FINDINGS = Path(__file__).resolve().parent.parent / "corpus" / "findings"
 
-_BASE = dict(deadline=None, print_blob=False, report_multiple_bugs=True,
-             suppress_health_check=list(HealthCheck), stateful_step_count=25)
-PROFILES = {
-    # the test suite: fixed seed, no database, few examples
-    "tests": dict(_BASE, derandomize=True, database=None, max_examples=20),
-    # nightly campaigns: random seeds, database of failures to replay first next time
-    "nightly": dict(_BASE, derandomize=False, max_examples=10**9),
-    # reproduce: only replay what the database has
-    "repro": dict(_BASE, derandomize=False, max_examples=1, phases=[Phase.explicit, Phase.reuse]),
-}
-for _name, _kw in PROFILES.items():
-    settings.register_profile(f"blockfuzz-{_name}", parent=settings.get_profile("default"),
-                              **{k: v for k, v in _kw.items() if k != "database"},
-                              **({"database": None} if "database" in _kw else {}))
+
+class UsageError(Exception):
+    """A bad option value: one line, exit status 2."""
 
 
 def add_run_parser(subparsers) -> None:
     p = subparsers.add_parser("run", help="run a fuzz campaign", description=__doc__.split("\n\n")[0])
     p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 (default: $QEMU_PROG, then the fetched 11.1)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--time", type=float, metavar="S", help="stop after S seconds (default 60)")
-    g.add_argument("--examples", type=int, metavar="N", help="stop after N examples")
-    p.add_argument("--seed", type=int, metavar="N", help="Hypothesis seed (default: random)")
-    p.add_argument("--out", default="findings", metavar="DIR", help="where findings go (default ./findings)")
-    p.add_argument("--steps", type=int, default=25, metavar="N", help="steps per example (default 25)")
-    p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per-command QEMU timeout")
+    add_campaign_options(p)
+    p.add_argument("--workers", type=str, metavar="N",
+                   help=f"worker processes, each with its own QEMU (default: all cores, here {default_workers()})")
+    p.add_argument("--database", metavar="URL",
+                   help="example database shared by workers and machines: redis://HOST:PORT[/N] "
+                        "(default: DIR/.hypothesis)")
     p.add_argument("--profile", choices=["nightly", "repro"], default="nightly",
-                   help="nightly: random seeds, failures kept in DIR/.hypothesis (default); "
+                   help="nightly: random seeds, failures kept in the database (default); "
                         "repro: only re-run the failures stored there by an earlier run")
+    p.add_argument("--known-bugs", metavar="DIR", default=str(CORPUS_FINDINGS),
+                   help="finding traces of known QEMU bugs (default: the checkout's corpus/findings)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="a fresh QEMU for every example (default: -M none examples share one "
+                        "QEMU behind a checked reset; findings are confirmed on a fresh one)")
+    p.set_defaults(handler=run_command)
+
+
+def add_campaign_options(p) -> None:
+    """Options run and diff share.  Types are checked by :func:`campaign_numbers`, so a bad
+    value gets our one line rather than argparse's usage text."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--time", metavar="S", help="stop after S seconds (default 60)")
+    g.add_argument("--examples", metavar="N", help="stop after N examples")
+    p.add_argument("--seed", metavar="N", help="Hypothesis seed (default: random)")
+    p.add_argument("--out", default="findings", metavar="DIR", help="where findings go (default ./findings)")
+    p.add_argument("--steps", default="25", metavar="N", help="steps per example (default 25)")
+    p.add_argument("--timeout", default="5", metavar="S", help="per-command QEMU timeout (default 5)")
+    p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report (a testcase per finding)")
+    p.add_argument("--json", metavar="FILE", help="write a JSON report of the campaign")
     p.add_argument("--strict", action="store_true",
                    help="a build without an exact profile: compare the fields its profile does "
                         "not know too (default: name them once and leave them out)")
-    p.set_defaults(handler=run_campaign)
+    p.add_argument("--coverage", action="store_true", help="print the coverage table at the end")
 
 
-class Coverage:
-    """Behaviour coverage: how often each rule ran and each distinct outcome was produced."""
-
-    def __init__(self) -> None:
-        self.rules: Counter = Counter()
-        self.outcomes: Counter = Counter()
-        self.exact_errors: Counter = Counter()  # unfolded error texts, for exact look-ups
-        self.steps = 0
-
-    def __call__(self, event) -> None:
-        if not isinstance(event, StepDone) or event.model is None:
-            return
-        self.steps += 1
-        cmd = event.step["qmp"]
-        if cmd == "human-monitor-command":
-            cmd = "qemu-io " + event.step["args"]["command-line"].split('"')[1].split()[0]
-        self.rules[cmd] += 1
-        o = event.model
-        if o.error is not None:
-            self.exact_errors[f"{cmd}: {o.error.desc}"] += 1
-            key = f"{cmd}: error: {generalise(o.error.desc)}"
-        elif o.ret:
-            key = f"{cmd}: {generalise(o.ret.strip())}"
-        elif o.stdout:
-            key = f"{cmd}: " + " / ".join(generalise(l) for l in o.stdout)
-        else:
-            key = f"{cmd}: success"
-        self.outcomes[key] += 1
-
-    def table(self) -> str:
-        lines = [f"{'count':>8}  rule"]
-        lines += [f"{n:8d}  {k}" for k, n in self.rules.most_common()]
-        lines += ["", f"{'count':>8}  outcome"]
-        lines += [f"{n:8d}  {k}" for k, n in sorted(self.outcomes.items())]
-        return "\n".join(lines)
-
-    def to_json(self) -> dict:
-        return {"steps": self.steps, "rules": dict(self.rules), "outcomes": dict(self.outcomes),
-                "exact-errors": dict(self.exact_errors)}
+def _number(name: str, text: str | None, kind, minimum, inclusive: bool = True):
+    if text is None:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UsageError(f"{name} {text!r}: not a{'n integer' if kind is int else ' number'}") from None
+    if value != value or value in (float("inf"), float("-inf")) or \
+            (value < minimum if inclusive else value <= minimum):
+        bound = f">= {minimum}" if inclusive else f"> {minimum}"
+        raise UsageError(f"{name} {text}: must be {bound}")
+    return value
 
 
+def campaign_numbers(args) -> dict:
+    """The numeric options, checked: each bad value is one line and exit status 2."""
+    out = {
+        "time": _number("--time", args.time, float, 0, inclusive=False),
+        "examples": _number("--examples", args.examples, int, 1),
+        "seed": _number("--seed", args.seed, int, 0),
+        "steps": _number("--steps", args.steps, int, 1),
+        "timeout": _number("--timeout", args.timeout, float, 0, inclusive=False),
+    }
+    if out["time"] is None and out["examples"] is None:
+        out["time"] = 60.0
+    return out
 
 
-class FindingWriter:
-    """Writes each failing example to disk at once (atomically), and again on later runs of
-    the same bug, so the last write is Hypothesis' minimal example."""
-
-    def __init__(self, out: str):
-        self.out = out
-        self.seen: dict[str, str] = {}
-        self.signatures: dict[str, str] = {}
-        self.internal: set[str] = set()
-        #: how summary.txt says to replay a finding (diff mode names both builds)
-        self.replay_command = "blockfuzz replay"
-
-    def __call__(self, machine, error: BaseException) -> None:
-        internal = not isinstance(error, (Disagreement, QemuCrash))
-        if internal:  # a blockfuzz bug: keep the trace, report it as such
-            tb = traceback.extract_tb(error.__traceback__)[-1]
-            sig = f"internal:{type(error).__name__}:{os.path.basename(tb.filename)}:{tb.lineno}"
-        else:
-            sig = error.signature()
-        digest = hashlib.sha1(sig.encode()).hexdigest()[:12]
-        kind = "internal-error" if internal else error.kind
-        folder = os.path.join(self.out, f"{kind}-{digest}")
-        tr = T.Trace(name=f"finding {digest}", images=list(machine.images), steps=machine.recorded_steps(),
-                     description=f"{sig}\n{error}",
-                     extra={} if machine.machine == "none" else {"machine": machine.machine})
-        if digest not in self.seen:
-            T.save(tr, os.path.join(folder, "first.json"))
-        T.save(tr, os.path.join(folder, "minimal.json"))
-        self.seen[digest] = folder
-        self.signatures[folder] = sig
-        if internal:
-            self.internal.add(folder)
-        detail = "".join(traceback.format_exception(error)) if internal else f"{error}\n"
-        _atomic_text(os.path.join(folder, "summary.txt"), f"{detail}signature: {sig}\n"
-                     f"replay: {self.replay_command} {os.path.join(folder, 'minimal.json')}\n")
+def prepare_out(path: str) -> str:
+    """Create ``--out`` and make sure findings can be written there, or one line."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"--out {path}: cannot write findings there: {e.strerror or e}") from None
+    return path
 
 
-def _atomic_text(path: str, text: str) -> None:
-    T.write_atomically(path, text)
+def prepare_report_path(flag: str, path: str | None) -> None:
+    if path is None:
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: directory {parent} is not writable")
 
 
-def run_campaign(args: argparse.Namespace) -> int:
-    from . import statemachine as SM
+def require_qemu(binaries) -> str:
+    """The build's version line, or one line saying the program is not a QEMU."""
+    from .qemu import binaries_env
+
+    try:
+        out = subprocess.run([os.fspath(binaries.system), "-version"], env=binaries_env(binaries),
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             errors="replace", timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise UsageError(f"--qemu {binaries.system}: cannot run it: {e}") from None
+    first = (out.stdout.splitlines() or [""])[0]
+    if "QEMU emulator version" not in first:
+        raise UsageError(f"{binaries.system} is not a QEMU system emulator "
+                         f"(its -version printed {first[:80]!r}, not 'QEMU emulator version ...')")
+    return first
+
+
+def check_database(spec: str | None, out: str) -> None:
+    from .database import DatabaseError, open_database
+
+    try:
+        db = open_database(spec, out)
+    except DatabaseError as e:
+        raise UsageError(str(e)) from None
+    close = getattr(db, "close", None)
+    if callable(close):
+        close()
+
+
+def known_bugs(folder: str) -> KnownBugs:
+    """The known-bug table, or one line: a missing folder or a corrupt trace is the user's
+    to fix, not a campaign that silently reports every known bug as new."""
+    from . import trace as T
+
+    if not os.path.isdir(folder):
+        raise UsageError(f"--known-bugs {folder}: not a directory")
+    try:
+        return KnownBugs.from_corpus(folder)
+    except T.TraceError as e:
+        raise UsageError(f"--known-bugs: {e}") from None
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except UsageError as e:
+        print(f"blockfuzz: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .database import CAMPAIGN_KEY
     from .qemufetch import resolve_qemu
 
+    numbers = campaign_numbers(args)
+    workers = _number("--workers", args.workers, int, 1) or default_workers()
     binaries = resolve_qemu(args.qemu)
-    os.makedirs(args.out, exist_ok=True)
-    events = Events()
-    coverage = Coverage()
-    events.subscribe(coverage)
-    writer = FindingWriter(args.out)
-    examples = 0
-    deadline = time.monotonic() + (args.time if args.time is not None else 60.0) if args.examples is None else None
+    version = require_qemu(binaries)
+    prepare_out(args.out)
+    prepare_report_path("--junit", args.junit)
+    prepare_report_path("--json", args.json)
+    check_database(args.database, args.out)
+    spec = CampaignSpec(binaries=binaries, out=args.out, workers=workers, strict=args.strict,
+                        database=args.database, mode=args.profile, known=known_bugs(args.known_bugs),
+                        pool=not args.no_reuse, db_key=CAMPAIGN_KEY, **numbers)
+    print(f"blockfuzz run: {version} ({binaries.system}), {workers} worker(s), "
+          + (f"{numbers['time']:g} s" if numbers["time"] is not None else f"{numbers['examples']} examples")
+          + f", findings in {args.out}", flush=True)
+    state = run_campaign(spec, reporting_bus(args, spec))
+    return finish(state, args, binaries)
 
-    def on_start(machine):
-        nonlocal examples
-        examples += 1
-        if deadline is not None and time.monotonic() > deadline:
-            raise _TimeUp()
 
-    SM.CONTEXT.update(binaries=binaries, events=events, timeout=args.timeout, strict=args.strict,
-                      on_failure=writer, on_example_start=on_start)
-    prof = dict(PROFILES[args.profile], stateful_step_count=args.steps,
-                database=DirectoryBasedExampleDatabase(os.path.join(args.out, ".hypothesis")))
-    if args.examples is not None and args.profile != "repro":
-        prof["max_examples"] = args.examples
-    machine = SM.BlockGraphMachine
-    if args.seed is not None:
-        machine = hyp_seed(args.seed)(type("SeededMachine", (SM.BlockGraphMachine,), {}))
-    start = time.monotonic()
-    findings: list[str] = []
-    if deadline is not None:
-        # Examples check the deadline when they start; this catches a long shrink or a stuck
-        # example.  Leaving via _TimeUp still runs each example's teardown (QEMU is killed).
-        def _alarm(signum, frame):
-            raise _TimeUp()
-        signal.signal(signal.SIGALRM, _alarm)
-        signal.alarm(int(deadline - time.monotonic()) + 60)
-    try:
-        run_state_machine_as_test(machine, settings=settings(
-            parent=settings.get_profile(f"blockfuzz-{args.profile}"), **prof))
-    except (_TimeUp, SM.BlockfuzzBug):
-        pass  # time is up / a blockfuzz bug: its trace is saved, reported below
-    except BaseException as e:  # noqa: BLE001 - every failure is reported, then mapped to the exit code
-        errors = list(getattr(e, "exceptions", [e]))
-        if any(isinstance(x, _TimeUp) for x in errors) and not writer.seen:
-            pass
-        elif not writer.seen:
-            print(f"blockfuzz: harness error: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
-    finally:
-        signal.alarm(0)
-    elapsed = time.monotonic() - start
-    findings = sorted(writer.seen.values())
+def reporting_bus(args, spec) -> Events:
+    """The parent's listeners: progress, then the report files asked for."""
+    from .reporters import JsonReporter, JUnitReporter, ProgressReporter
+
+    bus = Events()
+    bus.subscribe(ProgressReporter())
+    if args.junit:
+        bus.subscribe(JUnitReporter(args.junit))
+    if args.json:
+        bus.subscribe(JsonReporter(args.json))
+    return bus
+
+
+def finish(state: CampaignState, args, binaries) -> int:
+    """Post-processing of new findings (minimize, report, reproducers) unless stopped by a
+    signal, the summary, and the exit status."""
+    from .reporters import coverage_table
+
+    if state.stopped_by is None:
+        for f in state.new():
+            if not f.internal:
+                _post_process(f.folder, f.signature, binaries, float(args.timeout))
+    cov = state.merged_coverage()
+    unknown = {b: sorted(p) for b, p in state.unknown_fields.items() if p}
+    with open(os.path.join(args.out, "coverage.json"), "w") as fh:
+        json.dump(dict(cov, examples=state.examples, seconds=state.elapsed,
+                       **{"set-aside-fields": unknown}), fh, indent=1)
+    if args.coverage:
+        print(coverage_table(cov))
+    for build, paths in sorted(unknown.items()):
+        print(f"QEMU {build} has no exact profile; fields left out of the comparison "
+              f"(--strict compares them): {', '.join(paths)}")
+    el = max(state.elapsed, 1e-9)
+    print(f"\n{state.examples} examples, {state.steps} steps in {state.elapsed:.1f} s "
+          f"({state.examples / el:.2f} examples/s, {state.steps / el:.1f} steps/s)")
+    if state.stopped_by:
+        print(f"stopped by {state.stopped_by}")
+    if state.reuse_artefacts:
+        print(f"{sum(state.reuse_artefacts.values())} failure(s) on a reused QEMU did not come "
+              f"back on a fresh one (not findings): {', '.join(sorted(state.reuse_artefacts))}")
+    known = state.known()
+    if known:
+        print(f"{len(known)} known QEMU bug(s), not counted as new:")
+        for f in known:
+            print(f"  {f.known}: {f.folder}")
+    status = state.exit_status()
+    for msg in state.harness_errors[:1]:
+        print(f"blockfuzz: harness error: {msg}", file=sys.stderr)
+    for f in state.internal()[:1]:
+        print(f"blockfuzz: internal error (a blockfuzz bug), trace kept: "
+              f"{f.folder}/minimal.json", file=sys.stderr)
+    if not state.harness_errors and state.steps == 0:
+        print("blockfuzz: the campaign executed no step (nothing was checked)", file=sys.stderr)
+    new = [f for f in state.new()]
+    if new:
+        print(f"{len(new)} new finding(s):")
+        for f in new:
+            tag = f" (regression: {f.regression})" if f.regression else ""
+            print(f"  {f.folder}/minimal.json{tag}\n    {f.summary[:300]}")
+    elif status == 0:
+        print("no new findings")
+    return status
+
+
+def _post_process(folder: str, signature: str, binaries, timeout: float) -> None:
+    """Shorten the trace (fuzz.minimize), then the report and the reproducers of the short
+    trace.  None of these raise."""
+    from . import trace as T
     from .export import export_finding
+    from .minimize import minimize_finding
     from .report import write_finding_report
 
-    for folder in findings:
-        if folder not in writer.internal:
-            _minimize_finding(folder, writer.signatures[folder], binaries, args.timeout)
-            # after minimizing, so the picture and reproducers are of the short trace; never
-            # raise
-            write_finding_report(folder, binaries, timeout=args.timeout)
-            export_finding(folder, binaries)
-    from .session import report_unknown_fields
-
-    print(coverage.table())
-    unknown = report_unknown_fields()
-    with open(os.path.join(args.out, "coverage.json"), "w") as f:
-        json.dump(dict(coverage.to_json(), examples=examples, seconds=elapsed,
-                       **{"set-aside-fields": unknown}), f, indent=1)
-    print(f"\n{examples} examples, {coverage.steps} steps in {elapsed:.1f} s "
-          f"({examples / elapsed:.2f} examples/s, {coverage.steps / elapsed:.1f} steps/s)")
-    if writer.internal:
-        print(f"blockfuzz: internal error (a blockfuzz bug), trace kept: "
-              f"{sorted(writer.internal)[0]}/minimal.json", file=sys.stderr)
-        return 2
-    if findings:
-        print(f"{len(findings)} finding(s):")
-        for f in findings:
-            print(f"  {f}/minimal.json")
-        return 1
-    print("no findings")
-    return 0
-
-
-def _minimize_finding(folder: str, signature: str, binaries, timeout: float) -> None:
-    """Shorten and simplify Hypothesis' minimal example (fuzz.minimize: steps, images,
-    arguments, references, qemu-io; bounded in time and replays)."""
-    from .minimize import minimize_finding
-
     path = os.path.join(folder, "minimal.json")
-    tr = T.load(path)
-    before = len(tr.steps)
-    small = minimize_finding(tr, binaries, signature, timeout=timeout)
-    if small is not tr:   # arguments and images may shrink with the step count unchanged
-        T.save(small, path)
-        print(f"{folder}: minimized from {before} to {len(small.steps)} steps")
-
-
-class _TimeUp(KeyboardInterrupt):
-    """Raised at the start of an example once the time budget is spent."""
+    try:
+        tr = T.load(path)
+        small = minimize_finding(tr, binaries, signature, timeout=timeout)
+        if small is not tr:
+            T.save(small, path)
+            print(f"{folder}: minimized from {len(tr.steps)} to {len(small.steps)} steps")
+    except T.TraceError as e:
+        print(f"{folder}: not minimized: {e}")
+    write_finding_report(folder, binaries, timeout=timeout)
+    export_finding(folder, binaries)

@@ -6,9 +6,25 @@
 QEMU is killed and the directory removed on leaving the block, whatever happened (unless
 ``keep=True``, used to keep QEMU's logs with a finding).  The model's version profile comes from
 QEMU's own ``query-version``; an unknown version gets the nearest profile and a warning.
+
+Reuse (campaigns): starting QEMU is most of an example's set-up, so a :class:`QemuPool` keeps
+one live ``-M none`` QEMU per build between examples::
+
+    pool = QemuPool()
+    with Session(binaries, images, events=ev, timeout=5.0, machine="none", pool=pool) as s:
+        ...            # s.reused: this QEMU ran an earlier example (confirm findings fresh)
+    pool.close()       # kills the QEMU, removes its work directory
+
+Each session on a pooled QEMU first resets it (``QemuProcess.reset``: checked empty, auto
+names counted from 0 again) and replaces the work directory's images.  A QEMU that failed
+(crash, hang, failed reset) or a session left by an exception (or :meth:`Session.discard`) is
+closed, and the next session starts a fresh one.  ``-M pc`` QEMUs are never reused (a PCI
+device cannot be unplugged from a guest that does not run), but ``QemuPool(prestart=True)``
+boots the next one while an example runs.  ``keep=True`` never uses the pool.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import warnings
@@ -19,8 +35,8 @@ from models.profiles import VersionProfile
 from models.query import known_fields
 
 from .engine import Events, FieldFilter, Runner
-from .images import make_images
-from .qemu import QemuProcess
+from .images import make_images, refill_images
+from .qemu import STDERR_LOG, STDOUT_LOG, QemuProcess, ResetFailed
 
 
 class UnknownQemuVersion(UserWarning):
@@ -49,7 +65,7 @@ def _warn_unknown_fields(event) -> None:
 class Session:
     def __init__(self, binaries, images: Iterable[ImageSpec], events: Events | None = None,
                  timeout: float = 5.0, keep: bool = False, workdir_root: str | None = None,
-                 machine: str = "none", strict: bool = False):
+                 machine: str = "none", strict: bool = False, pool: "QemuPool | None" = None):
         self.binaries = binaries
         self.images = tuple(images)
         self.events = events
@@ -62,20 +78,35 @@ class Session:
         self.qemu: QemuProcess | None = None
         self.runner: Runner | None = None
         self.profile: VersionProfile | None = None
+        self.pool = pool if not keep and pool is not None and (
+            machine == "none" or pool.prestart) else None
+        #: this example runs on a QEMU that ran an earlier one (set by __enter__)
+        self.reused = False
+        self._discard = False
 
     def __enter__(self) -> "Session":
-        self.workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=self.workdir_root)
         try:
-            make_images(self.images, self.workdir, self.binaries)
-            self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout,
-                                    machine=self.machine).start()
+            if self.pool is not None:
+                self.qemu, self.workdir, self.reused = self.pool.acquire(
+                    self.binaries, self.images, self.timeout, self.workdir_root, self.machine)
+            else:
+                self.workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=self.workdir_root)
+                make_images(self.images, self.workdir, self.binaries)
+                self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout,
+                                        machine=self.machine).start()
             self.profile = self._profile()
             self.runner = Runner(Model(self.profile, self.images, self.machine), self.qemu,
                                  self.events, field_filter=self._field_filter())
         except BaseException:
+            self._discard = True
             self.__exit__(None, None, None)
             raise
         return self
+
+    def discard(self) -> None:
+        """Do not return this session's QEMU to the pool (say, the example failed: its state
+        is not worth trusting even though a reset would check it)."""
+        self._discard = True
 
     def _profile(self) -> VersionProfile:
         key = str(self.binaries.system)
@@ -117,10 +148,145 @@ class Session:
         return {f.build: sorted(f.found) for f in _FIELD_FILTERS.values() if f.found}
 
     def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            if self.qemu is not None:
+                ok = not self._discard and (not exc or exc[0] is None)
+                self.pool.release(self.qemu, self.workdir, ok)
+            elif self.workdir is not None:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            self.qemu = None
+            return
         if self.qemu is not None:
             self.qemu.close()
         if self.workdir is not None and not self.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class QemuPool:
+    """Live ``-M none`` QEMUs kept between the examples of one process: one per build.
+
+    ``prestart=True``: whenever a session needs a fresh QEMU (every ``-M pc`` example; a
+    ``-M none`` one when there is none to reuse), the pool launches the next one of that kind
+    at once, so it boots while the example runs; the next session only waits for its QMP
+    greeting.  ``-M pc`` sessions go through the pool only then, and are never reused.
+
+    Not thread-safe; one per process (a pool inherited through fork() starts empty: its QEMUs
+    belong to the parent).  ``stats`` counts fresh starts, prestarted ones used, reuses and
+    failed resets.
+    """
+
+    def __init__(self, prestart: bool = False) -> None:
+        self.prestart = prestart
+        self._idle: dict[str, tuple[QemuProcess, str]] = {}
+        #: launched (not yet connected) QEMUs with empty work directories, per (build, machine)
+        self._spare: dict[tuple[str, str], tuple[QemuProcess, str]] = {}
+        self._owner = os.getpid()
+        self.stats = {"started": 0, "prestarted": 0, "reused": 0, "reset-failed": 0,
+                      "discarded": 0}
+        #: the last ResetFailed, for whoever wants to look at it
+        self.last_reset_failure: ResetFailed | None = None
+
+    @staticmethod
+    def _key(binaries) -> str:
+        return os.fspath(binaries.system)
+
+    def acquire(self, binaries, images: tuple, timeout: float, workdir_root: str | None = None,
+                machine: str = "none") -> tuple[QemuProcess, str, bool]:
+        """A QEMU for the next example, with ``images`` in its work directory: the idle one,
+        reset, or a fresh one.  Returns (qemu, workdir, reused)."""
+        self._check_owner()
+        idle = self._idle.pop(self._key(binaries), None) if machine == "none" else None
+        if idle is not None:
+            qemu, workdir = idle
+            qemu.timeout = timeout
+            try:
+                qemu.reset()
+                refill_images(images, workdir, binaries, keep=(STDOUT_LOG, STDERR_LOG, "dev"))
+            except ResetFailed as e:
+                self.last_reset_failure = e
+                self.stats["reset-failed"] += 1
+                _drop(qemu, workdir)
+            except BaseException:
+                _drop(qemu, workdir)
+                raise
+            else:
+                self.stats["reused"] += 1
+                return qemu, workdir, True
+        qemu, workdir = self._fresh(binaries, images, timeout, workdir_root, machine)
+        return qemu, workdir, False
+
+    def _fresh(self, binaries, images, timeout, workdir_root, machine):
+        spare = self._spare.pop((self._key(binaries), machine), None)
+        if spare is not None:
+            qemu, workdir = spare
+            try:
+                make_images(images, workdir, binaries)   # QEMU is chrooted there: it sees them
+                qemu.timeout = timeout
+                qemu.wait_ready()
+            except BaseException:
+                _drop(qemu, workdir)
+                raise
+            self.stats["prestarted"] += 1
+        else:
+            workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=workdir_root)
+            try:
+                make_images(images, workdir, binaries)
+                qemu = QemuProcess(binaries, workdir, timeout=timeout, machine=machine).start()
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            self.stats["started"] += 1
+        if self.prestart:
+            self._launch_spare(binaries, timeout, workdir_root, machine)
+        return qemu, workdir
+
+    def _launch_spare(self, binaries, timeout, workdir_root, machine) -> None:
+        workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=workdir_root)
+        try:
+            qemu = QemuProcess(binaries, workdir, timeout=timeout, machine=machine)
+            qemu.start(wait=False)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            return   # no spare: the next session starts one itself (and says why)
+        self._spare[(self._key(binaries), machine)] = (qemu, workdir)
+
+    def release(self, qemu: QemuProcess, workdir: str, ok: bool) -> None:
+        """Take a session's QEMU back: kept if ``ok``, ``-M none`` and still usable, else
+        closed."""
+        key = self._key(qemu.binaries)
+        usable = (ok and os.getpid() == self._owner and qemu._failure is None
+                  and not qemu._closed and qemu._reset_failed is None
+                  and qemu._proc is not None and qemu._proc.poll() is None)
+        if not usable or qemu.machine != "none" or key in self._idle:
+            self.stats["discarded"] += not usable
+            _drop(qemu, workdir)
+            return
+        self._idle[key] = (qemu, workdir)
+
+    def close(self) -> None:
+        """Kill every idle and spare QEMU and remove its work directory. Idempotent."""
+        if os.getpid() == self._owner:
+            for qemu, workdir in [*self._idle.values(), *self._spare.values()]:
+                _drop(qemu, workdir)
+        self._idle.clear()
+        self._spare.clear()
+
+    def _check_owner(self) -> None:
+        if os.getpid() != self._owner:
+            self._idle.clear()
+            self._spare.clear()
+            self._owner = os.getpid()
+
+    def __enter__(self) -> "QemuPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _drop(qemu: QemuProcess, workdir: str) -> None:
+    qemu.close()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def report_unknown_fields() -> dict[str, list[str]]:

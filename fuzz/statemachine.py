@@ -13,7 +13,10 @@ work directory's file system may not support O_DIRECT); qcow2 ``lazy-refcounts=o
 ``overlap-check``, ``encrypt``, ``data-file`` and file ``aio=native``/``pr-manager`` are not
 generated; reads are only verified where the model knows the data.
 
-Differential mode (``CONTEXT["diff"]``, ``blockfuzz diff``): the runner is a
+Configuration comes from a :class:`MachineConfig` bound to the class (:func:`machine_class`),
+never from module state.
+
+Differential mode (``MachineConfig.diff``, ``blockfuzz diff``): the runner is a
 ``fuzz.diffengine.DiffRunner`` over two builds, each with its own model.  Rules draw from model
 A's state (``self.runner.model``) exactly as above; both models' known-bug state steers I/O away
 from stuck nodes (``guard_graphs``).  A declined step is not dropped there: the DiffRunner sends
@@ -27,11 +30,15 @@ from typing import Any, Callable
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
+import attrs
+
 from models import ImageSpec, NotModeled, Write
 from models import iodata
 from models.blockdev import node_length
 
-from .engine import Disagreement, QemuCrash, Runner
+from . import trace as T
+from .engine import Disagreement, Events, QemuCrash, Runner
+from .findings import FailureSeen, KnownBugs, distinct, internal_signature
 
 MiB = 1 << 20
 SEED_IMAGES = (
@@ -41,17 +48,74 @@ SEED_IMAGES = (
 )
 NAMES = ("hd0", "hd1", "hd2", "hd3", "hd4", "f0", "f1", "r0", "r1")
 
-class BlockfuzzBug(KeyboardInterrupt):
-    """A bug in blockfuzz itself, raised after its trace was saved.  It derives from
-    KeyboardInterrupt because Hypothesis stops on that at once rather than shrinking."""
+class CampaignStop(KeyboardInterrupt):
+    """Ends a campaign's Hypothesis run at once, without shrinking: Hypothesis lets a
+    ``KeyboardInterrupt`` through, and the example's teardown still runs (QEMU is closed)."""
+
+
+class BlockfuzzBug(CampaignStop):
+    """A bug in blockfuzz itself, raised after its trace was saved."""
 
     def __init__(self, cause: BaseException):
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.cause = cause
 
 
-# Hooks set by the runner (run command / tests) before the machine is used.
-CONTEXT: dict[str, Any] = {}
+class HarnessStop(CampaignStop):
+    """The harness could not do its job (QEMU would not start, a tool failed): says nothing
+    about QEMU, so it must not be shrunk as if it were a finding, nor be lost as one."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(" ".join(str(cause).split("\n")[:1]))
+        self.cause = cause
+
+
+@attrs.frozen
+class ExampleFinished:
+    """Event: an example ended (its teardown ran): steps executed (not declined by the model)
+    and drawn, and the build's profile name."""
+
+    executed: int
+    drawn: int
+    build: str
+
+
+@attrs.frozen
+class ReuseArtefact:
+    """Event: a failure on a reused QEMU that a fresh QEMU does not show (not a finding)."""
+
+    signature: str
+    trace: T.Trace
+
+
+@attrs.frozen
+class MachineConfig:
+    """What one campaign's state machine needs (``machine_class`` binds it to a class).
+
+    ``events`` gets every step (``StepDone``) and failure (``FailureSeen``); ``known`` is the
+    known-bug table the machine consults so that a known bug ends its example quietly instead
+    of being shrunk again; ``on_example_start(machine)`` may raise ``CampaignStop`` (the time
+    budget, a signal).  ``diff``: two builds (``fuzz.diffengine``); ``pool``: a
+    ``fuzz.session.QemuPool`` that keeps ``-M none`` QEMUs across examples."""
+
+    binaries: Any
+    events: Events = attrs.field(factory=Events)
+    timeout: float = 5.0
+    strict: bool = False
+    diff: tuple | None = None
+    diff_profiles: tuple = (None, None)
+    known: KnownBugs = attrs.field(factory=KnownBugs)
+    on_example_start: Callable[[Any], None] | None = None
+    pool: Any = None
+    machines: tuple[str, ...] = ("none", "none", "none", "pc")
+    #: checked before every step: a stop asked for (a signal) ends the example there
+    should_stop: Callable[[], bool] | None = None
+
+
+def machine_class(config: MachineConfig, name: str = "BlockGraphMachine") -> type["BlockGraphMachine"]:
+    """A state machine class bound to ``config`` (no module-level state: two campaigns in one
+    process do not see each other's)."""
+    return type(name, (BlockGraphMachine,), {"config": config, "__module__": __name__})
 
 
 def image_sets() -> st.SearchStrategy[tuple[ImageSpec, ...]]:
@@ -69,53 +133,74 @@ def image_sets() -> st.SearchStrategy[tuple[ImageSpec, ...]]:
 
 
 class BlockGraphMachine(RuleBasedStateMachine):
-    """One QEMU process per example; one model beside it."""
+    """One QEMU per example (or a pooled one behind a checked reset); one model beside it.
+    Use :func:`machine_class` to get a class bound to a campaign's :class:`MachineConfig`."""
+
+    config: MachineConfig | None = None
 
     def __init__(self) -> None:
         super().__init__()
+        if self.config is None:
+            raise TypeError("BlockGraphMachine needs a MachineConfig: use machine_class(config)")
         self.session = None
         self.runner: Runner | None = None
         self.steps: list[dict] = []
         self.images: tuple = ()
         self.machine = "none"
         self.skipped = 0
+        #: set after a known bug: the rest of the example's steps are not run
+        self.halted = False
+        self.drawn = 0
 
     # -- plumbing ------------------------------------------------------------------------------
-    @initialize(images=image_sets(), machine=st.sampled_from(["none", "none", "none", "pc"]))
+    @initialize(images=image_sets(), machine=st.data())
     def start(self, images, machine):
-        """One QEMU per example; a quarter of them are ``-M pc`` so that iothreads and disks
-        (virtio-scsi + scsi-hd) can enter the graph."""
+        """One QEMU per example; by default a quarter of them are ``-M pc`` so that
+        iothreads and disks (virtio-scsi + scsi-hd) can enter the graph."""
+        from .qemu import HarnessError
         from .session import Session
 
+        cfg = self.config
         self.images = images
-        self.machine = machine
-        on_start = CONTEXT.get("on_example_start")
-        if on_start:
-            on_start(self)
-        if CONTEXT.get("diff") is not None:
-            # differential mode (fuzz.diffengine): two builds, each beside its own model;
-            # rules draw from model A's state (self.runner.model)
-            from .diffengine import DiffSession
+        self.machine = machine.draw(st.sampled_from(cfg.machines))
+        if cfg.on_example_start is not None:
+            cfg.on_example_start(self)
+        try:
+            if cfg.diff is not None:
+                # differential mode (fuzz.diffengine): two builds, each beside its own model;
+                # rules draw from model A's state (self.runner.model)
+                from .diffengine import DiffSession
 
-            self.session = DiffSession(CONTEXT["diff"], images, events=CONTEXT.get("events"),
-                                       timeout=CONTEXT.get("timeout", 5.0), machine=machine,
-                                       profiles=CONTEXT.get("diff_profiles", (None, None)),
-                                       strict=CONTEXT.get("strict", False)).__enter__()
-        else:
-            self.session = Session(CONTEXT["binaries"], images, events=CONTEXT.get("events"),
-                                   timeout=CONTEXT.get("timeout", 5.0), machine=machine,
-                                   strict=CONTEXT.get("strict", False)).__enter__()
+                self.session = DiffSession(cfg.diff, images, events=cfg.events,
+                                           timeout=cfg.timeout, machine=self.machine,
+                                           profiles=cfg.diff_profiles,
+                                           strict=cfg.strict).__enter__()
+            else:
+                kw = {"pool": cfg.pool} if cfg.pool is not None else {}
+                self.session = Session(cfg.binaries, images, events=cfg.events,
+                                       timeout=cfg.timeout, machine=self.machine,
+                                       strict=cfg.strict, **kw).__enter__()
+        except HarnessError as e:
+            raise HarnessStop(e) from e
         self.runner = self.session.runner
         for graph in self.guard_graphs():
             graph.guard_known_crashes = True
 
     def teardown(self) -> None:
         if self.session is not None:
-            self.session.__exit__(None, None, None)
+            session, self.session = self.session, None
+            build = self.build
+            session.__exit__(None, None, None)
+            self.config.events.emit(ExampleFinished(len(self.steps), self.drawn, build))
 
     @property
     def g(self):
         return self.runner.model.graph
+
+    @property
+    def build(self) -> str:
+        """The version label known bugs are listed under: the model's profile name."""
+        return self.runner.model.profile.name if self.runner is not None else "?"
 
     def guard_graphs(self) -> list:
         """The model states whose known-bug guards steer generation: the model's, or in
@@ -124,6 +209,13 @@ class BlockGraphMachine(RuleBasedStateMachine):
         return guards() if guards is not None else [self.g]
 
     def do(self, step: dict) -> None:
+        from .qemu import HarnessError
+
+        if self.halted:
+            return
+        if self.config.should_stop is not None and self.config.should_stop():
+            raise CampaignStop()
+        self.drawn += 1
         self.steps.append(step)
         try:
             self.runner.run(step)
@@ -136,18 +228,55 @@ class BlockGraphMachine(RuleBasedStateMachine):
             self.skipped += 1
             return
         except (Disagreement, QemuCrash) as e:
-            hook: Callable | None = CONTEXT.get("on_failure")
-            if hook is not None:
-                hook(self, e)
-            raise
+            self._failed(e)
+        except HarnessError as e:
+            raise HarnessStop(e) from e
         except Exception as e:
             # Anything else is a bug in blockfuzz: keep its trace, then stop the campaign at
             # once instead of letting Hypothesis shrink our own bug for minutes.
-            hook = CONTEXT.get("on_failure")
-            if hook is not None:
-                hook(self, e)
-                raise BlockfuzzBug(e) from e
-            raise
+            self.config.events.emit(FailureSeen(e, self.trace(), internal_signature(e),
+                                                self.build, internal=True))
+            raise BlockfuzzBug(e) from e
+
+    def _failed(self, e: BaseException) -> None:
+        """Record the finding; a known bug ends the example quietly (it is not shrunk again),
+        any other is raised as its own exception class so Hypothesis shrinks it alone.
+
+        On a QEMU that ran earlier examples (``Session.reused``) a failure counts only once a
+        replay on a fresh QEMU fails with the same signature: a reset the checks missed must
+        never become a finding.  One that does not come back ends its example quietly and is
+        counted (``ReuseArtefact``)."""
+        sig = e.signature()
+        discard = getattr(self.session, "discard", None)
+        if discard is not None:
+            discard()   # a QEMU that misbehaved is not worth resetting
+        if getattr(self.session, "reused", False) and not self._confirmed_fresh(sig):
+            self.config.events.emit(ReuseArtefact(sig, self.trace()))
+            self.halted = True
+            return
+        self.config.events.emit(FailureSeen(e, self.trace(), sig, self.build))
+        known, _ = self.config.known.lookup(sig, self.build)
+        if known is not None:
+            self.halted = True
+            return
+        raise distinct(e, sig)
+
+    def _confirmed_fresh(self, signature: str) -> bool:
+        from .minimize import failure_of
+        from .qemu import HarnessError
+
+        try:
+            again = failure_of(self.trace(), self.config.binaries, self.config.timeout)
+        except HarnessError as e:
+            raise HarnessStop(e) from e
+        return again is not None and again.signature() == signature
+
+    def trace(self) -> T.Trace:
+        """The example so far as a finding's trace."""
+        digest = "example"
+        return T.Trace(name=f"finding {digest}", images=list(self.images),
+                       steps=self.recorded_steps(),
+                       extra={} if self.machine == "none" else {"machine": self.machine})
 
     def recorded_steps(self) -> list[dict]:
         """The steps with what each side answered, as a finding's trace records them."""

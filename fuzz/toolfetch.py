@@ -1,13 +1,15 @@
-"""Fetch the helper programs blockfuzz runs besides QEMU: today Graphviz's ``dot``, which draws
-the block graphs of ``report.html`` (``fuzz.report``).
+"""Fetch the helper programs blockfuzz runs besides QEMU: Graphviz's ``dot``, which draws the
+block graphs of ``report.html`` (``fuzz.report``), and ``redis-server``, which the tests run as
+a real shared example database (``fuzz.database``, ``--database redis://...``).
 
-Like QEMU (``fuzz.qemufetch``), Graphviz comes from Debian's packages (bookworm's ``graphviz``
-with every library it needs, the C library and its loader included), fetched with the same
-private apt directory (``.qemu/apt/bookworm``) and unpacked into the checkout; nothing is
-installed on the system::
+Like QEMU (``fuzz.qemufetch``), each comes from Debian's packages (bookworm's ``graphviz`` and
+``redis-server``, each with every package apt says it needs, the C library and its loader
+included), fetched with the same private apt directory (``.qemu/apt/bookworm``) and unpacked
+into the checkout; nothing is installed on the system::
 
     $ python -m fuzz.toolfetch fetch graphviz     # ~10 MB, a few seconds; prints bin/dot
     /work/main/.qemu/tools/graphviz/bin/dot
+    $ python -m fuzz.toolfetch fetch redis        # prints bin/redis-server
     $ python -m fuzz.toolfetch path graphviz      # exit 1 if not fetched
 
 Layout (under ``$BLOCKFUZZ_QEMU_DIR``, default ``<checkout>/.qemu``)::
@@ -18,6 +20,9 @@ Layout (under ``$BLOCKFUZZ_QEMU_DIR``, default ``<checkout>/.qemu``)::
                                   (Debian's build calls it config6a)
     tools/graphviz/root/          every .deb unpacked with ``dpkg -x`` (the .debs are deleted)
     tools/graphviz/manifest.json  written last: its presence means "complete"
+    tools/redis/bin/redis-server  the same for Redis (no plugins; apt's plan for redis-server
+                                  also brings adduser's and init-system-helpers' perl, unused
+                                  but kept so the tree is exactly what Debian installs)
 
 Graphviz finds its plugins through a config file (``config6``, ``config6a`` in Debian) in its plugin directory, which
 ``dot -c`` writes; the wrapper points ``GVBINDIR`` at ``plugins/``, which holds only the core
@@ -27,7 +32,11 @@ metrics).  The config is written (and ``dot -Tsvg`` tried) once the tree is in i
 place, before the manifest.
 
 :func:`find_dot` is what the report uses: ``$BLOCKFUZZ_DOT`` > the fetched tree > ``dot`` in
-``$PATH`` > None.
+``$PATH`` > None.  :func:`redis_server_path` is what the tests use: the fetched tree only (a
+host's redis-server of another version would make the tests depend on the machine).
+
+Every tool is tried once unpacked, before the manifest is written: ``dot -Tsvg`` renders a
+graph; ``redis-server`` starts on a private unix socket and answers PING.
 """
 from __future__ import annotations
 
@@ -35,8 +44,10 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -45,7 +56,8 @@ import attrs
 
 from . import qemufetch as Q
 
-__all__ = ["TOOLS", "Tool", "ToolInstallation", "fetch", "find_dot", "installed", "tools_dir"]
+__all__ = ["TOOLS", "Tool", "ToolInstallation", "ToolNotFetched", "fetch", "find_dot", "installed",
+           "redis_server_path", "tools_dir"]
 
 
 @attrs.frozen
@@ -67,7 +79,20 @@ TOOLS = {
         "usr/bin/dot",
         plugins=("libgvplugin_core.so.6", "libgvplugin_dot_layout.so.6"),
     ),
+    # redis-server is a symlink to redis-check-rdb (redis-tools), one binary that picks its
+    # role from argv[0]; the wrapper runs the symlink, so argv[0] says redis-server.
+    "redis": Tool(
+        "redis",
+        Q.Source("bookworm", ("bookworm", "bookworm-updates", "bookworm-security")),
+        "redis-server",
+        "usr/bin/redis-server",
+    ),
 }
+
+
+class ToolNotFetched(RuntimeError):
+    """A tool blockfuzz needs is not fetched; the message is one line naming the fix."""
+
 
 _MANIFEST = "manifest.json"
 _FORMAT = 1
@@ -103,12 +128,13 @@ def _wrapper_text(directory: Path, tool: Tool, loader: str, library_path) -> str
     root = directory / "root"
     q = lambda p: shlex.quote(os.fspath(p))  # noqa: E731
     lib = ":".join(os.fspath(root / d) for d in library_path)
+    # Only Graphviz has plugins; its wrapper text must not change (installed() compares it).
+    plugin_env = f"GVBINDIR={q(directory / 'plugins')}\nexport GVBINDIR\n" if tool.plugins else ""
     return (
         "#!/bin/sh\n"
         f"# {tool.name} run with its own C library (written by blockfuzz, fuzz/toolfetch.py)\n"
-        f"GVBINDIR={q(directory / 'plugins')}\n"
-        "export GVBINDIR\n"
-        f"exec {q(root / loader)} --library-path {q(lib)} {q(root / tool.program)} \"$@\"\n"
+        + plugin_env
+        + f"exec {q(root / loader)} --library-path {q(lib)} {q(root / tool.program)} \"$@\"\n"
     )
 
 
@@ -129,8 +155,11 @@ def installed(name: str = "graphviz") -> ToolInstallation | None:
             return None  # edited, or the tree was moved (absolute paths inside)
     except (OSError, UnicodeDecodeError):
         return None
-    if not (os.access(inst.binary, os.X_OK) and (inst.root / tool.program).is_file()
-            and any(inst.plugin_dir.glob("config6*"))):
+    # resolve(): the program may be a symlink (redis-server), which must stay inside the tree.
+    program = (inst.root / tool.program).resolve()
+    if not (os.access(inst.binary, os.X_OK) and program.is_file()
+            and program.is_relative_to(inst.root.resolve())
+            and (not tool.plugins or any(inst.plugin_dir.glob("config6*")))):
         return None
     return inst
 
@@ -144,6 +173,16 @@ def find_dot() -> str | None:
     if inst is not None:
         return str(inst.binary)
     return shutil.which("dot")
+
+
+def redis_server_path() -> Path:
+    """The fetched ``redis-server`` wrapper; :class:`ToolNotFetched` if there is none."""
+    inst = installed("redis")
+    if inst is None:
+        raise ToolNotFetched(
+            f"redis-server is not fetched into {tools_dir() / 'redis'}: run `make tools`"
+            " (or `python -m fuzz.toolfetch fetch redis`)")
+    return inst.binary
 
 
 def _log(message: str) -> None:
@@ -204,6 +243,10 @@ def fetch(name: str = "graphviz", *, force: bool = False,
             Q._run(["dpkg", "-x", str(deb), str(root)])
         shutil.rmtree(debs)  # ~30 MB that only a re-fetch would read
         loader = Q._find_loader(root, triplet, loader_name)
+        program = root / tool.program
+        if not program.resolve().is_relative_to(root.resolve()) or not program.resolve().is_file():
+            raise Q.FetchError(f"{tool.program} is missing from the unpacked {tool.package}"
+                               " (or is a link leaving the tree)")
         plugin_src = root / "usr/lib" / triplet / "graphviz"
         plugins = staging / "plugins"
         plugins.mkdir()
@@ -221,7 +264,7 @@ def fetch(name: str = "graphviz", *, force: bool = False,
         wrapper.parent.mkdir()
         wrapper.write_text(_wrapper_text(final, tool, loader, library_path))
         wrapper.chmod(0o755)
-        banner = _check_dot(wrapper)
+        banner = _CHECKS[name](wrapper)
         manifest = {
             "blockfuzz-tool": _FORMAT,
             "name": name,
@@ -274,8 +317,58 @@ def _check_dot(wrapper: Path) -> str:
     return (proc.stderr.strip().splitlines() or ["dot"])[0]
 
 
+def _check_redis(wrapper: Path) -> str:
+    """Start the fetched redis-server on a unix socket in a temporary directory (no TCP port: a
+    fetch must not collide with anything listening) and PING it; the version banner."""
+    env = Q._clean_env()
+    proc = subprocess.run([str(wrapper), "--version"], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    banner = (proc.stdout.strip().splitlines() or [""])[0]
+    if proc.returncode != 0 or not banner.startswith("Redis server"):
+        detail = (proc.stderr.strip().splitlines() or [banner or f"exit status {proc.returncode}"])[0]
+        raise Q.FetchError(f"the fetched redis-server does not run: {detail}")
+    # /tmp, not the tree: a unix socket path must stay under ~107 bytes.
+    with tempfile.TemporaryDirectory(prefix="blockfuzz-redis-check-") as tmp:
+        sock_path = os.path.join(tmp, "redis.sock")
+        log_path = os.path.join(tmp, "redis.log")
+        server = subprocess.Popen(
+            [str(wrapper), "--port", "0", "--unixsocket", sock_path, "--save", "",
+             "--appendonly", "no", "--dir", tmp, "--logfile", log_path],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            reply = b""
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                        s.settimeout(5)
+                        s.connect(sock_path)
+                        s.sendall(b"PING\r\n")
+                        reply = s.recv(64)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            if reply != b"+PONG\r\n":
+                try:
+                    detail = Path(log_path).read_text().strip().splitlines()[-1]
+                except (OSError, IndexError):
+                    detail = f"exit status {server.poll()}" if server.poll() is not None else "no answer"
+                raise Q.FetchError(f"the fetched redis-server does not answer PING: {detail}")
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+    return banner
+
+
+_CHECKS = {"graphviz": _check_dot, "redis": _check_redis}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fuzz.toolfetch fetch|path graphviz``."""
+    """``python -m fuzz.toolfetch fetch|path graphviz|redis``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2 or args[0] not in ("fetch", "path") or args[1] not in TOOLS:
         print(f"usage: python -m fuzz.toolfetch fetch|path {'|'.join(TOOLS)}", file=sys.stderr)

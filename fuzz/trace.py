@@ -128,9 +128,14 @@ def load(path: str) -> Trace:
     return Trace.from_json(d, path)
 
 
+def dumps(trace: Trace) -> str:
+    """The file text of ``trace``."""
+    return json.dumps(trace.to_json(), indent=1) + "\n"
+
+
 def save(trace: Trace, path: str) -> None:
     """Atomically write ``trace`` to ``path``."""
-    write_atomically(path, json.dumps(trace.to_json(), indent=1) + "\n")
+    write_atomically(path, dumps(trace))
 
 
 def write_atomically(path: str, text: str) -> None:

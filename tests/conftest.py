@@ -23,3 +23,82 @@ def any_qemu(request):
 @pytest.fixture(scope="session")
 def qemu10():
     return qemu_binaries("10.0")
+
+
+# --------------------------------------------------------------------------------------------
+# A real Redis server (the shared example database, fuzz/database.py)
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """``redis://127.0.0.1:PORT/0`` of a real redis-server (the one ``make tools`` fetches),
+    started for the session on a free loopback port, without persistence, and stopped at the
+    end.  Not fetched is a failure, not a skip: the database tests must test something."""
+    import subprocess
+    import time
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from fuzz.toolfetch import ToolNotFetched, redis_server_path
+
+    try:
+        binary = redis_server_path()
+    except ToolNotFetched as e:
+        pytest.fail(str(e))
+    directory = tmp_path_factory.mktemp("redis")
+    log = directory / "redis.log"
+    # The port is free when asked, but another process may take it before redis binds it:
+    # then redis exits at once, and another port is tried.
+    for _attempt in range(5):
+        port = _free_loopback_port()
+        proc = subprocess.Popen(
+            [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(directory), "--logfile", str(log)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
+                             socket_connect_timeout=1)
+        answered, deadline = False, time.monotonic() + 20
+        while not answered and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                answered = client.ping()
+            except redis.RedisError:
+                time.sleep(0.05)
+        client.close()
+        if answered:
+            break
+        proc.kill()
+        proc.wait()
+    else:
+        tail = log.read_text().strip().splitlines()[-3:] if log.exists() else []
+        pytest.fail(f"{binary} did not answer PING on a loopback port: {' | '.join(tail)}")
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"redis-server (pid {proc.pid}) ignored SIGTERM for 10 s")
+        # Gone means nobody answers on its port any more.
+        probe = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1,
+                            socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+        try:
+            probe.ping()
+        except redis.ConnectionError:
+            pass
+        else:
+            pytest.fail(f"something still answers PING on 127.0.0.1:{port} after redis-server stopped")
+        finally:
+            probe.close()

@@ -273,7 +273,7 @@ def test_one_build_crashing_is_a_crash_finding_naming_it():
     with pytest.raises(QemuCrash) as e:
         r.run(STEPS[0])
     assert e.value.build == "B" and "(A did not)" in str(e.value)
-    assert e.value.signature() == "crash:blockdev-add"   # as `run` names it
+    assert e.value.signature() == "crash:SIGSEGV:blockdev-add"   # as `run` names it
 
 
 def test_both_builds_failing_alike_past_the_models_ends_the_example_without_a_finding():
@@ -337,22 +337,22 @@ def test_planted_profile_divergence_is_caught_in_a_campaign(pair, tmp_path):
     """Build B (10.0) is given 7.2's profile: the first graph it shows differs from A's where
     its model does not expect it.  The finding replays clean on both builds with their real
     profiles, and the two-build replay prints a column each."""
-    from hypothesis import Phase, settings
+    from hypothesis import Phase
     from hypothesis.stateful import run_state_machine_as_test
 
-    from fuzz import runcmd, statemachine as SM
+    from fuzz import statemachine as SM
+    from fuzz.engine import Events
+    from fuzz.findings import FindingWriter
+    from helpers import campaign_settings
 
-    writer = runcmd.FindingWriter(str(tmp_path))
-    SM.CONTEXT.clear()
-    SM.CONTEXT.update(binaries=pair[0], diff=pair, diff_profiles=(None, P72), on_failure=writer,
-                      timeout=5.0)
-    try:
-        with pytest.raises(BuildMismatch) as e:
-            run_state_machine_as_test(SM.BlockGraphMachine, settings=settings(
-                parent=settings.get_profile("blockfuzz-tests"), max_examples=5, stateful_step_count=4,
-                phases=[Phase.generate], report_multiple_bugs=False))   # no shrinking: seconds
-    finally:
-        SM.CONTEXT.clear()
+    bus = Events()
+    bus.subscribe(FindingWriter(str(tmp_path), bus))
+    cls = SM.machine_class(SM.MachineConfig(binaries=pair[0], diff=pair, diff_profiles=(None, P72),
+                                            events=bus, timeout=5.0))
+    with pytest.raises(BuildMismatch) as e:
+        run_state_machine_as_test(cls, settings=campaign_settings(
+            max_examples=5, stateful_step_count=4,
+            phases=[Phase.generate], report_multiple_bugs=False))   # no shrinking: seconds
     assert e.value.agrees == build_label(pair[0])
     minimal = glob.glob(str(tmp_path / "build-*" / "minimal.json"))
     assert len(minimal) == 1

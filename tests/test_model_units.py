@@ -122,15 +122,24 @@ def test_unknown_versions_get_the_nearest_older_profile(version, expected, exact
     assert (profile.name, is_exact) == (expected, exact)
 
 
-def test_hypothesis_profiles_never_come_from_the_ci_profile():
-    from hypothesis import settings
+def test_campaign_settings_never_come_from_the_ci_profile(tmp_path):
+    """Under $CI Hypothesis makes its ``ci`` profile (derandomized, no database) the default;
+    a campaign's rounds must still explore at random and keep failures in its database."""
+    from hypothesis import Phase, settings
+    from hypothesis.database import DirectoryBasedExampleDatabase
 
-    import fuzz.runcmd  # noqa: F401  (registers the profiles)
+    from fuzz.campaign import hypothesis_settings
 
-    tests = settings.get_profile("blockfuzz-tests")
-    nightly = settings.get_profile("blockfuzz-nightly")
-    assert tests.derandomize is True and tests.database is None
-    assert nightly.derandomize is False
+    db = DirectoryBasedExampleDatabase(str(tmp_path))
+    previous = settings.get_current_profile_name()
+    settings.load_profile("ci")
+    try:
+        assert settings.default.derandomize is True and settings.default.database is None
+        s = hypothesis_settings(db, (Phase.generate,), 7, 9)
+    finally:
+        settings.load_profile(previous)
+    assert s.derandomize is False and s.database is db
+    assert (s.max_examples, s.stateful_step_count, s.deadline) == (7, 9, None)
 
 
 # -- filters, objects, jobs, devices (expected values from QEMU's sources and the observations

@@ -73,15 +73,18 @@ def test_known_qemu_bugs_reproduce_exactly_where_they_should(any_qemu):
     findings = sorted(glob.glob(os.path.join(ROOT, "corpus", "findings", "*.json")))
     assert len(findings) >= 5
     r = blockfuzz("replay", *findings, "--qemu", any_qemu.system, "--timeout", "1")
-    # "FAIL name: ..." / "PASS name"
-    lines = {l.split(" ", 2)[1].rstrip(":"): l for l in r.stdout.strip().splitlines()}
+    # finding traces: "STILL FAILS name: ..." / "FIXED name"
+    lines = {l.removeprefix("STILL ").split(" ", 2)[1].rstrip(":"): l
+             for l in r.stdout.strip().splitlines()}
     assert len(lines) == len(findings), r.stdout
     for path in findings:
         tr = json.load(open(path))
         # a race (10.0's hang of qcow2-failed-open-over-iothread-node-abort) fails only
         # sometimes: either outcome is right there, and nothing else is
-        want = ("FAIL", "PASS") if short in tr.get("intermittent", ()) else \
-            ("FAIL",) if short in tr["affects"] else ("PASS",)
+        want = ("STILL FAILS", "FIXED") if short in tr.get("intermittent", ()) else \
+            ("STILL FAILS",) if short in tr["affects"] else ("FIXED",)
         assert lines[tr["name"]].startswith(want), (short, lines[tr["name"]])
+        # each fails with the signature it records (or on its own written expectation)
+        assert "(differently" not in lines[tr["name"]], lines[tr["name"]]
     kinds = " ".join(lines.values())
     assert "SIGSEGV" in kinds

@@ -189,12 +189,11 @@ def test_no_step_of_the_corpus_is_refused():
 
 def test_no_generated_step_is_refused(monkeypatch):
     """The state machine against the model alone (no QEMU): every step it draws passes."""
-    from hypothesis import settings
     from hypothesis.stateful import run_state_machine_as_test
 
     import fuzz.session
-    from fuzz import runcmd  # noqa: F401  (registers the blockfuzz-* settings profiles)
     from fuzz import statemachine as SM
+    from helpers import campaign_settings
     from fuzz.engine import Runner
     from models import PROFILES, Model
 
@@ -221,14 +220,8 @@ def test_no_generated_step_is_refused(monkeypatch):
             pass
 
     monkeypatch.setattr(fuzz.session, "Session", ModelOnly)
-    SM.CONTEXT.clear()
-    SM.CONTEXT.update(binaries=None, timeout=5.0)
-    try:
-        run_state_machine_as_test(SM.BlockGraphMachine, settings=settings(
-            parent=settings.get_profile("blockfuzz-tests"), max_examples=80,
-            stateful_step_count=30))
-    finally:
-        SM.CONTEXT.clear()
+    run_state_machine_as_test(SM.machine_class(SM.MachineConfig(binaries=None)),
+                              settings=campaign_settings(max_examples=80, stateful_step_count=30))
     assert seen["steps"] > 500, seen
 
 

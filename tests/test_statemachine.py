@@ -7,23 +7,23 @@ import json
 import os
 
 import pytest
-from hypothesis import settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from fuzz import runcmd, statemachine as SM
-from fuzz.engine import ResultMismatch
+from fuzz import statemachine as SM
+from helpers import campaign_settings
+from fuzz.engine import Events, ResultMismatch
+from fuzz.findings import FindingWriter
+
+
 
 
 def run_machine(binaries, out, max_examples, steps=12):
-    writer = runcmd.FindingWriter(str(out))
-    SM.CONTEXT.clear()
-    SM.CONTEXT.update(binaries=binaries, on_failure=writer, timeout=5.0)
-    s = settings(parent=settings.get_profile("blockfuzz-tests"), max_examples=max_examples,
-                 stateful_step_count=steps)
-    try:
-        run_state_machine_as_test(SM.BlockGraphMachine, settings=s)
-    finally:
-        SM.CONTEXT.clear()
+    bus = Events()
+    writer = FindingWriter(str(out), bus)
+    bus.subscribe(writer)
+    cls = SM.machine_class(SM.MachineConfig(binaries=binaries, events=bus, timeout=5.0))
+    run_state_machine_as_test(cls, settings=campaign_settings(max_examples=max_examples,
+                                                          stateful_step_count=steps))
     return writer
 
 

@@ -165,20 +165,18 @@ def test_a_campaign_on_an_unknown_build_names_the_field_and_still_catches_a_plan
     monkeypatch.setattr(blockdev, "blockdev_del", mutant)
     # the campaign's own machine and settings, without shrinking (the shrinker is tested
     # elsewhere): the planted error is a finding on the unknown build too
-    from hypothesis import Phase, settings
+    from hypothesis import Phase
     from hypothesis.stateful import run_state_machine_as_test
 
-    from fuzz import runcmd, statemachine as SM
-    from fuzz.engine import ResultMismatch
+    from fuzz import statemachine as SM
+    from fuzz.engine import Events, ResultMismatch
+    from fuzz.findings import FindingWriter
+    from helpers import campaign_settings
 
-    writer = runcmd.FindingWriter(str(tmp_path / "mutant"))
-    SM.CONTEXT.clear()
-    SM.CONTEXT.update(binaries=eleven_oh, on_failure=writer, timeout=5.0)
-    try:
-        with pytest.raises(ResultMismatch):
-            run_state_machine_as_test(SM.BlockGraphMachine, settings=settings(
-                parent=settings.get_profile("blockfuzz-tests"), max_examples=30,
-                stateful_step_count=12, phases=[Phase.generate]))
-    finally:
-        SM.CONTEXT.clear()
+    bus = Events()
+    bus.subscribe(FindingWriter(str(tmp_path / "mutant"), bus))
+    cls = SM.machine_class(SM.MachineConfig(binaries=eleven_oh, events=bus, timeout=5.0))
+    with pytest.raises(ResultMismatch):
+        run_state_machine_as_test(cls, settings=campaign_settings(
+            max_examples=30, stateful_step_count=12, phases=[Phase.generate]))
     assert glob.glob(str(tmp_path / "mutant" / "result-*" / "first.json"))

@@ -1,0 +1,250 @@
+"""Campaign speed with and without QEMU reuse (a benchmark, not a test).
+
+    .venv/bin/python bench/speed_bench.py [--qemu PATH] [--seconds S | --examples N]
+                                          [--seed N] [--mode fresh,pool,prestart] [--cprofile FILE]
+
+Runs the campaign's state machine (``fuzz.statemachine.BlockGraphMachine``, every oracle on:
+reply, qemu-io output, graph and jobs after each step) in this process with a fixed seed, once
+with a fresh QEMU per example (``fresh``), once with a ``fuzz.session.QemuPool`` (``pool``) and
+once with ``QemuPool(prestart=True)`` (``prestart``), and prints for each: checked steps/s, examples/s, drawn and executed steps per example, and the
+share of wall time in
+
+* set-up: ``Session.__enter__`` + ``__exit__`` (QEMU start or reset, images, model, teardown);
+* QMP: ``QemuProcess._call`` inside steps (round trips, i.e. also QEMU's own work);
+* model: ``Model.execute`` / ``query_named_block_nodes`` / ``query_jobs``;
+* engine: the rest of ``Runner.run`` (comparison, projection, canonicalisation);
+* generation: everything outside set-up and ``Runner.run`` (Hypothesis and the rules' draws).
+
+With the same seed both modes draw the same examples (draws depend on model state only).  A
+finding does not stop the run: the example is rejected, counted and printed.
+
+The machine is the campaign's (``machine_class(MachineConfig(..., pool=pool))``), subclassed
+only to count findings instead of shrinking them.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import time
+from collections import Counter
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from hypothesis import HealthCheck, Phase, seed as hyp_seed, settings
+from hypothesis.stateful import run_state_machine_as_test
+
+from fuzz import engine, qemu as Q, session as S, statemachine as SM
+from fuzz.engine import Events, StepDone
+from fuzz.qemufetch import resolve_qemu
+from models import Model
+
+# -- timing -------------------------------------------------------------------------------------
+
+T: Counter = Counter()          # seconds per bucket
+N: Counter = Counter()          # counts
+_depth = {"setup": 0}
+
+
+def _timed(bucket: str, fn, *, setup: bool = False):
+    def wrapper(*a, **kw):
+        t = time.perf_counter()
+        if setup:
+            _depth["setup"] += 1
+        try:
+            return fn(*a, **kw)
+        finally:
+            if setup:
+                _depth["setup"] -= 1
+                T[f"{bucket} -M {a[0].machine}"] += time.perf_counter() - t
+            T[bucket] += time.perf_counter() - t
+    return wrapper
+
+
+def _qmp_timed(fn):
+    def wrapper(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            T["qmp (set-up)" if _depth["setup"] else "qmp"] += time.perf_counter() - t
+            N["qmp calls"] += 1
+    return wrapper
+
+
+def instrument() -> None:
+    S.Session.__enter__ = _timed("set-up", _counting_enter, setup=True)
+    S.Session.__exit__ = _timed("set-up", S.Session.__exit__, setup=True)
+    Q.QemuProcess._call = _qmp_timed(Q.QemuProcess._call)
+    Q.QemuProcess._batch = _qmp_timed(Q.QemuProcess._batch)   # the reset's batches
+    for name in ("execute", "query_named_block_nodes", "query_jobs"):
+        setattr(Model, name, _timed("model", getattr(Model, name)))
+    engine.Runner.run = _timed("step", engine.Runner.run)
+
+
+# -- the machine --------------------------------------------------------------------------------
+
+CFG: dict = {}
+
+
+class _TimeUp(KeyboardInterrupt):
+    pass
+
+
+def bench_machine(config: "SM.MachineConfig") -> type:
+    """The campaign's machine bound to ``config``, counting examples, and ending an example
+    quietly at a finding (counted, its QEMU discarded) so that one finding does not end the
+    measurement."""
+    base = SM.machine_class(config, "BenchMachine")
+
+    class BenchMachine(base):
+        def _failed(self, e):
+            N["findings"] += 1
+            CFG["findings"].append((self.session.reused, str(e).splitlines()[0]))
+            self.session.discard()
+            self.halted = True
+
+    return BenchMachine
+
+
+def _on_start(machine) -> None:
+    if CFG["deadline"] is not None and time.perf_counter() > CFG["deadline"]:
+        raise _TimeUp()
+
+
+def _on_event(event) -> None:
+    if isinstance(event, StepDone) and event.model is not None:
+        N["checked steps"] += 1
+    elif isinstance(event, SM.ExampleFinished):
+        N["examples"] += 1
+        N["drawn steps"] += event.drawn
+
+
+_session_enter = S.Session.__enter__
+
+
+def _counting_enter(self):
+    out = _session_enter(self)
+    N[f"examples -M {self.machine}"] += 1
+    N["examples on a reused QEMU"] += self.reused
+    return out
+
+
+def warm_templates(binaries) -> None:
+    """Build every image set the machine draws into the template cache first: a campaign pays
+    that once (~18 sets, ~3 s), and it must not land in whichever mode runs first."""
+    import tempfile
+
+    from hypothesis import given
+
+    from fuzz.images import make_images
+
+    seen: set = set()
+    with tempfile.TemporaryDirectory() as d:
+        @settings(max_examples=300, database=None, deadline=None, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(SM.image_sets())
+        def build(images):
+            if images not in seen:
+                seen.add(images)
+                make_images(images, d, binaries)
+        build()
+
+
+def run(binaries, mode: str, seconds: float | None, examples: int | None, seed: int,
+        steps: int, prof: cProfile.Profile | None) -> dict:
+    T.clear()
+    N.clear()
+    events = Events()
+    events.subscribe(_on_event)
+    pool = S.QemuPool(prestart=mode == "prestart") if mode != "fresh" else None
+    CFG.update(findings=[], deadline=None if seconds is None else time.perf_counter() + seconds)
+    config = SM.MachineConfig(binaries, events=events, timeout=5.0, pool=pool,
+                              on_example_start=_on_start)
+    machine = hyp_seed(seed)(bench_machine(config))
+    cfg = settings(deadline=None, database=None, phases=[Phase.generate], print_blob=False,
+                   suppress_health_check=list(HealthCheck), stateful_step_count=steps,
+                   max_examples=examples if examples is not None else 10**9)
+    t0 = time.perf_counter()
+    if prof:
+        prof.enable()
+    try:
+        run_state_machine_as_test(machine, settings=cfg)
+    except _TimeUp:
+        pass
+    finally:
+        if prof:
+            prof.disable()
+        wall = time.perf_counter() - t0
+        if pool is not None:
+            t = time.perf_counter()
+            pool.close()
+            T["set-up"] += time.perf_counter() - t
+    out = {"mode": mode, "wall": wall, **T, **N, "findings-list": CFG["findings"]}
+    if pool is not None:
+        out["pool"] = dict(pool.stats)
+    return out
+
+
+def report(r: dict) -> None:
+    wall, ex = r["wall"], max(1, r.get("examples", 0))
+    setup, step = r.get("set-up", 0.0), r.get("step", 0.0)
+    qmp, model = r.get("qmp", 0.0), r.get("model", 0.0)
+    print(f"== {r['mode']}: {r.get('examples', 0)} examples "
+          f"({r.get('examples -M none', 0)} -M none, {r.get('examples -M pc', 0)} -M pc; "
+          f"{r.get('examples on a reused QEMU', 0)} on a reused QEMU) in {wall:.1f} s")
+    print(f"   checked steps/s          {r.get('checked steps', 0) / wall:8.1f}")
+    print(f"   examples/s               {r.get('examples', 0) / wall:8.2f}")
+    print(f"   steps/example drawn      {r.get('drawn steps', 0) / ex:8.2f}")
+    print(f"   steps/example executed   {r.get('checked steps', 0) / ex:8.2f}")
+    print(f"   set-up share             {100 * setup / wall:7.1f} %  "
+          f"({1000 * setup / ex:.1f} ms/example, of which QMP {1000 * r.get('qmp (set-up)', 0) / ex:.1f} ms)")
+    for m in ("none", "pc"):
+        if r.get(f"examples -M {m}"):
+            print(f"   set-up per -M {m:4s} example {1000 * r.get(f'set-up -M {m}', 0) / r[f'examples -M {m}']:7.1f} ms")
+    print(f"   QMP share (steps)        {100 * qmp / wall:7.1f} %")
+    print(f"   model share              {100 * model / wall:7.1f} %")
+    print(f"   engine share             {100 * (step - qmp - model) / wall:7.1f} %")
+    print(f"   generation share         {100 * (wall - setup - step) / wall:7.1f} %")
+    if "pool" in r:
+        print(f"   pool                     {r['pool']}")
+    if r.get("findings"):
+        print(f"   findings                 {r['findings']} (reused QEMU, first line):")
+        for reused, line in r["findings-list"][:10]:
+            print(f"     {'reused' if reused else 'fresh '} {line[:150]}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--qemu")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--seconds", type=float)
+    g.add_argument("--examples", type=int)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=25, help="stateful_step_count (campaign: 25)")
+    ap.add_argument("--mode", default="fresh,pool,prestart",
+                    help="comma-separated: fresh (a QEMU per example, as before), pool "
+                         "(QemuPool), prestart (QemuPool(prestart=True)); default all three")
+    ap.add_argument("--cprofile", metavar="FILE",
+                    help="profile the (last) run; FILE.<mode> gets the stats, top 25 printed")
+    a = ap.parse_args()
+    if a.seconds is None and a.examples is None:
+        a.seconds = 30.0
+    binaries = resolve_qemu(a.qemu)
+    warm_templates(binaries)
+    instrument()
+    for mode in a.mode.split(","):
+        prof = cProfile.Profile() if a.cprofile else None
+        r = run(binaries, mode, a.seconds, a.examples, a.seed, a.steps, prof)
+        report(r)
+        if prof:
+            prof.dump_stats(f"{a.cprofile}.{mode}")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

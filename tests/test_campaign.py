@@ -1,0 +1,382 @@
+"""Campaigns as a nightly job runs them: honest exit codes, clean stops, workers, a shared
+Redis database, signatures that tell bugs apart, and known bugs reported as known.
+
+Campaigns run as subprocesses (``blockfuzz run``) where signals, exit codes and left-over
+processes are what is tested; a planted model bug (a "mutant", installed by a small driver
+script before ``fuzz.cli.main`` runs) gives them something to find on a real QEMU."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from fuzz import trace as T
+from fuzz.engine import Events, QemuCrash, abort_text
+from fuzz.findings import FailureSeen, FindingWriter, KnownBugs, distinct
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+#: a driver that plants a wrong model rule (every successful blockdev-del is refused by the
+#: model) and then runs the command line; QEMU is real
+MUTANT_DRIVER = textwrap.dedent("""
+    import sys
+    from models import blockdev
+    real = blockdev.blockdev_del
+    def mutant(g, args):
+        real(g, args)
+        raise blockdev.QmpFailure("mutant: node cannot be deleted")
+    if sys.argv[1] == "mutant":
+        blockdev.blockdev_del = mutant
+    from fuzz.cli import main
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def driver(tmp_path) -> str:
+    path = tmp_path / "driver.py"
+    path.write_text(MUTANT_DRIVER)
+    return str(path)
+
+
+def env_for(tmp_path) -> dict:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir(exist_ok=True)
+    return dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=ROOT)
+
+
+def run_cli(tmp_path, *args, mutant=False, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, driver(tmp_path), "mutant" if mutant else "plain", *args],
+                          cwd=ROOT, env=env_for(tmp_path), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    lines = [l for l in r.stderr.splitlines() if l.strip() and "Warning" not in l
+             and not l.startswith("  warnings.warn")]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("blockfuzz: ") and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: one line, exit 2 (the table of the nightly-campaigns issue)
+
+@pytest.mark.parametrize("args, says", [
+    (["--timeout", "0", "--time", "3"], "--timeout 0: must be > 0"),
+    (["--time", "-1"], "--time -1: must be > 0"),
+    (["--time", "soon"], "--time 'soon': not a number"),
+    (["--examples", "0"], "--examples 0: must be >= 1"),
+    (["--steps", "0", "--time", "3"], "--steps 0: must be >= 1"),
+    (["--workers", "0", "--time", "3"], "--workers 0: must be >= 1"),
+    (["--out", "/proc/forbidden", "--time", "3"], "--out /proc/forbidden: cannot write findings there"),
+    (["--junit", "/proc/nope/x.xml", "--time", "3"], "--junit /proc/nope/x.xml: directory"),
+    (["--database", "redis://127.0.0.1:1/0", "--time", "3"], "cannot reach Redis at 127.0.0.1:1"),
+    (["--database", "mysql://x", "--time", "3"], "bad --database 'mysql://x'"),
+    (["--known-bugs", "/nonexistent", "--time", "3"], "--known-bugs /nonexistent: not a directory"),
+])
+def test_bad_option_is_one_line_and_exit_2(tmp_path, args, says):
+    r = run_cli(tmp_path, "run", "--out", str(tmp_path / "out"), *args, timeout=60)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert says in one_error_line(r)
+    assert "no findings" not in r.stdout
+
+
+def test_not_a_qemu_is_one_line_and_exit_2(tmp_path):
+    r = run_cli(tmp_path, "run", "--qemu", "/bin/ls", "--time", "3", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "/bin/ls is not a QEMU system emulator" in one_error_line(r)
+
+
+@pytest.mark.qemu
+def test_qemu_that_never_starts_is_a_harness_error_not_a_green_run(qemu10, tmp_path):
+    """The false green: a QEMU that answers -version but dies at start-up used to become "no
+    findings".  Every example fails to start: exit 2, one line, no shrinking."""
+    fake = tmp_path / "qemu-system-x86_64"
+    fake.write_text(f"#!/bin/sh\ncase \"$1\" in -version|-help|-object) exec {qemu10.system} \"$@\";; esac\n"
+                    "echo 'qemu: could not load PC BIOS' >&2; exit 1\n")
+    fake.chmod(0o755)
+    t = time.monotonic()
+    r = run_cli(tmp_path, "run", "--qemu", str(fake), "--time", "20", "--workers", "1",
+                "--out", str(tmp_path / "o"))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "harness error: QEMU did not become ready" in one_error_line(r)
+    assert time.monotonic() - t < 15    # stopped at once, not at the end of --time
+    assert "no findings" not in r.stdout
+
+
+@pytest.mark.qemu
+def test_campaign_that_runs_no_step_is_exit_2(qemu10, tmp_path):
+    """Every step declined by the model (a planted decline): nothing was checked."""
+    drv = tmp_path / "decline.py"
+    drv.write_text(textwrap.dedent("""
+        import sys
+        import models.model as M
+        from models.errors import NotModeled
+        def declined(self, cmd, args=None):
+            raise NotModeled("planted: every step declined")
+        M.Model.execute = declined
+        from fuzz.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """))
+    r = subprocess.run([PY, str(drv), "run", "--qemu", qemu10.system, "--examples", "5",
+                        "--workers", "1", "--out", str(tmp_path / "o")],
+                       cwd=ROOT, env=env_for(tmp_path), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "executed no step" in one_error_line(r)
+
+
+# --------------------------------------------------------------------------------------------
+# signals: stop within 2 s, leave nothing behind, keep findings and reports
+
+def qemu_pids_under(root: str) -> set[int]:
+    """QEMU processes whose working directory is under ``root`` (every work directory of a
+    campaign is, through $TMPDIR)."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if cwd.startswith(root) and b"qemu-system" in cmd:
+            found.add(int(pid))
+    return found
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_signal_stops_a_two_worker_campaign_cleanly(qemu10, tmp_path, how):
+    out = tmp_path / "out"
+    env = env_for(tmp_path)
+    tmp = env["TMPDIR"]
+    p = subprocess.Popen([PY, driver(tmp_path), "mutant", "run", "--qemu", qemu10.system,
+                          "--time", "120", "--workers", "2", "--seed", "1", "--out", str(out),
+                          "--junit", str(tmp_path / "r.xml"), "--json", str(tmp_path / "r.json")],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 90
+    # wait until both workers run QEMU and the mutant has been found
+    while time.monotonic() < deadline:
+        seen |= qemu_pids_under(tmp)
+        if len(seen) >= 2 and glob.glob(str(out / "result-*" / "first.json")):
+            break
+        time.sleep(0.2)
+    assert glob.glob(str(out / "result-*" / "first.json")), "the mutant was not found in time"
+    time.sleep(1.0)
+    seen |= qemu_pids_under(tmp)
+    t = time.monotonic()
+    if how == "SIGINT":    # Ctrl-C: the terminal signals the whole foreground process group
+        os.killpg(p.pid, signal.SIGINT)
+    else:                  # a scheduler's kill: the campaign process only
+        p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=30)
+    took = time.monotonic() - t
+    assert took < 2.0, (took, stdout, stderr)
+    assert p.returncode == 1, (p.returncode, stdout, stderr)    # the findings so far call for 1
+    assert f"stopped by {how}" in stdout
+    assert not [pid for pid in seen if os.path.exists(f"/proc/{pid}")
+                and b"qemu-system" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert qemu_pids_under(tmp) == set()
+    assert os.listdir(tmp) == [], os.listdir(tmp)        # no temp dir or file left
+    assert not [f for f in glob.glob(str(out / "**"), recursive=True) if ".tmp-" in f]
+    report = json.load(open(tmp_path / "r.json"))
+    assert report["stopped-by"] == how and report["workers"] == 2
+    assert report["counts"]["new"] >= 1 and report["exit-status"] == 1
+    suite = ET.parse(tmp_path / "r.xml").getroot()
+    assert int(suite.get("failures")) == report["counts"]["new"]
+    for f in report["findings"]:
+        assert os.path.exists(os.path.join(f["folder"], "minimal.json"))
+
+
+# --------------------------------------------------------------------------------------------
+# workers and a shared Redis database
+
+@pytest.mark.qemu
+def test_two_workers_and_redis_share_failures(qemu10, tmp_path, redis_server):
+    """Two workers find the planted bug once (one folder, one signature); a second campaign on
+    the same Redis that only replays the database (--profile repro) finds it too, and one on
+    an empty Redis database executes nothing (exit 2)."""
+    r = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--examples", "60", "--workers", "2",
+                "--seed", "5", "--out", str(tmp_path / "a"), "--database", redis_server,
+                "--json", str(tmp_path / "a.json"), mutant=True)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    report = json.load(open(tmp_path / "a.json"))
+    assert report["workers"] == 2 and report["counts"]["examples"] >= 2
+    sigs = [f["signature"] for f in report["findings"]]
+    assert len(sigs) == len(set(sigs)) >= 1
+    assert len(glob.glob(str(tmp_path / "a" / "result-*"))) == len(sigs)
+    again = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--profile", "repro",
+                    "--workers", "1", "--out", str(tmp_path / "b"), "--database", redis_server,
+                    "--json", str(tmp_path / "b.json"), mutant=True)
+    assert again.returncode == 1, (again.stdout, again.stderr)
+    replayed = json.load(open(tmp_path / "b.json"))
+    assert {f["signature"] for f in replayed["findings"]} & set(sigs)
+    empty = redis_server.rsplit("/", 1)[0] + "/5"
+    none = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--profile", "repro",
+                   "--workers", "1", "--out", str(tmp_path / "c"), "--database", empty, mutant=True)
+    assert none.returncode == 2, (none.stdout, none.stderr)
+    assert "executed no step" in one_error_line(none)
+
+
+# --------------------------------------------------------------------------------------------
+# signatures and known bugs
+
+def corpus(name: str) -> T.Trace:
+    return T.load(os.path.join(ROOT, "corpus", "findings", name + ".json"))
+
+
+def failure(tr: T.Trace, binaries) -> BaseException:
+    from fuzz.minimize import failure_of
+
+    bare = T.Trace(tr.name, tr.images, [{k: v for k, v in s.items() if k not in ("expect", "observed")}
+                                        for s in tr.steps if "qmp" in s], "", dict(tr.extra))
+    err = failure_of(bare, binaries, 2.0)
+    assert err is not None, tr.name
+    return err
+
+
+@pytest.mark.qemu
+def test_two_real_crashes_of_one_command_are_two_findings(tmp_path):
+    """On 7.2 blockdev-reopen dies two ways (corpus/findings): SIGSEGV and an assertion.  They
+    get two signatures, two folders, and two exception types for Hypothesis."""
+    from conftest import qemu_binaries
+    from hypothesis.internal.escalation import InterestingOrigin
+
+    q72 = qemu_binaries("7.2")
+    segv = failure(corpus("reopen-closes-queued-node-segv"), q72)
+    abort = failure(corpus("qemu72-reopen-detached-entry-abort"), q72)
+    assert segv.step["qmp"] == abort.step["qmp"] == "blockdev-reopen"
+    assert isinstance(segv, QemuCrash) and isinstance(abort, QemuCrash)
+    assert segv.signature() != abort.signature()
+    assert "SIGSEGV" in segv.signature() and "SIGABRT" in abort.signature()
+    assert "quiesce_counter > 0" in abort.signature() and ":4" not in abort.signature()
+    writer = FindingWriter(str(tmp_path), Events())
+    folders = {writer.record(FailureSeen(e, T.Trace("x", [], []), e.signature(), "7.2")).folder
+               for e in (segv, abort)}
+    assert len(folders) == 2
+    origins = set()
+    for e in (segv, abort):
+        try:
+            raise distinct(e, e.signature())
+        except QemuCrash as raised:
+            origins.add(InterestingOrigin.from_exception(raised))
+    assert len(origins) == 2
+
+
+@pytest.mark.qemu
+def test_recorded_signatures_are_what_a_campaign_sees(any_qemu):
+    """Each corpus finding records, per affected version, the signature its replay shows
+    without its written expectations: the known-bug table is only as good as these."""
+    from fuzz.session import Session
+
+    with Session(any_qemu, ()) as s:
+        version = s.profile.name
+    checked = 0
+    for path in sorted(glob.glob(os.path.join(ROOT, "corpus", "findings", "*.json"))):
+        tr = T.load(path)
+        recorded = tr.extra.get("signature", {}).get(version)
+        if recorded is None or version in tr.extra.get("intermittent", ()):
+            continue
+        assert failure(tr, any_qemu).signature() == recorded, tr.name
+        checked += 1
+    assert checked >= 3
+
+
+def test_known_bug_table_knows_listed_versions_and_flags_regressions(tmp_path):
+    tr = T.Trace("bug", [], [], "", {"affects": ["10.0"], "signature": {"10.0": "crash:SIGSEGV:x"}})
+    T.save(tr, str(tmp_path / "bug.json"))
+    known = KnownBugs.from_corpus(str(tmp_path))
+    assert known.lookup("crash:SIGSEGV:x", "10.0") == ("bug", None)
+    assert known.lookup("crash:SIGSEGV:x", "11.1") == (None, "bug")
+    assert known.lookup("crash:SIGSEGV:y", "10.0") == (None, None)
+
+
+def test_abort_text_drops_paths_line_numbers_and_addresses():
+    a = abort_text("warning: x\nqemu-system-x86_64: ../../block.c:4659: bdrv_reopen_multiple: "
+                   "Assertion `bs->x > 0' failed.\n")
+    b = abort_text("/usr/bin/qemu-system-x86_64: ../block.c:4702: bdrv_reopen_multiple: "
+                   "Assertion `bs->x > 0' failed.\n")
+    assert a == b == "block.c: bdrv_reopen_multiple: Assertion `bs->x > 0' failed."
+    assert abort_text("ERROR:../util/a.c:12:f: code should not be reached at 0x7f00ab") == \
+        "ERROR:util/a.c:f: code should not be reached at 0xN"
+    assert abort_text("just a warning\n") == ""
+
+
+@pytest.mark.qemu
+def test_known_bug_is_known_on_its_version_and_a_regression_elsewhere(qemu10, tmp_path):
+    """The planted bug's finding, listed as a known bug of 10.0: the campaign counts it as
+    known and exits 0; listed for 7.2 only, it is a regression on 10.0 and exits 1."""
+    first = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--examples", "40",
+                    "--workers", "1", "--seed", "2", "--out", str(tmp_path / "a"), mutant=True)
+    assert first.returncode == 1, (first.stdout, first.stderr)
+    [minimal] = glob.glob(str(tmp_path / "a" / "result-*" / "minimal.json"))
+    sig = T.load(minimal).description.splitlines()[0]
+    for affects, status, word in ((["10.0"], 0, "known"), (["7.2"], 1, "regression")):
+        bugs = tmp_path / f"known-{status}"
+        bugs.mkdir()
+        tr = T.load(minimal)
+        T.save(T.Trace("planted-mutant", tr.images, tr.steps, "",
+                       {"affects": affects, "signature": {v: sig for v in affects}}),
+               str(bugs / "planted-mutant.json"))
+        r = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--examples", "40",
+                    "--workers", "1", "--seed", "2", "--out", str(tmp_path / f"o{status}"),
+                    "--known-bugs", str(bugs), "--junit", str(tmp_path / f"{status}.xml"),
+                    mutant=True)
+        assert r.returncode == status, (word, r.stdout, r.stderr)
+        assert f"finding ({word})" in r.stdout
+        suite = ET.parse(tmp_path / f"{status}.xml").getroot()
+        assert int(suite.get("failures")) == status
+        if status == 0:
+            assert "1 known QEMU bug(s)" in r.stdout and "planted-mutant" in r.stdout
+            assert glob.glob(str(tmp_path / "o0" / "known" / "result-*" / "first.json"))
+
+
+@pytest.mark.qemu
+def test_replay_of_a_finding_says_still_fails_or_fixed(tmp_path):
+    from conftest import qemu_binaries
+
+    path = os.path.join(ROOT, "corpus", "findings", "qemu72-reopen-detached-entry-abort.json")
+    for version, word in (("7.2", "STILL FAILS"), ("10.0", "FIXED")):
+        b = qemu_binaries(version)
+        r = run_cli(tmp_path, "replay", "--qemu", str(b.system), "--timeout", "2", path)
+        assert r.stdout.startswith(f"{word} qemu72-reopen-detached-entry-abort"), r.stdout
+        assert r.returncode == (1 if word == "STILL FAILS" else 0)
+
+
+def test_plain_progress_line_names_the_counts():
+    """Not a terminal: a plain line at most every ``every`` seconds with the campaign's
+    running totals."""
+    import io
+
+    from fuzz.campaign import CampaignSpec, CampaignStarted, CampaignState, Progress
+    from fuzz.findings import FindingEvent
+    from fuzz.reporters import ProgressReporter
+
+    spec = CampaignSpec(binaries=None, out="x", time=100.0)
+    state = CampaignState(spec)
+    state.examples, state.steps, state.outcomes = 12, 340, {"a", "b", "c"}
+    state.findings["s"] = FindingEvent("s", "result", "f", "summary", 3, "10.0", True)
+    state.findings["k"] = FindingEvent("k", "crash", "g", "summary", 3, "10.0", True, known="bug")
+    out = io.StringIO()
+    rep = ProgressReporter(out, every=0.0, live=False)
+    rep(CampaignStarted(spec, 0.0))
+    rep(Progress(state))
+    line = out.getvalue().strip()
+    assert "12 examples, 340 steps" in line and "1 new and 1 known findings" in line
+    assert "3 distinct outcomes" in line and "s left" in line
+    quiet = ProgressReporter(io.StringIO(), every=3600.0, live=False)
+    quiet(CampaignStarted(spec, 0.0))
+    quiet(Progress(state))
+    assert quiet.stream.getvalue() == ""
