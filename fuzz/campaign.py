@@ -79,7 +79,7 @@ class CampaignSpec:
     time: float | None = 60.0
     examples: int | None = None
     seed: int | None = None
-    steps: int = 25
+    steps: int = 50
     timeout: float = 5.0
     strict: bool = False
     workers: int = 1

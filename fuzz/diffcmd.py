@@ -25,7 +25,7 @@ from collections import Counter
 
 from . import trace as T
 from .runcmd import (UsageError, add_campaign_options, campaign_numbers, prepare_out,
-                     prepare_report_path, reporting_bus)
+                     prepare_report_path, report_problems, reporting_bus)
 
 
 def add_diff_parser(subparsers) -> None:
@@ -181,13 +181,7 @@ def run_diff(args: argparse.Namespace) -> int:
               f"{past.kept[kind]}")
     if state.stopped_by:
         print(f"stopped by {state.stopped_by}")
-    for msg in state.harness_errors[:1]:
-        print(f"blockfuzz: harness error: {msg}", file=sys.stderr)
-    for f in state.internal()[:1]:
-        print(f"blockfuzz: internal error (a blockfuzz bug), trace kept: "
-              f"{f.folder}/minimal.json", file=sys.stderr)
-    if not state.harness_errors and state.steps == 0:
-        print("blockfuzz: the campaign executed no step (nothing was checked)", file=sys.stderr)
+    report_problems(state)
     status = state.exit_status()
     new = state.new()
     if new:
