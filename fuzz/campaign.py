@@ -137,6 +137,8 @@ class CampaignState:
         self.unknown_fields: dict[str, set] = {}
         self.builds: set[str] = set()
         self.workers_done = 0
+        #: Hypothesis runs started, over all workers (a run ends some time after a failure)
+        self.rounds = 0
         #: failures on a reused QEMU that a fresh QEMU did not confirm, by signature
         self.reuse_artefacts: Counter = Counter()
 
@@ -299,7 +301,7 @@ def worker_main(spec: CampaignSpec, index: int, send: Callable[[tuple], None],
     finally:
         if pool is not None:
             pool.close()
-        send(("done", index, coverage.to_json(), Session.unknown_fields(), examples))
+        send(("done", index, coverage.to_json(), Session.unknown_fields(), examples, rounds))
 
 
 def _only_findings(e: BaseException) -> bool:
@@ -402,6 +404,7 @@ def run_campaign(spec: CampaignSpec, bus: Events | None = None) -> CampaignState
             for build, paths in msg[3].items():
                 state.unknown_fields.setdefault(build, set()).update(paths)
             state.workers_done += 1
+            state.rounds += msg[5]
 
     try:
         if spec.workers <= 1:

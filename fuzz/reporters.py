@@ -271,6 +271,7 @@ class JsonReporter:
             "stopped-by": state.stopped_by,
             "exit-status": state.exit_status(),
             "counts": {"examples": state.examples, "steps": state.steps, "drawn": state.drawn,
+                       "rounds": state.rounds,
                        "findings": len(state.findings), "new": len(state.new()),
                        "known": len(state.known()), "harness-errors": len(state.harness_errors)},
             "harness-errors": state.harness_errors,

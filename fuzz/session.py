@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterable
@@ -205,6 +206,8 @@ class QemuPool:
             except ResetFailed as e:
                 self.last_reset_failure = e
                 self.stats["reset-failed"] += 1
+                if os.environ.get("BLOCKFUZZ_DEBUG"):
+                    print(f"blockfuzz: reset failed, starting a fresh QEMU: {e}", file=sys.stderr)
                 _drop(qemu, workdir)
             except BaseException:
                 _drop(qemu, workdir)

@@ -380,3 +380,39 @@ def test_plain_progress_line_names_the_counts():
     quiet(CampaignStarted(spec, 0.0))
     quiet(Progress(state))
     assert quiet.stream.getvalue() == ""
+
+
+#: a driver that makes QEMU really die (SIGKILL from outside) whenever a blockdev-del of
+#: ``hd2`` is sent: a crash finding on a real QEMU, on demand
+KILLER_DRIVER = textwrap.dedent("""
+    import os, signal, sys
+    from fuzz import qemu
+    real = qemu.QemuProcess.execute
+    def execute(self, cmd, args=None, **kw):
+        if cmd == "blockdev-del" and (args or {}).get("node-name") == "hd2":
+            os.kill(self.pid, signal.SIGKILL)
+        return real(self, cmd, args, **kw)
+    qemu.QemuProcess.execute = execute
+    from fuzz.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.qemu
+def test_a_crash_never_ends_the_campaign(qemu10, tmp_path):
+    """QEMU killed during a command is a crash finding; the campaign goes on with a fresh QEMU
+    until its time is up, and the crash is one finding however often it recurs."""
+    drv = tmp_path / "killer.py"
+    drv.write_text(KILLER_DRIVER)
+    t = time.monotonic()
+    r = subprocess.run([PY, str(drv), "run", "--qemu", qemu10.system, "--time", "15",
+                        "--workers", "1", "--seed", "3", "--out", str(tmp_path / "o"),
+                        "--json", str(tmp_path / "r.json")],
+                       cwd=ROOT, env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    report = json.load(open(tmp_path / "r.json"))
+    crashes = [f for f in report["findings"] if f["kind"] == "crash"]
+    assert [f["signature"] for f in crashes] == ["crash:SIGKILL:blockdev-del"], report["findings"]
+    assert crashes[0]["hits"] >= 2     # seen again, each time on a fresh QEMU (shrinking, later examples)
+    assert report["seconds"] >= 14.0 and time.monotonic() - t >= 14.0
+    assert report["counts"]["examples"] > 20
