@@ -18,7 +18,7 @@ VENV := .venv
 VENV_STAMP := $(VENV)/.blockfuzz-installed
 FUZZ_TIME ?= 600
 
-.PHONY: venv qemu tools fuzz test
+.PHONY: venv qemu tools fuzz test check lint
 
 venv: $(VENV_STAMP)
 
@@ -44,5 +44,16 @@ tools: venv
 fuzz: venv qemu tools
 	$(VENV)/bin/blockfuzz run --time $(FUZZ_TIME) --out findings
 
-test: venv qemu tools
+test: venv qemu tools lint
 	$(VENV)/bin/python -m pytest -q
+
+# The tests that need no QEMU and no service (the model, trace and option checks, report
+# rendering): seconds, on a checkout without .qemu/.  A test that needs QEMU is marked `qemu`
+# (tests/conftest.py marks every user of a QEMU fixture).
+check: venv
+	BLOCKFUZZ_QEMU_DIR=$(CURDIR)/.qemu-none $(VENV)/bin/python -m pytest -q -m "not qemu" -p no:cacheprovider
+
+# ruff (rule set in pyproject.toml) and the import contracts (models never imports fuzz)
+lint: venv
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/lint-imports --no-cache

@@ -829,7 +829,7 @@ class QemuPredicate:
         twice more before the candidate counts as unable to run.  An unsafe step is not."""
         from .qemu import HarnessError, UnsafeStep
 
-        for attempt in range(3):
+        for _attempt in range(3):
             self.runs += 1
             r = run_candidate(tr, self.binaries, self.timeout, self.strict)
             if not isinstance(r.cannot_run, HarnessError) or isinstance(r.cannot_run, UnsafeStep):

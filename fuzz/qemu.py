@@ -762,7 +762,7 @@ class QemuProcess:
         except HarnessError as e:
             self._reset_failed = e if isinstance(e, ResetFailed) else ResetFailed(
                 f"reset impossible: {e}", cause=e)
-            raise self._reset_failed
+            raise self._reset_failed from e
         self._names.clear(offset)
         self._names_fresh = True
         self._jobs_possible = False

@@ -813,7 +813,7 @@ def fetch(
         # Run what will be run: the wrappers, here with the staging paths baked in.
         _write_wrappers(staging, loader, library_path, module_dir)
         banner = ""
-        for which, name in _PROGRAMS.items():
+        for name in _PROGRAMS.values():
             out = _run([str(staging / "bin" / name), "--version"], env=_clean_env())
             first = (out.splitlines() or [""])[0]
             if not re.search(rf"version {re.escape(version)}(?:\.|\s|$)", first):

@@ -180,14 +180,16 @@ def _run(args: argparse.Namespace) -> int:
 
     numbers = campaign_numbers(args)
     workers = _number("--workers", args.workers, int, 1) or default_workers()
-    binaries = resolve_qemu(args.qemu)
-    version = require_qemu(binaries)
+    # the cheap checks of the user's options first, then the QEMU
     prepare_out(args.out)
     prepare_report_path("--junit", args.junit)
     prepare_report_path("--json", args.json)
     check_database(args.database, args.out)
+    known = known_bugs(args.known_bugs)
+    binaries = resolve_qemu(args.qemu)
+    version = require_qemu(binaries)
     spec = CampaignSpec(binaries=binaries, out=args.out, workers=workers, strict=args.strict,
-                        database=args.database, mode=args.profile, known=known_bugs(args.known_bugs),
+                        database=args.database, mode=args.profile, known=known,
                         pool=not args.no_reuse, db_key=CAMPAIGN_KEY, **numbers)
     print(f"blockfuzz run: {version} ({binaries.system}), {workers} worker(s), "
           + (f"{numbers['time']:g} s" if numbers["time"] is not None else f"{numbers['examples']} examples")

@@ -102,3 +102,15 @@ def redis_server(tmp_path_factory):
             pytest.fail(f"something still answers PING on 127.0.0.1:{port} after redis-server stopped")
         finally:
             probe.close()
+
+
+#: fixtures that start or need a real QEMU (or a real service): a test using one, directly
+#: or through another fixture, is a `qemu` test, so `make check` (-m "not qemu") leaves it out
+_REAL_FIXTURES = {"any_qemu", "qemu10", "qemu11", "binaries", "qemu", "pair", "eleven_oh",
+                  "unknown_11_1", "redis_server", "dot"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.qemu)

@@ -90,6 +90,7 @@ def test_bad_option_is_one_line_and_exit_2(tmp_path, args, says):
     assert "no findings" not in r.stdout
 
 
+@pytest.mark.qemu   # the fetched qemu-img beside it
 def test_not_a_qemu_is_one_line_and_exit_2(tmp_path):
     r = run_cli(tmp_path, "run", "--qemu", "/bin/ls", "--time", "3", "--out", str(tmp_path / "o"))
     assert r.returncode == 2, (r.stdout, r.stderr)
