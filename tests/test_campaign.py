@@ -417,3 +417,26 @@ def test_a_crash_never_ends_the_campaign(qemu10, tmp_path):
     assert crashes[0]["hits"] >= 2     # seen again, each time on a fresh QEMU (shrinking, later examples)
     assert report["seconds"] >= 14.0 and time.monotonic() - t >= 14.0
     assert report["counts"]["examples"] > 20
+
+
+def test_live_progress_on_a_terminal_shows_the_counts():
+    """On a terminal the progress is a rich live view; a finding is printed above it."""
+    import io
+
+    from fuzz.campaign import CampaignFinished, CampaignSpec, CampaignStarted, CampaignState, Progress
+    from fuzz.findings import FindingEvent
+    from fuzz.reporters import ProgressReporter
+
+    spec = CampaignSpec(binaries=None, out="x", time=None, examples=50)
+    state = CampaignState(spec)
+    state.examples, state.steps = 7, 90
+    out = io.StringIO()
+    rep = ProgressReporter(out, live=True)
+    rep(CampaignStarted(spec, 0.0))
+    rep(Progress(state))
+    rep(FindingEvent("sig", "crash", "out/crash-1", "QEMU killed by SIGSEGV", 2, "11.1", True))
+    state.findings["sig"] = FindingEvent("sig", "crash", "out/crash-1", "x", 2, "11.1", True)
+    rep(CampaignFinished(state))
+    text = out.getvalue()
+    assert "finding (new): out/crash-1: QEMU killed by SIGSEGV" in text
+    assert "43 examples left" in text and "1 new, 0 known" in text
