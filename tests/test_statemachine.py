@@ -17,11 +17,11 @@ from fuzz.findings import FindingWriter
 
 
 
-def run_machine(binaries, out, max_examples, steps=12):
+def run_machine(binaries, out, max_examples, steps=12, pool=None):
     bus = Events()
     writer = FindingWriter(str(out), bus)
     bus.subscribe(writer)
-    cls = SM.machine_class(SM.MachineConfig(binaries=binaries, events=bus, timeout=5.0))
+    cls = SM.machine_class(SM.MachineConfig(binaries=binaries, events=bus, timeout=5.0, pool=pool))
     run_state_machine_as_test(cls, settings=campaign_settings(max_examples=max_examples,
                                                           stateful_step_count=steps))
     return writer
@@ -38,8 +38,11 @@ def test_wrong_rule_is_caught_and_shrunk(qemu10, tmp_path, monkeypatch):
         raise blockdev.QmpFailure("mutant: node cannot be deleted")
 
     monkeypatch.setattr(blockdev, "blockdev_del", mutant)
-    with pytest.raises(ResultMismatch):
-        run_machine(qemu10, tmp_path, max_examples=100)
+    # as a campaign runs: pooled QEMUs, each failure confirmed on a fresh one
+    from fuzz.session import QemuPool
+
+    with QemuPool(prestart=True) as pool, pytest.raises(ResultMismatch):
+        run_machine(qemu10, tmp_path, max_examples=100, steps=6, pool=pool)
     minimal = glob.glob(str(tmp_path / "result-*" / "minimal.json"))
     assert len(minimal) == 1
     assert os.path.exists(os.path.join(os.path.dirname(minimal[0]), "first.json"))
