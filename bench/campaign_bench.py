@@ -59,7 +59,7 @@ def main() -> int:
         print(f"{k:55s} {v:8.2f}")
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "fuzz.cli", "run", "--examples", str(a.examples), "--seed", str(a.seed),
-               "--out", out, "--qemu", binaries.system]
+               "--workers", "1", "--out", out, "--qemu", binaries.system]
         r = subprocess.run(cmd, capture_output=True, text=True)
     m = re.search(r"(\d+) examples, (\d+) steps in ([\d.]+) s \(([\d.]+) examples/s, ([\d.]+) steps/s\)", r.stdout)
     if not m:

@@ -33,7 +33,6 @@ import queue as queue_mod
 import random
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import unittest
@@ -508,7 +507,3 @@ def _run_workers(spec: CampaignSpec, dispatch, deadline: float | None, state: Ca
 
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _print_err(line: str) -> None:
-    print(line, file=sys.stderr)

@@ -175,12 +175,6 @@ class StepDone:
     qemu: Outcome | None
 
 
-@attrs.frozen
-class FindingEvent:
-    error: BaseException
-    steps: tuple
-
-
 Listener = Callable[[Any], None]
 
 

@@ -117,7 +117,7 @@ class KnownBugs:
         entries: dict[str, tuple[str, tuple[str, ...]]] = {}
         for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
             tr = T.load(path)
-            for sig in _signatures(tr.extra.get("signature")):
+            for sig in recorded_signatures(tr.extra.get("signature")):
                 entries[sig] = (tr.name, tuple(tr.extra.get("affects", ())))
         return cls(entries)
 
@@ -133,13 +133,18 @@ class KnownBugs:
         return len(self.entries)
 
 
-def _signatures(value: Any) -> list[str]:
+def recorded_signatures(value: Any) -> list[str]:
     """A trace's ``signature``: one string, or per version ``{"7.2": "...", ...}`` when the
-    same bug dies differently on different versions."""
+    same bug dies differently on different versions, a version's entry a list where the bug
+    is intermittent there (``["hang:...", "crash:..."]``)."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, dict):
-        return sorted(set(v for v in value.values() if isinstance(v, str)))
+        found: set[str] = set()
+        for v in value.values():
+            found.update([v] if isinstance(v, str) else
+                         [x for x in v if isinstance(x, str)] if isinstance(v, list) else [])
+        return sorted(found)
     return []
 
 

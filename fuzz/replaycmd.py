@@ -105,16 +105,12 @@ def is_finding(tr: T.Trace) -> bool:
 
 
 def recorded_signatures(tr: T.Trace) -> set[str]:
-    """The signatures a finding trace records: a corpus trace's ``signature`` (one, or per
-    version), a campaign's in the first line of its description."""
-    from .findings import _signatures
+    """The signatures a finding trace records: a corpus trace's ``signature``
+    (``fuzz.findings.recorded_signatures``), a campaign's in the first line of its
+    description."""
+    from . import findings
 
-    found = set(_signatures(tr.extra.get("signature")))
-    per_version = tr.extra.get("signature")
-    if isinstance(per_version, dict):   # a version's entry may list an intermittent pair
-        for v in per_version.values():
-            if isinstance(v, list):
-                found.update(x for x in v if isinstance(x, str))
+    found = set(findings.recorded_signatures(tr.extra.get("signature")))
     if tr.name.startswith("finding ") and tr.description:
         found.add(tr.description.splitlines()[0])
     return found

@@ -290,13 +290,3 @@ class QemuPool:
 def _drop(qemu: QemuProcess, workdir: str) -> None:
     qemu.close()
     shutil.rmtree(workdir, ignore_errors=True)
-
-
-def report_unknown_fields() -> dict[str, list[str]]:
-    """For a campaign's results: print the fields set aside per build (one line each) and
-    return them for coverage.json."""
-    found = Session.unknown_fields()
-    for build, paths in sorted(found.items()):
-        print(f"QEMU {build} has no exact profile; fields left out of the comparison "
-              f"(--strict compares them): {', '.join(paths)}")
-    return found

@@ -302,6 +302,12 @@ def test_known_bug_table_knows_listed_versions_and_flags_regressions(tmp_path):
     assert known.lookup("crash:SIGSEGV:x", "10.0") == ("bug", None)
     assert known.lookup("crash:SIGSEGV:x", "11.1") == (None, "bug")
     assert known.lookup("crash:SIGSEGV:y", "10.0") == (None, None)
+    # an intermittent bug records both of its ways on a version
+    T.save(T.Trace("race", [], [], "", {"affects": ["10.0"], "intermittent": ["10.0"],
+                                        "signature": {"10.0": ["hang:x", "crash:SIGABRT:y"]}}),
+           str(tmp_path / "race.json"))
+    known = KnownBugs.from_corpus(str(tmp_path))
+    assert known.lookup("hang:x", "10.0") == known.lookup("crash:SIGABRT:y", "10.0") == ("race", None)
 
 
 def test_abort_text_drops_paths_line_numbers_and_addresses():
