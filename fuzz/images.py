@@ -35,7 +35,7 @@ from typing import Iterable
 
 from fuzz import sandbox
 from fuzz.qemu import HarnessError, QemuBinaries, UnsafeStep, binaries_env
-from models.model import ImageSpec, Write
+from models.values import ImageSpec, Write
 
 __all__ = ["Write", "ImageSpec", "make_images", "refill_images"]
 

@@ -12,7 +12,7 @@ Usage::
         # -> Outcome(ret='', error=None, stdout=('read 1024/1024 bytes at offset 0',))
     # leaving the block: QEMU is quit (or killed) and reaped, whatever happened inside
 
-``execute`` returns a :class:`models.outcome.Outcome`, the same value the model predicts, so the
+``execute`` returns a :class:`models.values.Outcome`, the same value the model predicts, so the
 engine compares with ``==``. Everything QEMU-specific that is not a command result is
 normalised here:
 
@@ -57,7 +57,7 @@ import attrs
 
 from fuzz import sandbox
 from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpGone, QmpSync, QmpTimeout, QmpTransportError
-from models.outcome import Outcome, QmpError, canonicalize_text
+from models.values import Outcome, QmpError, canonicalize_text
 
 __all__ = [
     "QemuBinaries", "QemuProcess", "binaries_env",
@@ -226,7 +226,7 @@ def stdout_lines(text: str) -> tuple[str, ...]:
     return tuple(line for line in lines if not _STATS_LINE.fullmatch(line))
 
 
-# models.outcome's pattern: "#block" + counter + two random digits (id_generate()).
+# models.values's pattern: "#block" + counter + two random digits (id_generate()).
 _AUTO_NAME = re.compile(r"#block(\d+)(\d\d)(?!\d)")
 
 

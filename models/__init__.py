@@ -3,8 +3,8 @@
 Never imports ``fuzz``.  Start with ``models.model.Model``.
 """
 from .errors import KnownQemuBug, NotModeled, QmpFailure
-from .model import ImageSpec, Model, Write
-from .outcome import Outcome, QmpError
+from .model import Model
+from .values import ImageSpec, Outcome, QmpError, Write
 from .profiles import PROFILES, VersionProfile, profile_for
 
 __all__ = ["ImageSpec", "KnownQemuBug", "Model", "NotModeled", "Outcome", "PROFILES", "QmpError", "QmpFailure",

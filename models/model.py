@@ -15,88 +15,21 @@ untouched, as QEMU's transactions do.
 from __future__ import annotations
 
 from collections.abc import Iterable
-import os
 from typing import Any
 
-import attrs
 
 from . import blockdev, devices, jobs, objects, qemuio
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
-from .outcome import Outcome
+from .values import ImageSpec, Outcome
 from .profiles import VersionProfile
 from .perms import settle_locks
 from .query import project, query_named_block_nodes
 
 
-FORMATS = ("qcow2", "raw")
 JOB_COMMANDS = ("block-stream", "block-commit", "job-finalize", "job-dismiss", "job-cancel",
                 "block-job-complete")
-
-
-def _plain_name(_inst: Any, attribute: attrs.Attribute, value: str | None) -> None:
-    if value is None:
-        return
-    # A bare file name: relative to the work dir, and not mistaken for a command-line option.
-    if not value or os.path.basename(value) != value or value in (".", "..") or value[0] == "-":
-        raise ValueError(f"{attribute.name} must be a plain file name, got {value!r}")
-
-
-@attrs.frozen
-class Write:
-    """``qemu-io -c "write -P PATTERN OFFSET LENGTH"``."""
-
-    pattern: int = attrs.field(validator=attrs.validators.and_(
-        attrs.validators.ge(0), attrs.validators.le(255)))
-    offset: int = attrs.field(validator=attrs.validators.ge(0))
-    length: int = attrs.field(validator=attrs.validators.gt(0))
-
-
-@attrs.frozen
-class ImageSpec:
-    """One image of a trace's ``images`` list."""
-
-    file: str = attrs.field(validator=_plain_name)
-    format: str = attrs.field(validator=attrs.validators.in_(FORMATS))
-    size: int | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.ge(0)))
-    backing_file: str | None = attrs.field(default=None, validator=_plain_name)
-    backing_format: str | None = attrs.field(default=None, validator=attrs.validators.optional(
-        attrs.validators.in_(FORMATS)))
-    writes: tuple[Write, ...] = attrs.field(default=(), converter=tuple)
-
-    def __attrs_post_init__(self) -> None:
-        if self.backing_file is not None and self.format != "qcow2":
-            raise ValueError(f"{self.file}: only qcow2 images can have a backing file")
-        if self.backing_file is None and self.backing_format is not None:
-            raise ValueError(f"{self.file}: backing-format without backing-file")
-        if self.size is None and self.backing_file is None:
-            raise ValueError(f"{self.file}: size is required without a backing file")
-
-    @classmethod
-    def from_json(cls, d: dict) -> "ImageSpec":
-        known = {"file", "format", "size", "backing-file", "backing-format", "writes"}
-        if unknown := set(d) - known:
-            raise ValueError(f"unknown image keys {sorted(unknown)}")
-        return cls(
-            file=d["file"], format=d["format"], size=d.get("size"),
-            backing_file=d.get("backing-file"), backing_format=d.get("backing-format"),
-            writes=tuple(Write(w["pattern"], w["offset"], w["length"]) for w in d.get("writes", ())),
-        )
-
-    def to_json(self) -> dict:
-        d: dict[str, Any] = {"file": self.file, "format": self.format}
-        if self.size is not None:
-            d["size"] = self.size
-        if self.backing_file is not None:
-            d["backing-file"] = self.backing_file
-        if self.backing_format is not None:
-            d["backing-format"] = self.backing_format
-        if self.writes:   # omitted when empty, like models.ImageSpec.to_json
-            d["writes"] = [{"pattern": w.pattern, "offset": w.offset, "length": w.length}
-                           for w in self.writes]
-        return d
 
 
 def build_images(specs: Iterable[ImageSpec]) -> dict[str, Image]:

@@ -21,7 +21,7 @@ from fuzz.qemu import (
     stdout_lines,
 )
 from fuzz.qmpsync import QmpGone, QmpSync
-from models.outcome import Outcome, QmpError
+from models.values import Outcome, QmpError
 
 # -- finding QEMU: the fetched 10.0 (conftest.qemu10); QEMU_PROG overrides, as everywhere ------
 

@@ -1,0 +1,148 @@
+"""Value classes that the model and the harness share: what a command did (``Outcome``,
+``QmpError``), the images a trace starts from (``ImageSpec``, ``Write``) and the node-name
+canonicaliser.
+
+This module imports nothing else of the model, so the harness (``fuzz.qemu``, ``fuzz.images``)
+can use these without importing the model's semantics; an import-linter contract checks that.
+Both sides produce the same ``Outcome`` so that comparing them is plain equality.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class QmpError:
+    """A QMP error reply: ``{"error": {"class": cls, "desc": desc}}``."""
+
+    cls: str
+    desc: str
+
+
+@attrs.frozen
+class Outcome:
+    """What a command did.
+
+    ``ret`` is the QMP ``return`` value (``None`` when the command failed), ``error`` the error
+    reply, ``stdout`` the lines QEMU printed on its stdout while the command ran (HMP qemu-io
+    output, with the timing statistics lines removed).
+    """
+
+    ret: Any = None
+    error: QmpError | None = None
+    stdout: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def success(cls, ret: Any = None, stdout: tuple[str, ...] = ()) -> "Outcome":
+        return cls(ret={} if ret is None else ret, error=None, stdout=tuple(stdout))
+
+    @classmethod
+    def failure(cls, desc: str, klass: str = "GenericError") -> "Outcome":
+        return cls(ret=None, error=QmpError(klass, desc))
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {}
+        if self.error is None:
+            d["return"] = self.ret
+        else:
+            d["error"] = {"class": self.error.cls, "desc": self.error.desc}
+        if self.stdout:
+            d["stdout"] = list(self.stdout)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Outcome":
+        stdout = tuple(d.get("stdout", ()))
+        if "error" in d:
+            return cls(ret=None, error=QmpError(d["error"]["class"], d["error"]["desc"]), stdout=stdout)
+        return cls(ret=d.get("return"), error=None, stdout=stdout)
+
+
+# QEMU names anonymous nodes "#block" + counter + two random digits (id_generate()).
+_AUTO_NAME = re.compile(r"#block(\d+)(\d\d)(?!\d)")
+
+
+def canonical_node_name(name: str) -> str:
+    """``#block017`` -> ``#block0``: drop the two random digits QEMU appends."""
+    m = _AUTO_NAME.fullmatch(name)
+    return f"#block{m.group(1)}" if m else name
+
+
+def canonicalize_text(text: str) -> str:
+    """Canonicalise every auto-generated node name inside a message."""
+    return _AUTO_NAME.sub(lambda m: f"#block{m.group(1)}", text)
+
+
+FORMATS = ("qcow2", "raw")
+
+
+def _plain_name(_inst: Any, attribute: attrs.Attribute, value: str | None) -> None:
+    if value is None:
+        return
+    # A bare file name: relative to the work dir, and not mistaken for a command-line option.
+    if not value or os.path.basename(value) != value or value in (".", "..") or value[0] == "-":
+        raise ValueError(f"{attribute.name} must be a plain file name, got {value!r}")
+
+
+@attrs.frozen
+class Write:
+    """``qemu-io -c "write -P PATTERN OFFSET LENGTH"``."""
+
+    pattern: int = attrs.field(validator=attrs.validators.and_(
+        attrs.validators.ge(0), attrs.validators.le(255)))
+    offset: int = attrs.field(validator=attrs.validators.ge(0))
+    length: int = attrs.field(validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class ImageSpec:
+    """One image of a trace's ``images`` list."""
+
+    file: str = attrs.field(validator=_plain_name)
+    format: str = attrs.field(validator=attrs.validators.in_(FORMATS))
+    size: int | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.ge(0)))
+    backing_file: str | None = attrs.field(default=None, validator=_plain_name)
+    backing_format: str | None = attrs.field(default=None, validator=attrs.validators.optional(
+        attrs.validators.in_(FORMATS)))
+    writes: tuple[Write, ...] = attrs.field(default=(), converter=tuple)
+
+    def __attrs_post_init__(self) -> None:
+        if self.backing_file is not None and self.format != "qcow2":
+            raise ValueError(f"{self.file}: only qcow2 images can have a backing file")
+        if self.backing_file is None and self.backing_format is not None:
+            raise ValueError(f"{self.file}: backing-format without backing-file")
+        if self.size is None and self.backing_file is None:
+            raise ValueError(f"{self.file}: size is required without a backing file")
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ImageSpec":
+        known = {"file", "format", "size", "backing-file", "backing-format", "writes"}
+        if unknown := set(d) - known:
+            raise ValueError(f"unknown image keys {sorted(unknown)}")
+        return cls(
+            file=d["file"], format=d["format"], size=d.get("size"),
+            backing_file=d.get("backing-file"), backing_format=d.get("backing-format"),
+            writes=tuple(Write(w["pattern"], w["offset"], w["length"]) for w in d.get("writes", ())),
+        )
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {"file": self.file, "format": self.format}
+        if self.size is not None:
+            d["size"] = self.size
+        if self.backing_file is not None:
+            d["backing-file"] = self.backing_file
+        if self.backing_format is not None:
+            d["backing-format"] = self.backing_format
+        if self.writes:   # omitted when empty, like models.ImageSpec.to_json
+            d["writes"] = [{"pattern": w.pattern, "offset": w.offset, "length": w.length}
+                           for w in self.writes]
+        return d
