@@ -44,16 +44,26 @@ tools: venv
 fuzz: venv qemu tools
 	$(VENV)/bin/blockfuzz run --time $(FUZZ_TIME) --out findings
 
+# Both spread the tests over all cores (pytest-xdist, -n auto; worksteal: an idle worker takes
+# queued tests from a busy one, so a few long campaign tests do not leave a core idle at the
+# end).  Python's bytecode cache is kept even where the environment turns it off
+# (PYTHONDONTWRITEBYTECODE): every xdist worker and every CLI subprocess a test starts would
+# otherwise compile the whole tree again (~2 s each); __pycache__/ is git-ignored.
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(VENV)/bin/python -m pytest -q -n auto --dist worksteal
+
 test: venv qemu tools lint
-	$(VENV)/bin/python -m pytest -q
+	$(PYTEST)
 
 # The tests that need no QEMU and no service (the model, trace and option checks, report
 # rendering): seconds, on a checkout without .qemu/.  A test that needs QEMU is marked `qemu`
-# (tests/conftest.py marks every user of a QEMU fixture).
+# (tests/conftest.py marks every user of a QEMU fixture).  The shrink-quality tests
+# (tests/quality/, tens of seconds) run in `make test` only.
 check: venv
-	BLOCKFUZZ_QEMU_DIR=$(CURDIR)/.qemu-none $(VENV)/bin/python -m pytest -q -m "not qemu" -p no:cacheprovider
+	BLOCKFUZZ_QEMU_DIR=$(CURDIR)/.qemu-none $(PYTEST) -m "not qemu" -p no:cacheprovider --ignore=tests/quality
 
-# ruff (rule set in pyproject.toml) and the import contracts (models never imports fuzz)
+# ruff (rule set in pyproject.toml), mypy on models/ (fully typed) and import-linter's layer
+# contracts (ARCHITECTURE.md, "Layers of the model")
 lint: venv
 	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache

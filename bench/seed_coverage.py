@@ -18,7 +18,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from fuzz.engine import generalise  # noqa: E402
+from fuzz.errors import generalise  # noqa: E402
 
 
 def seed_errors() -> list[tuple[str, str]]:

@@ -45,9 +45,9 @@ from hypothesis import HealthCheck, Phase, seed as hyp_seed, settings
 from hypothesis.stateful import get_state_machine_test
 
 from .engine import Events
+from .errors import BlockfuzzBug, CampaignStop, DatabaseError, Finding, HarnessStop, TimeUp
 from .findings import FindingEvent, FindingWriter, KnownBugs
-from .statemachine import (BlockfuzzBug, CampaignStop, ExampleFinished, HarnessStop,
-                           MachineConfig, ReuseArtefact, machine_class)
+from .statemachine import ExampleFinished, MachineConfig, ReuseArtefact, machine_class
 
 #: Hypothesis settings of every campaign: no deadline (QEMU's timing is not the test's), no
 #: health checks (slow examples are what QEMU costs), our own failure output.
@@ -60,10 +60,6 @@ _PHASES_REPRO = (Phase.explicit, Phase.reuse)
 
 #: how long the parent waits for workers after a stop before it kills them
 STOP_GRACE = 1.5
-
-
-class TimeUp(CampaignStop):
-    """The budget (time or examples) is spent."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,7 +212,7 @@ def _budget(spec: CampaignSpec, index: int) -> int | None:
 def worker_main(spec: CampaignSpec, index: int, send: Callable[[tuple], None],
                 deadline: float | None, stop: Callable[[], bool]) -> None:
     """One worker: rounds of Hypothesis until the budget is spent or ``stop()``."""
-    from .database import DatabaseError, open_database
+    from .database import open_database
     from .reporters import Coverage, DiffCoverage
     from .session import Session
 
@@ -308,13 +304,11 @@ def _only_findings(e: BaseException) -> bool:
     written), not of something else going wrong."""
     from hypothesis.errors import Flaky, FlakyFailure
 
-    from .engine import Disagreement, QemuCrash
-
     if isinstance(e, BaseExceptionGroup):
         return all(_only_findings(x) for x in e.exceptions)
     # a failure that did not come back on Hypothesis' final replay (a timing-dependent hang):
     # its folder is written; Hypothesis calls that flaky
-    return isinstance(e, (Disagreement, QemuCrash, Flaky, FlakyFailure))
+    return isinstance(e, (Finding, Flaky, FlakyFailure))
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,7 +497,3 @@ def _run_workers(spec: CampaignSpec, dispatch, deadline: float | None, state: Ca
         if stopper.signum is not None:
             state.stopped_by = signal.Signals(stopper.signum).name
     q.close()
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

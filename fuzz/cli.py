@@ -12,8 +12,8 @@ version); 2 usage or operational error. Errors are one line on stderr, prefixed 
 Adding a subcommand: write a module with ``add_<name>_parser(subparsers)`` that calls
 ``subparsers.add_parser(...)`` and ``set_defaults(handler=fn)``, where ``fn(args) -> int`` is the
 exit status; then register it in :func:`build_parser` (see the marked place). Handlers report
-failures by raising :class:`CliError` (or letting :class:`fuzz.qemufetch.QemuNotFound` from
-``resolve_qemu`` through), which :func:`main` turns into one stderr line and an exit status.
+failures by raising :class:`fuzz.errors.CliError` (or letting :class:`fuzz.errors.QemuNotFound`
+from ``resolve_qemu`` through), which :func:`main` turns into one stderr line and an exit status.
 """
 
 from __future__ import annotations
@@ -22,14 +22,7 @@ import argparse
 import sys
 
 from fuzz import qemufetch
-
-
-class CliError(Exception):
-    """A failure to report as one line on stderr, with an exit status."""
-
-    def __init__(self, message: str, status: int = 2):
-        super().__init__(message)
-        self.status = status
+from fuzz.errors import CliError, FetchError, QemuNotFound
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,7 +66,7 @@ def add_qemu_parser(subparsers) -> None:
 def _version(value: str) -> str:
     try:
         return qemufetch.check_version(value)
-    except qemufetch.QemuNotFound as exc:
+    except QemuNotFound as exc:
         raise CliError(str(exc), 2) from None
 
 
@@ -81,7 +74,7 @@ def _qemu_fetch(args) -> int:
     version = _version(args.version)
     try:
         inst = qemufetch.fetch(version, force=args.force)
-    except qemufetch.FetchError as exc:
+    except FetchError as exc:
         raise CliError(f"fetching QEMU {version} failed: {exc}", 2) from None
     print(inst.binary("system"))
     return 0
@@ -107,7 +100,7 @@ def _qemu_list_row(version: str) -> tuple[str, ...]:
         # A tree that is there but incomplete, damaged or of an older format: fetch replaces it.
         stale = (qemufetch.qemu_dir() / version / "manifest.json").exists()
         package = qemufetch.pinned(version) or "-"
-    except (OSError, ValueError, qemufetch.FetchError) as exc:
+    except (OSError, ValueError, FetchError) as exc:
         return (label, suites, "?", f"? ({exc})".splitlines()[0], "-")
     return (label, suites, package, "outdated" if stale else "no", "-")
 
@@ -135,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     from fuzz.runcmd import add_run_parser; add_run_parser(subparsers)
     from fuzz.replaycmd import add_replay_parser; add_replay_parser(subparsers)
     from fuzz.diffcmd import add_diff_parser; add_diff_parser(subparsers)
-    from fuzz.export import add_export_parser; add_export_parser(subparsers)
+    from fuzz.exportcmd import add_export_parser; add_export_parser(subparsers)
     from fuzz.showcmd import add_show_parser; add_show_parser(subparsers)
     from fuzz.minimizecmd import add_minimize_parser; add_minimize_parser(subparsers)
     # ----------------------------------------------------------------------------------------
@@ -149,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"blockfuzz: {exc}", file=sys.stderr)
         return exc.status
-    except qemufetch.QemuNotFound as exc:  # e.g. a bad --qemu of `run`: the user's to fix
+    except QemuNotFound as exc:  # e.g. a bad --qemu of `run`: the user's to fix
         print(f"blockfuzz: {exc}", file=sys.stderr)
         return 2
 

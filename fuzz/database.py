@@ -38,6 +38,8 @@ from datetime import timedelta
 
 from hypothesis.database import DirectoryBasedExampleDatabase, ExampleDatabase
 
+from .errors import DatabaseError
+
 __all__ = ["CAMPAIGN_KEY", "DatabaseError", "REDIS_EXPIRE_AFTER", "REDIS_KEY_PREFIX",
            "REDIS_TIMEOUT", "open_database"]
 
@@ -54,10 +56,6 @@ _URL_RE = re.compile(
     r"redis://(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]{1,5})"
     r"(?:/(?P<db>[0-9]{1,5})?)?"
 )
-
-
-class DatabaseError(Exception):
-    """``--database`` is malformed or its server cannot be used; the message is one line."""
 
 
 def open_database(spec: str | None, out_dir: str | os.PathLike) -> ExampleDatabase:

@@ -23,15 +23,15 @@ import re
 import sys
 from collections import Counter
 
-from . import trace as T
-from .runcmd import (UsageError, add_campaign_options, campaign_numbers, prepare_out,
-                     prepare_report_path, report_problems, reporting_bus)
+from .errors import CliError, FetchError, generalise
+from .runcmd import (add_campaign_options, campaign_numbers, prepare_out, prepare_report_path,
+                     report_problems, reporting_bus)
 
 
 def add_diff_parser(subparsers) -> None:
     p = subparsers.add_parser("diff", help="run a differential campaign on two QEMU builds",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--qemu", metavar="PATH", action="append", default=[],
+    p.add_argument("--qemu", metavar="PATH|VERSION", action="append", default=[],
                    help="qemu-system-x86_64 of a build; given twice, A then B (A's model drives generation)")
     add_campaign_options(p)
     p.set_defaults(handler=run_diff)
@@ -50,8 +50,8 @@ class PastModel:
     def __call__(self, event) -> None:
         import hashlib
 
+        from . import trace as T
         from .diffengine import ExampleEnded
-        from .engine import generalise
 
         if not isinstance(event, ExampleEnded):
             return
@@ -77,32 +77,27 @@ def _profile_of(binaries):
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    from .qemufetch import resolve_qemu
+
+    # bad input is a CliError (a UsageError is one): fuzz.cli.main prints its one line.  The
+    # options are checked before the differential machinery (Hypothesis, the model) is imported.
+    if len(args.qemu) != 2:
+        raise CliError(f"diff needs --qemu twice (build A, then build B), got {len(args.qemu)}")
+    pair = tuple(resolve_qemu(q) for q in args.qemu)
+    numbers = campaign_numbers(args)
+    prepare_out(args.out)
+    prepare_report_path("--junit", args.junit)
+    prepare_report_path("--json", args.json)
+    from . import trace as T
     from .diffengine import (SetAside, build_label, diff_failure_of, labels_for, minimize_diff,
                              profile_set_aside)
-    from .qemufetch import FetchError, resolve_qemu
 
-    # one line and status 2, as cli.main does for a CliError (printed here: under
-    # `python -m fuzz.cli` this module's fuzz.cli.CliError is not __main__'s)
-    if len(args.qemu) != 2:
-        print(f"blockfuzz: diff needs --qemu twice (build A, then build B), got {len(args.qemu)}",
-              file=sys.stderr)
-        return 2
-    pair = tuple(resolve_qemu(q) for q in args.qemu)
     try:
         labels = labels_for(pair)
         for b in pair:
             build_label(b)
     except FetchError as e:
-        print(f"blockfuzz: {e}", file=sys.stderr)
-        return 2
-    try:
-        numbers = campaign_numbers(args)
-        prepare_out(args.out)
-        prepare_report_path("--junit", args.junit)
-        prepare_report_path("--json", args.json)
-    except UsageError as e:
-        print(f"blockfuzz: {e}", file=sys.stderr)
-        return 2
+        raise CliError(str(e)) from None
     from .campaign import CampaignSpec, run_campaign
     from .database import CAMPAIGN_KEY
 

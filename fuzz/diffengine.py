@@ -74,67 +74,14 @@ import attrs
 
 from models import KnownQemuBug, Model, NotModeled, Outcome
 from models.profiles import VersionProfile
+from models.values import JOB_COMMANDS
 
-from .engine import (DataMismatch, Disagreement, Events, ExpectationMismatch, GraphMismatch,
-                     QemuCrash, QemuHang, ResultMismatch, Runner, _short, diff_graphs,
-                     generalise)
+from .engine import Events, Runner, diff_graphs
+from .errors import (BuildMismatch, DataMismatch, Disagreement, ExpectationMismatch, Finding,
+                     GraphMismatch, QemuFailure, QemuHang, ResultMismatch)
 from .trace import expectation_for
 
 ABSENT = "<absent>"
-
-
-# --------------------------------------------------------------------------------------------
-# the finding
-
-class BuildMismatch(Disagreement):
-    """The two builds disagree at a step in a way their profiles do not predict.
-
-    ``expected``/``actual`` are build A's and build B's value at the first differing place;
-    ``agrees`` is the label of the build that agrees with its model ("" for neither, None when
-    the models were out of the loop)."""
-
-    kind = "build"
-
-    def __init__(self, step_index: int, step: dict, aspect: str, path: str, labels: tuple,
-                 values: tuple, agrees: str | None, predicted: tuple | None = None,
-                 declined: str = ""):
-        self.aspect, self.path, self.labels = aspect, path, tuple(labels)
-        self.agrees, self.predicted, self.declined = agrees, predicted, declined
-        super().__init__(step_index, step, values[0], values[1], f"{aspect} {path}".strip())
-
-    @property
-    def role(self) -> str:
-        """Which side agrees with its model, as a role (A/B/neither/unmodelled)."""
-        if self.agrees is None:
-            return "unmodelled"
-        if not self.agrees:
-            return "neither"
-        return "A" if self.agrees == self.labels[0] else "B"
-
-    def summary(self) -> str:
-        what = self.step.get("qmp") or self.step.get("assert")
-        la, lb = self.labels
-        head = (f"step {self.step_index + 1} ({what}): builds differ at {self.detail}: "
-                f"{la} {_short(self.expected)}, {lb} {_short(self.actual)}")
-        if self.agrees is None:
-            return f"{head}; models out of the loop ({self.declined})"
-        if self.predicted is not None and self.predicted[0] != self.predicted[1]:
-            head += f" (models: {la} {_short(self.predicted[0])}, {lb} {_short(self.predicted[1])})"
-        if self.agrees:
-            return f"{head}; {self.agrees} agrees with its model"
-        return f"{head}; neither agrees with its model"
-
-    def signature(self) -> str:
-        what = self.step.get("qmp") or self.step.get("assert")
-        path = self.path
-        if self.aspect in ("graph", "jobs") and "/" in path:
-            # a node's (job's) name says where, not what: fold it whole
-            head, rest = path.split("/", 1)
-            path = ("order" if head == "order" else "NAME") + "/" + rest
-        sig = f"build:{what}:{self.aspect}:{self.role}:{generalise(path)}"
-        if self.aspect in ("reply", "stdout"):
-            sig += f":{generalise(_short(self.expected))}|{generalise(_short(self.actual))}"
-        return sig
 
 
 def _on_build(err: BaseException, label: str) -> BaseException:
@@ -192,14 +139,6 @@ def unpredicted(qa: Any, qb: Any, ma: Any, mb: Any) -> tuple | None:
     p = bad[0]
     fa, fb, ga, gb = flatten(qa), flatten(qb), flatten(ma), flatten(mb)
     return p, (fa.get(p, ABSENT), fb.get(p, ABSENT)), (ga.get(p, ABSENT), gb.get(p, ABSENT))
-
-
-def first_difference(a: Any, b: Any) -> tuple | None:
-    d = differences(a, b)
-    if not d:
-        return None
-    p = min(d, key=repr)
-    return p, d[p]
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,8 +487,6 @@ class DiffRunner:
         return g
 
     def _qmp(self, index: int, step: dict) -> None:
-        from .qemu import JOB_COMMANDS, QemuCrashed, QemuHung
-
         cmd, args = step["qmp"], step.get("args", {})
         preds = self._predict(cmd, args)
         modelled = self.modelled  # False from the declined step on
@@ -572,8 +509,8 @@ class DiffRunner:
                 graph = runner.qemu_graph()
                 jobs = side.qemu.query_jobs() if self._job_seen else None
                 actual.append((out, graph, jobs))
-            except (QemuHung, QemuCrashed) as e:
-                rec[key] = f"{'hang' if isinstance(e, QemuHung) else 'crash'}: {e}"
+            except QemuFailure as e:
+                rec[key] = f"{e.kind}: {e}"
                 failures.append((side, e))
                 actual.append(None)
         if not modelled:
@@ -592,14 +529,13 @@ class DiffRunner:
                 return
         if failures:
             side, e = failures[0]
-            cls = QemuHang if isinstance(e, QemuHung) else QemuCrash
-            err = cls(index, step, e)
+            err = e.at_step(index, step)
             if len(failures) == 1:
                 other = self.sides[1] if side is self.sides[0] else self.sides[0]
                 err.args = (err.args[0] + f" ({other.label} did not)",)
             else:
                 err.args = (err.args[0] + f" ({failures[1][0].label} too)",)
-            raise _on_build(err, side.label) from e
+            raise _on_build(err, side.label)
         self._expectations(index, step, preds, actual)
         if modelled:
             self._compare_modelled(index, step, preds, actual)
@@ -695,11 +631,9 @@ class DiffRunner:
 
 
 def _failure_kind(e: BaseException) -> str:
-    from .qemu import QemuHung
-
     import signal
 
-    if isinstance(e, QemuHung):
+    if isinstance(e, QemuHang):
         return "hung"
     sig, rc = getattr(e, "signal", None), getattr(e, "returncode", None)
     if sig is not None:
@@ -764,8 +698,7 @@ class DiffSession:
     overrides a side's version profile (tests plant a wrong one)."""
 
     def __init__(self, pair, images, events: Events | None = None, timeout: float = 5.0,
-                 machine: str = "none", profiles: tuple = (None, None), strict: bool = False,
-                 keep: bool = False):
+                 machine: str = "none", profiles: tuple = (None, None), strict: bool = False):
         self.pair = tuple(pair)
         self.images = tuple(images)
         self.events = events
@@ -773,7 +706,6 @@ class DiffSession:
         self.machine = machine
         self.profiles = profiles
         self.strict = strict
-        self.keep = keep
         self.sessions: list = []
         self.runner: DiffRunner | None = None
 
@@ -782,7 +714,7 @@ class DiffSession:
 
         kw = {"strict": True} if self.strict else {}
         sessions = [Session(b, self.images, events=self.events, timeout=self.timeout,
-                            machine=self.machine, keep=self.keep, **kw) for b in self.pair]
+                            machine=self.machine, **kw) for b in self.pair]
         try:
             labels = labels_for(self.pair)
             self.sessions = _enter_both(sessions, parallel=self.pair[0].system != self.pair[1].system)
@@ -867,7 +799,7 @@ def diff_failure_of(tr, pair, timeout: float, record: list | None = None,
         with s:
             for step in tr.steps:
                 s.runner.run(step)
-    except (Disagreement, QemuCrash) as e:
+    except Finding as e:
         return e
     except NotModeled:
         return None

@@ -4,12 +4,12 @@ The same ``Runner`` serves the Hypothesis state machine, ``blockfuzz replay`` an
 It does not print or write files: whoever cares subscribes to its events (``fuzz.reporters``).
 
 A disagreement raises one exception class per kind (result, graph, data, crash, hang, and a
-violated written expectation), so Hypothesis shrinks every kind of bug on its own.
+violated written expectation; the tree is in ``fuzz.errors``), so Hypothesis shrinks every
+kind of bug on its own.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -18,150 +18,11 @@ import attrs
 
 from models import Model, Outcome
 from models.query import project
+from models.values import JOB_COMMANDS
 
+from .errors import (DataMismatch, ExpectationMismatch, GraphMismatch, QemuFailure, QemuHang,
+                     ResultMismatch)
 from .trace import expectation_for, get_path
-
-
-# --------------------------------------------------------------------------------------------
-# findings
-
-class Disagreement(AssertionError):
-    """QEMU and the model (or a written expectation) disagree at a step."""
-
-    kind = "disagreement"
-
-    def __init__(self, step_index: int, step: dict, expected: Any, actual: Any, detail: str = ""):
-        self.step_index = step_index
-        self.step = step
-        self.expected = expected
-        self.actual = actual
-        self.detail = detail
-        super().__init__(self.summary())
-
-    def summary(self) -> str:
-        what = self.step.get("qmp") or self.step.get("assert") or self.step.get("snapshot")
-        head = f"step {self.step_index + 1} ({what}): {self.kind} differs"
-        if self.detail:
-            head += f" at {self.detail}"
-        return f"{head}: expected {_short(self.expected)}, got {_short(self.actual)}"
-
-    def signature(self) -> str:
-        """What identifies the bug, independent of the path that led to it: the kind, the
-        command and both sides' answers with names and numbers folded."""
-        what = self.step.get("qmp") or self.step.get("assert")
-        if self.kind == "graph":
-            return f"graph:{what}:{generalise(self.detail.split(':')[0])}"
-        return f"{self.kind}:{what}:{generalise(_short(self.expected))}|{generalise(_short(self.actual))}"
-
-
-class ResultMismatch(Disagreement):
-    kind = "result"
-
-
-class GraphMismatch(Disagreement):
-    kind = "graph"
-
-
-class DataMismatch(Disagreement):
-    kind = "data"
-
-
-class ExpectationMismatch(Disagreement):
-    kind = "expectation"
-
-
-class QemuCrash(AssertionError):
-    kind = "crash"
-
-    def __init__(self, step_index: int, step: dict, cause: BaseException):
-        self.step_index, self.step, self.cause = step_index, step, cause
-        super().__init__(f"step {step_index + 1} ({step.get('qmp')}): QEMU crashed: {cause}")
-
-    def signature(self) -> str:
-        """How QEMU died, not the path there: the signal (or exit status) plus its abort or
-        assertion text with paths, line numbers and addresses removed.  A death with no
-        text (a bare SIGSEGV) also names the command, the only thing that tells two such
-        crashes apart without a backtrace."""
-        how = death_of(self.cause)
-        text = abort_text(getattr(self.cause, "stderr_tail", "") or "")
-        return f"crash:{how}:{text}" if text else f"crash:{how}:{_command_of(self.step)}"
-
-
-class QemuHang(QemuCrash):
-    kind = "hang"
-
-    def __init__(self, step_index: int, step: dict, cause: BaseException, jobs: tuple = ()):
-        super().__init__(step_index, step, cause)
-        #: the model's jobs after the step, as ``type/status``: what the hang waited behind
-        self.jobs = tuple(jobs)
-        self.args = (f"step {step_index + 1} ({step.get('qmp')}): QEMU hung: {cause}",)
-
-    def signature(self) -> str:
-        """The command and what was in flight: the command itself, the state query after it,
-        or jobs that never settled (their types and states)."""
-        inflight = getattr(self.cause, "command", None) or "?"
-        tail = getattr(self.cause, "stderr_tail", "") or ""
-        if tail.startswith("jobs never settled"):
-            inflight = generalise(tail.splitlines()[0])
-        elif inflight == self.step.get("qmp"):
-            inflight = "reply"
-        jobs = ",".join(sorted(self.jobs)) or "no jobs"
-        return f"hang:{_command_of(self.step)}:{inflight}:{jobs}"
-
-
-def _command_of(step: dict) -> str:
-    """The command, with the qemu-io verb for HMP (``human-monitor-command:qemu-io write``)."""
-    cmd = step.get("qmp") or step.get("assert") or "?"
-    if cmd == "human-monitor-command":
-        line = (step.get("args") or {}).get("command-line", "")
-        m = re.match(r'\s*(\S+)\s+\S+\s+"\s*(\S+)', line)
-        if m:
-            cmd += f":{m[1]} {m[2]}"
-    return cmd
-
-
-def death_of(cause: BaseException) -> str:
-    """``SIGSEGV``, ``exit 1``, or ``fatal`` (a fatal message on stderr, QEMU still there)."""
-    import signal as _signal
-
-    rc = getattr(cause, "returncode", None)
-    if rc is not None and rc < 0:
-        try:
-            return _signal.Signals(-rc).name
-        except ValueError:
-            return f"signal {-rc}"
-    return f"exit {rc}" if rc is not None else "fatal"
-
-
-# glibc assert(), glib g_assert*/g_error/g_assert_not_reached, QEMU's abort() messages
-# (and util/qemu-thread-posix.c's error_exit(): "qemu: qemu_mutex_unlock_impl: ...")
-_ABORT_LINE = re.compile(r"Assertion .* failed|assertion failed|code should not be reached"
-                         r"|ERROR:|Bail out!|Unexpected error|Aborted|^qemu: ")
-
-
-def abort_text(stderr: str) -> str:
-    """The first abort or assertion line of ``stderr``, without the program name, paths'
-    line numbers and addresses: ``../block.c: bdrv_reopen_multiple: Assertion `...' failed.``"""
-    for line in stderr.splitlines():
-        if _ABORT_LINE.search(line):
-            line = re.sub(r"^\S*qemu-system-\S+: ", "", line.strip())
-            line = re.sub(r"(\.[ch]):\d+(:\d+)?", r"\1", line)      # file.c:123 -> file.c
-            line = re.sub(r"(?<![\w/.])(\.\./)+", "", line)        # the build directory's depth
-            line = re.sub(r"0x[0-9a-fA-F]+", "0xN", line)
-            return line
-    return ""
-
-
-def generalise(text: str) -> str:
-    """Fold node names, quoted values and numbers, so equal kinds of outcome compare equal."""
-    text = re.sub(r"'[^']*'", "'X'", text)
-    text = re.sub(r"#block\d+", "#blockN", text)
-    return re.sub(r"\d+", "N", text)
-
-
-def _short(v: Any, limit: int = 400) -> str:
-    s = json.dumps(v, sort_keys=True) if not isinstance(v, str) else repr(v)
-    return s if len(s) <= limit else s[:limit] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,6 +34,32 @@ class StepDone:
     step: dict
     model: Outcome | None
     qemu: Outcome | None
+
+
+@attrs.frozen
+class StepEffect:
+    """Event: a QMP step that both sides answered alike: whether it succeeded, whether it
+    changed the graph or the jobs, and for a ``qemu-io read -P`` the backing chain depth of the
+    node it read (None otherwise)."""
+
+    index: int
+    step: dict
+    ok: bool
+    changed: bool
+    read_depth: int | None
+
+
+_PATTERN_READ = re.compile(r'\s*qemu-io\s+(\S+)\s+"\s*read\s+(?:\S+\s+)*-P\b')
+
+
+def _read_depth(step: dict, graph: list[dict]) -> int | None:
+    """``backing_file_depth`` of the node a ``qemu-io NODE "read -P ..."`` step checked."""
+    if step.get("qmp") != "human-monitor-command":
+        return None
+    m = _PATTERN_READ.match((step.get("args") or {}).get("command-line", ""))
+    if m is None:
+        return None
+    return next((n.get("backing_file_depth", 0) for n in graph if n.get("node-name") == m[1]), None)
 
 
 Listener = Callable[[Any], None]
@@ -282,19 +169,17 @@ class Runner:
     """Runs steps against a model and (optionally) a live QEMU.
 
     ``qemu`` is a ``fuzz.qemu.QemuProcess`` or ``None`` (model only: used to check that the
-    model alone predicts written expectations).  ``check_graph`` compares the whole projected
-    graph after every QMP step; the state machine and replay always do.
+    model alone predicts written expectations).  The whole projected graph is compared after
+    every QMP step.  Written expectations are looked up under the model's profile name.
     """
 
     def __init__(self, model: Model, qemu: Any = None, events: Events | None = None,
-                 profile_name: str | None = None, check_graph: bool = True,
                  field_filter: FieldFilter | None = None):
         self.model = model
         self.field_filter = field_filter
         self.qemu = qemu
         self.events = events or Events()
-        self.profile_name = profile_name or model.profile.name
-        self.check_graph = check_graph
+        self.profile_name = model.profile.name
         self.snapshots: dict[str, list[dict]] = {}
         self.done: list[dict] = []
         #: per executed step: what each side answered (for the trace's reader, never trusted)
@@ -302,6 +187,8 @@ class Runner:
         self._qemu_graph: list[dict] | None = None
         self._job_seen = False  # once a job existed, query-jobs is compared after every step
         self._qemu_jobs: list[dict] = []
+        self._last_graph: list[dict] = []
+        self._last_jobs: list[dict] = []
 
     # the current graph as each side sees it
     def model_graph(self) -> list[dict]:
@@ -364,36 +251,39 @@ class Runner:
                 raise ResultMismatch(index, step, predicted.to_json(), actual.to_json(), "reply")
             if predicted.stdout != actual.stdout:
                 raise DataMismatch(index, step, list(predicted.stdout), list(actual.stdout), "stdout")
-            if self.check_graph:
-                mg, qg = self.model_graph(), self.qemu_graph()
-                if mg != qg:
-                    raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))
-                if self._jobs_in_play(cmd):
-                    mj, qj = self.model.query_jobs(), self._qemu_jobs
-                    if mj != qj:
-                        raise GraphMismatch(index, step, mj, qj, "query-jobs")
+            mg, qg = self.model_graph(), self.qemu_graph()
+            if mg != qg:
+                raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))
+            mj: list[dict] = []
+            if self._jobs_in_play(cmd):
+                mj, qj = self.model.query_jobs(), self._qemu_jobs
+                if mj != qj:
+                    raise GraphMismatch(index, step, mj, qj, "query-jobs")
+            # what the step did, for depth figures (fuzz.reporters.Coverage): the graphs are
+            # at hand already, so this costs one comparison
+            changed = mg != self._last_graph or mj != self._last_jobs
+            self._last_graph, self._last_jobs = mg, mj
+            self.events.emit(StepEffect(index, step, predicted.ok, changed, _read_depth(step, mg)))
         return predicted
 
     @contextlib.contextmanager
     def _qemu_failures(self, index: int, step: dict, key: str):
-        """QEMU dying or hanging is a finding of this step (recorded under ``key``)."""
-        from .qemu import QemuCrashed, QemuHung
-
+        """QEMU dying or hanging is a finding of this step (recorded under ``key``): the
+        harness's exception goes on with the step (and, for a hang, the model's jobs) attached."""
         try:
             yield
-        except QemuHung as e:
-            self.observed[index][key] = f"hang: {e}"
-            jobs = tuple(f"{j['type']}/{j['status']}" for j in self.model.query_jobs())
-            raise QemuHang(index, step, e, jobs) from e
-        except QemuCrashed as e:
-            self.observed[index][key] = f"crash: {e}"
-            raise QemuCrash(index, step, e) from e
+        except QemuFailure as e:
+            self.observed[index][key] = f"{e.kind}: {e}"
+            if isinstance(e, QemuHang):
+                e.at_step(index, step, tuple(f"{j['type']}/{j['status']}"
+                                             for j in self.model.query_jobs()))
+            else:
+                e.at_step(index, step)
+            raise
 
     def _jobs_in_play(self, cmd: str) -> bool:
         """Whether query-jobs is compared after this step: whenever the model has a job, and
         after any job command (so a job QEMU has and the model has not is caught)."""
-        from .qemu import JOB_COMMANDS
-
         if self.model.graph.jobs or cmd in JOB_COMMANDS:
             self._job_seen = True
         return self._job_seen

@@ -43,11 +43,11 @@ iotest sets ``none`` otherwise, as blockfuzz ran it.
 
 :func:`run_check` runs an exported iotest under ``tests/qemu-iotests/check`` of a QEMU source
 tree (``fuzz.qemusource``) against a given QEMU, in a scratch copy patched for Debian's builds
-(see its docstring). ``--check`` does that right after exporting.
+(see its docstring). ``--check`` does that right after exporting.  The command line is
+``fuzz.exportcmd``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -65,27 +65,22 @@ import attrs
 
 from models import Model, NotModeled, profile_for
 from models.profiles import PROFILES, VersionProfile
+from models.values import JOB_COMMANDS
 
 from . import sandbox
 from . import trace as T
+from .errors import ExportError, QemuNotFound
 
 __all__ = ["ExportError", "Plan", "plan_trace", "render_iotest", "render_script", "test_name",
-           "run_check", "prepare_check", "add_export_parser"]
+           "run_check", "prepare_check", "export_finding", "write_file"]
 
 #: the QEMU releases the corpus was observed on, per profile (the fetched builds)
 OBSERVED = {"7.2": "7.2.22", "10.0": "10.0.2", "11.1": "11.1.3"}
-#: commands that may start or move a block job (as fuzz.qemu.JOB_COMMANDS)
-JOB_COMMANDS = ("block-stream", "block-commit", "job-finalize", "job-dismiss", "job-cancel",
-                "block-job-complete")
 #: seconds an iotest step may take before it counts as a hang (the harness allows 5), and quit
 STEP_TIMEOUT = 10
 QUIT_TIMEOUT = 30
 _AUTO = re.compile(r"#block\d+")
 _HMP_QEMU_IO = re.compile(r'qemu-io (-d )?([^\s"]+) "([^"]*)"')
-
-
-class ExportError(Exception):
-    """The trace cannot be exported; one line."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +197,7 @@ def plan_trace(tr: T.Trace, profile: VersionProfile, *, origin: str = "", name: 
 def profile_of(binary: str | None) -> VersionProfile:
     """The model profile for ``binary`` (``--qemu``), else for $QEMU_PROG / the fetched default,
     else the default version's profile."""
-    from .qemufetch import DEFAULT_VERSION, QemuNotFound, qemu_version, resolve_qemu
+    from .qemufetch import DEFAULT_VERSION, qemu_version, resolve_qemu
 
     try:
         system = resolve_qemu(binary).system
@@ -636,7 +631,9 @@ def render_script(plan: Plan, filename: str = "reproducer.py") -> str:
         f"STEPS = {_lit(steps, 0, column=8)}",
         "",
     ]
-    return "\n".join(head) + _SCRIPT_RUNTIME
+    # the script stands alone, so it gets the harness's list of job commands as a literal
+    jobs = ", ".join(json.dumps(c) for c in sorted(JOB_COMMANDS))
+    return "\n".join(head) + _SCRIPT_RUNTIME.replace("@JOB_COMMANDS@", jobs)
 
 
 _SCRIPT_RUNTIME = r'''
@@ -657,8 +654,7 @@ try:
 except ImportError:
     sys.exit("this reproducer needs the qemu.qmp package: pip install qemu.qmp")
 
-JOB_COMMANDS = {"block-stream", "block-commit", "job-finalize", "job-dismiss", "job-cancel",
-                "block-job-complete"}
+JOB_COMMANDS = {@JOB_COMMANDS@}
 SETTLED = {"pending", "ready", "concluded"}
 STATS = re.compile(r"\S+ (bytes|[KMGTPE]iB), \d+ ops; .* ops/sec\)"
                    r"|\d+,\d+,[\d:.]+,[\d.einfa]+,[\d.einfa]+")
@@ -1169,29 +1165,7 @@ def run_check(test: Path, binaries, tree: Path, scratch: Path, *, fmt: str = "qc
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_export_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="write a trace as a QEMU iotest or a standalone reproducer script",
-        description="Write TRACE as a Python iotest in QEMU's style (DIR/tests/<name> and "
-        "<name>.out, DIR standing for tests/qemu-iotests) or as a standalone script that "
-        "needs only qemu.qmp. Both check what QEMU should answer (the trace's expectations, "
-        "else the model's prediction for the target QEMU) and fail while the bug is there.")
-    p.add_argument("trace", metavar="TRACE", help="trace file (JSON)")
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--iotest", metavar="DIR", help="write DIR/tests/<name> and DIR/tests/<name>.out")
-    g.add_argument("--script", metavar="FILE", help="write a standalone reproducer to FILE")
-    p.add_argument("--qemu", metavar="PATH", help="target QEMU: its version picks the model "
-                   "profile (default: $QEMU_PROG, then the fetched 11.1)")
-    p.add_argument("--name", help="iotest name (default: the trace file's name)")
-    p.add_argument("--graph", action="store_true",
-                   help="also check the whole query-named-block-nodes after every step")
-    p.add_argument("--check", action="store_true",
-                   help="then run the exported iotest under check of the fetched QEMU 10.0 "
-                        "source tree against --qemu (exit status: check's)")
-    p.set_defaults(handler=run_export)
+# A campaign's finding
 
 
 def export_finding(folder: str, binaries) -> None:
@@ -1204,56 +1178,17 @@ def export_finding(folder: str, binaries) -> None:
         plan = plan_trace(tr, profile_of(str(binaries.system)),
                           origin=os.path.join(folder, "minimal.json"),
                           name="blockfuzz-" + os.path.basename(folder))
-        _write(Path(folder) / "reproducer.py", render_script(plan), 0o755)
+        write_file(Path(folder) / "reproducer.py", render_script(plan), 0o755)
         test, out = render_iotest(plan)
         path = Path(folder) / "iotest" / "tests" / plan.name
-        _write(path, test, 0o755)
-        _write(path.with_name(plan.name + ".out"), out, 0o644)
+        write_file(path, test, 0o755)
+        write_file(path.with_name(plan.name + ".out"), out, 0o644)
     except Exception as e:   # noqa: BLE001 - the finding itself is already on disk
-        _write(Path(folder) / "reproducer.txt",
+        write_file(Path(folder) / "reproducer.txt",
                f"no reproducer exported: {type(e).__name__}: {e}\n", 0o644)
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from .cli import CliError
-    from .qemufetch import QemuNotFound
-
-    try:
-        tr = T.load(args.trace)
-    except T.TraceError as e:
-        raise CliError(str(e)) from None
-    try:
-        profile = profile_of(args.qemu)
-        plan = plan_trace(tr, profile, origin=args.trace, name=args.name, graph=args.graph)
-    except (ExportError, QemuNotFound) as e:
-        raise CliError(f"cannot export {args.trace}: {e}") from None
-    if args.script:
-        text = render_script(plan, os.path.basename(args.script))
-        _write(Path(args.script), text, 0o755)
-        print(args.script)
-        if args.check:
-            raise CliError("--check runs iotests; run the script itself instead")
-        return 0
-    test, out = render_iotest(plan)
-    path = Path(args.iotest) / "tests" / plan.name
-    _write(path, test, 0o755)
-    _write(path.with_name(plan.name + ".out"), out, 0o644)
-    print(path)
-    if not args.check:
-        return 0
-    from .qemufetch import resolve_qemu
-    from .qemusource import fetch_source
-
-    binaries = resolve_qemu(args.qemu)
-    st = fetch_source("10.0")
-    with tempfile.TemporaryDirectory(prefix="blockfuzz-check-") as scratch:
-        p = run_check(path, binaries, st.tree, Path(scratch), fmt=plan.test_format)
-    sys.stdout.write(p.stdout)
-    sys.stderr.write(p.stderr)
-    return p.returncode
-
-
-def _write(path: Path, text: str, mode: int) -> None:
+def write_file(path: Path, text: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text if text.endswith("\n") else text + "\n")

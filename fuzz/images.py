@@ -34,7 +34,8 @@ from typing import Iterable
 
 
 from fuzz import sandbox
-from fuzz.qemu import HarnessError, QemuBinaries, UnsafeStep, binaries_env
+from fuzz.errors import HarnessError, UnsafeStep
+from fuzz.qemu import QemuBinaries, binaries_env
 from models.values import ImageSpec, Write
 
 __all__ = ["Write", "ImageSpec", "make_images", "refill_images"]
@@ -52,8 +53,8 @@ def make_images(specs: Iterable[ImageSpec], workdir: str | os.PathLike[str],
                 binaries: QemuBinaries, *, cache: bool = True) -> None:
     """Create the images of ``specs`` in ``workdir`` (from the template cache when possible).
 
-    Raises :class:`fuzz.qemu.HarnessError` if a tool fails (a bad spec, e.g. a write beyond the
-    image's end, is the caller's error, not a QEMU finding), :class:`fuzz.qemu.UnsafeStep`
+    Raises :class:`fuzz.errors.HarnessError` if a tool fails (a bad spec, e.g. a write beyond the
+    image's end, is the caller's error, not a QEMU finding), :class:`fuzz.errors.UnsafeStep`
     before running anything if a ``file`` or ``backing-file`` is not a plain file name
     (``fuzz.sandbox.image_problem``: the tools run unconfined).
     """

@@ -67,9 +67,9 @@ between replays on SIGINT/SIGTERM) stops the search and raises :class:`MinimizeI
 carrying the best trace so far; a budget (``deadline``, ``max_runs``) stops it quietly and
 returns the best trace.
 
-The campaign's older call ``minimize(tr, binaries, signature, timeout=..., budget=...)`` still
-works and still only deletes steps (as ``blockfuzz run`` documents); ``minimize_finding()`` is
-the same call with every pass.
+``minimize(tr, binaries, signature, timeout=..., budget=...)`` (a signature string third)
+replays on QEMU and only deletes steps; ``minimize_finding()``, what a campaign calls, runs
+every pass.
 """
 from __future__ import annotations
 
@@ -86,7 +86,8 @@ import attrs
 from models import NotModeled
 
 from . import trace as T
-from .engine import Disagreement, QemuCrash, QemuHang
+from .errors import (ExpectationMismatch, Finding, HarnessError, MinimizeInterrupted, QemuCrash,
+                     UnsafeStep, generalise)
 
 Predicate = Callable[[T.Trace], bool]
 
@@ -111,15 +112,6 @@ class Stats:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
-
-
-class MinimizeInterrupted(KeyboardInterrupt):
-    """The search was interrupted; ``best`` is the smallest failing trace found until then."""
-
-    def __init__(self, best: T.Trace, stats: Stats):
-        super().__init__("minimization interrupted")
-        self.best = best
-        self.stats = stats
 
 
 @attrs.frozen
@@ -628,8 +620,7 @@ PASSES: dict[str, Callable[[_Search], None]] = {
 # the entry point
 
 def minimize(trace: T.Trace, still_fails, signature: str | None = None, timeout: float = 2.0,
-             budget: int = 400, progress: Callable[[int], None] | None = None, *,
-             passes: Iterable[str] | None = None,
+             budget: int = 400, *, passes: Iterable[str] | None = None,
              on_improvement: Callable[[T.Trace, Stats], None] | None = None,
              deadline: float | None = None, max_runs: int | None = None,
              stats: Stats | None = None, rounds: int = 5) -> T.Trace:
@@ -641,13 +632,12 @@ def minimize(trace: T.Trace, still_fails, signature: str | None = None, timeout:
     (predicate calls) bound the search: it then returns the best trace so far.  An interrupt
     raises :class:`MinimizeInterrupted` with it.
 
-    The campaign's older form ``minimize(tr, binaries, signature, timeout=2.0, budget=400,
-    progress=None)`` (a signature string third) replays on QEMU, deletes steps only, and
-    returns the trace with each step's ``observed``; see :func:`minimize_finding` for all
-    passes.
+    The form ``minimize(tr, binaries, signature, timeout=2.0, budget=400)`` (a signature
+    string third) replays on QEMU, deletes steps only, and returns the trace with each step's
+    ``observed``; see :func:`minimize_finding` for all passes.
     """
     if signature is not None:
-        return _minimize_steps_legacy(trace, still_fails, signature, timeout, budget, progress)
+        return _minimize_steps(trace, still_fails, signature, timeout, budget)
     stats = stats if stats is not None else Stats()
     names = list(PASSES) if passes is None else list(passes)
     unknown = [n for n in names if n not in PASSES]
@@ -678,18 +668,15 @@ def failure_key(err: BaseException) -> str:
     also how QEMU died (the signal, or the assertion it printed), so that a minimized SIGSEGV
     does not wander off to another crash of the same command."""
     sig = err.signature()
-    if isinstance(err, QemuCrash) and not isinstance(err, QemuHang):
-        cause = err.cause
-        sig += ":" + _death(cause)
+    if isinstance(err, QemuCrash):
+        sig += ":" + _death(err)
     return sig
 
 
-def _death(cause: BaseException) -> str:
-    from .engine import generalise
-
-    tail = getattr(cause, "stderr_tail", "") or ""
+def _death(crash: QemuCrash) -> str:
+    tail = crash.stderr_tail or ""
     m = re.search(r"(\w+): Assertion `(.*?)' failed", tail)
-    signum = getattr(cause, "signal", None)
+    signum = crash.signal
     how = "fatal"
     if signum is not None:
         import signal as _signal
@@ -697,8 +684,8 @@ def _death(cause: BaseException) -> str:
             how = _signal.Signals(signum).name
         except ValueError:
             how = f"signal {signum}"
-    elif getattr(cause, "returncode", None) is not None:
-        how = f"status {cause.returncode}"
+    elif crash.returncode is not None:
+        how = f"status {crash.returncode}"
     if m:
         how += f" {m.group(1)}: {generalise(m.group(2))}"
     return how
@@ -708,7 +695,7 @@ def _death(cause: BaseException) -> str:
 class Replay:
     """One replay of a candidate (:func:`run_candidate`)."""
 
-    #: the finding it raised (Disagreement / QemuCrash), or None
+    #: the finding it raised (a fuzz.errors.Finding), or None
     error: BaseException | None
     #: the steps that ran, each with what each side answered (``observed``)
     record: list
@@ -723,7 +710,6 @@ def run_candidate(tr: T.Trace, binaries, timeout: float, strict: bool = False) -
     """Replay ``tr`` on a fresh QEMU and model.  A trace that cannot run (the model declines a
     step, an unsafe step, a harness error, bad images, an exception in the model) is no
     finding: its ``Replay`` has ``cannot_run`` set."""
-    from .qemu import HarnessError
     from .session import Session
 
     s = Session(binaries, tr.images, timeout=timeout, machine=tr.machine, strict=strict)
@@ -731,7 +717,7 @@ def run_candidate(tr: T.Trace, binaries, timeout: float, strict: bool = False) -
         with s:
             for step in tr.steps:
                 s.runner.run(step)
-    except (Disagreement, QemuCrash) as e:
+    except Finding as e:
         return Replay(e, _record(s), None, _model_keeps_expect(s.runner, e))
     except (NotModeled, HarnessError, T.TraceError, OSError, ValueError) as e:
         return Replay(None, _record(s), e)
@@ -746,7 +732,7 @@ def _model_keeps_expect(runner, err) -> bool | None:
     tell whether the statement is still true of the (changed) candidate."""
     from models import Outcome
 
-    from .engine import ExpectationMismatch, Runner
+    from .engine import Runner
 
     step, index = err.step, err.step_index
     if "qmp" in step:
@@ -760,7 +746,7 @@ def _model_keeps_expect(runner, err) -> bool | None:
         return (got.ret, got.error) == (want.ret, want.error) and (
             "stdout" not in exp or got.stdout == want.stdout)
     if "assert" in step:
-        model_only = Runner(runner.model, None, profile_name=runner.profile_name)
+        model_only = Runner(runner.model, None)
         model_only.snapshots = dict(runner.snapshots)
         try:
             model_only.run(step)
@@ -788,7 +774,7 @@ def failure_of(tr: T.Trace, binaries, timeout: float, record: list | None = None
         with s:
             for step in tr.steps:
                 s.runner.run(step)
-    except (Disagreement, QemuCrash) as e:
+    except Finding as e:
         return e
     except NotModeled:
         return None
@@ -827,8 +813,6 @@ class QemuPredicate:
     def _replay(self, tr: T.Trace) -> Replay:
         """One replay; a harness error (QEMU not ready in time on a loaded host, say) is tried
         twice more before the candidate counts as unable to run.  An unsafe step is not."""
-        from .qemu import HarnessError, UnsafeStep
-
         for _attempt in range(3):
             self.runs += 1
             r = run_candidate(tr, self.binaries, self.timeout, self.strict)
@@ -891,8 +875,6 @@ def minimize_finding(tr: T.Trace, binaries, signature: str, timeout: float = 2.0
     it fails with ``signature`` (how a crash dies is held too when the first replay shows the
     same signature), with ``observed`` on every step.  ``tr`` unchanged if its replay does not
     fail that way (a flaky finding) or cannot run."""
-    from .qemu import HarnessError
-
     pred = QemuPredicate(binaries, timeout=timeout)
     try:
         err = pred.check(tr)
@@ -908,12 +890,10 @@ def minimize_finding(tr: T.Trace, binaries, signature: str, timeout: float = 2.0
     return pred.with_observed(small)
 
 
-def _minimize_steps_legacy(tr: T.Trace, binaries, signature: str, timeout: float, budget: int,
-                           progress: Callable[[int], None] | None) -> T.Trace:
+def _minimize_steps(tr: T.Trace, binaries, signature: str, timeout: float, budget: int) -> T.Trace:
     """``minimize(tr, binaries, signature, ...)``: delete steps only, within ``budget`` replays."""
     pred = QemuPredicate(binaries, timeout=timeout, target=signature, match="signature")
-    hook = (lambda best, _stats: progress(len(best.steps))) if progress else None
-    small = minimize(tr, pred, passes=("steps",), max_runs=budget, on_improvement=hook)
+    small = minimize(tr, pred, passes=("steps",), max_runs=budget)
     if trace_key(small) not in pred.records:
         try:    # nothing went: replay the input to record what each side answered
             pred.check(small)

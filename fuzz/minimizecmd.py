@@ -22,19 +22,15 @@ import signal
 import sys
 import time
 
-from models import NotModeled
-
-from . import minimize as M
-from . import trace as T
-from .qemu import HarnessError
+from .errors import CliError, HarnessError, QemuNotFound
 
 
 def add_minimize_parser(subparsers) -> None:
     p = subparsers.add_parser("minimize", help="minimize a failing trace (delta debugging on QEMU)",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("trace", metavar="TRACE", help="a failing trace (JSON)")
-    p.add_argument("--qemu", metavar="PATH",
-                   help="qemu-system-x86_64 (default: $QEMU_PROG, then the fetched 11.1)")
+    p.add_argument("--qemu", metavar="PATH|VERSION",
+                   help="qemu-system-x86_64, or a fetched version (7.2, 10.0, 11.1) (default: $QEMU_PROG, then the fetched 11.1)")
     p.add_argument("-o", "--out", metavar="OUT",
                    help="where the minimized trace goes (default: <input stem>.min.json beside it)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S",
@@ -93,17 +89,8 @@ def _say(msg: str) -> None:
     print(f"minimize: {msg}", file=sys.stderr, flush=True)
 
 
-class _Fail(Exception):
-    """One line on stderr and an exit status (raised inside this module only, so that it is
-    caught here whether the CLI runs as ``blockfuzz`` or ``python -m fuzz.cli``)."""
-
-    def __init__(self, message: str, status: int = 2):
-        super().__init__(message)
-        self.status = status
-
-
-def _fail(msg: str, status: int = 2) -> _Fail:
-    return _Fail(msg, status)
+def _fail(msg: str, status: int = 2) -> CliError:
+    return CliError(msg, status)
 
 
 def _one_line(e: BaseException) -> str:
@@ -111,24 +98,27 @@ def _one_line(e: BaseException) -> str:
 
 
 def run_minimize(args: argparse.Namespace) -> int:
-    from .qemufetch import QemuNotFound
-
     try:
         return _run_minimize(args)
-    except (_Fail, QemuNotFound) as e:
+    except (CliError, QemuNotFound) as e:
         print(f"blockfuzz: {e}", file=sys.stderr)
         return getattr(e, "status", 2)
 
 
 def _run_minimize(args: argparse.Namespace) -> int:
+    if args.tries < 1:
+        raise _fail("--tries must be at least 1")
+    # the model and the minimizer only once the options are valid (a bad one costs no import)
+    from models import NotModeled
+
+    from . import minimize as M
+    from . import trace as T
     from .qemufetch import resolve_qemu
 
     try:
         tr = T.load(args.trace)
     except T.TraceError as e:
         raise _fail(str(e)) from None
-    if args.tries < 1:
-        raise _fail("--tries must be at least 1")
     out = args.out or default_output(args.trace)
     binaries = resolve_qemu(args.qemu)
     start = time.monotonic()

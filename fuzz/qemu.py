@@ -24,9 +24,10 @@ normalised here:
 * **qemu-io output.** HMP ``qemu-io`` prints to QEMU's *stdout*, line by line and before the QMP
   reply is sent, so the bytes appended to the stdout log during a command are its output. The
   timing statistics lines are dropped (they differ on every run).
-* **Crashes and hangs** are exceptions, not outcomes. :class:`QemuFailure` and its subclasses
-  are *findings* (QEMU misbehaved); :class:`HarnessError` means we could not do our job (binary
-  missing, QEMU would not start) and says nothing about QEMU's correctness.
+* **Crashes and hangs** are exceptions, not outcomes: :class:`fuzz.errors.QemuCrash` and
+  :class:`fuzz.errors.QemuHang` are *findings* (QEMU misbehaved; the engine attaches the step);
+  :class:`fuzz.errors.HarnessError` means we could not do our job (binary missing, QEMU would
+  not start) and says nothing about QEMU's correctness (the tree: ``fuzz.errors``).
 
 QEMU runs with ``cwd=workdir`` (images are addressed by relative names) and writes its stdout and
 stderr to ``qemu.stdout.log`` / ``qemu.stderr.log`` there; the logs stay for the caller (findings).
@@ -56,12 +57,13 @@ from typing import Any, Mapping, NoReturn, Protocol, Sequence
 import attrs
 
 from fuzz import sandbox
-from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpGone, QmpSync, QmpTimeout, QmpTransportError
-from models.values import Outcome, QmpError, canonicalize_text
+from fuzz.errors import (HarnessError, QemuCrash, QemuFailure, QemuHang, QmpGone, QmpTimeout,
+                         QmpTransportError, ResetFailed, UnsafeStep)
+from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpSync
+from models.values import JOB_COMMANDS, Outcome, QmpError, canonicalize_text
 
 __all__ = [
     "QemuBinaries", "QemuProcess", "binaries_env",
-    "HarnessError", "UnsafeStep", "ResetFailed", "QemuFailure", "QemuCrashed", "QemuHung",
     "QemuFeatures", "qemu_features", "check_step",
     "NodeNames", "stdout_lines", "STDOUT_LOG", "STDERR_LOG",
 ]
@@ -104,39 +106,6 @@ def binaries_env(binaries: QemuBinaries, program: str | os.PathLike[str] | None 
     return {**os.environ, **binaries.env}
 
 
-# -- exceptions -----------------------------------------------------------------------------
-
-@attrs.define(str=False)
-class HarnessError(Exception):
-    """The harness could not do its job (not a finding about QEMU)."""
-
-    message: str
-    #: stderr of the failing program, when there is one
-    stderr_tail: str = ""
-
-    def __str__(self) -> str:
-        return self.message + (f"\n--- stderr ---\n{self.stderr_tail}" if self.stderr_tail else "")
-
-
-@attrs.define(str=False)
-class UnsafeStep(HarnessError):
-    """A step (or image spec) names a file outside the work directory; refused before QEMU
-    sees it.  ``message`` is one line naming the command and the offending string."""
-
-    command: str = ""
-    path: str = ""
-
-
-@attrs.define(str=False)
-class ResetFailed(HarnessError):
-    """:meth:`QemuProcess.reset` could not bring QEMU back to empty (a command failed, QEMU
-    died or hung, or something survived).  The caller must close this QEMU and start a fresh
-    one; ``cause`` is the QEMU failure behind it, if any (a crash during clean-up is worth a
-    look, but it is not a step's finding)."""
-
-    cause: BaseException | None = None
-
-
 def check_step(cmd: str, args: Any) -> None:
     """Raise :class:`UnsafeStep` if QMP command ``cmd`` may not be sent (``fuzz.sandbox``)."""
     problem = sandbox.step_problem(cmd, args)
@@ -147,56 +116,6 @@ def check_step(cmd: str, args: Any) -> None:
 def _unsafe(what: str, problem: sandbox.Problem) -> UnsafeStep:
     return UnsafeStep(f"refused {what}: {problem.describe()} (a trace may only name files "
                       "inside its work directory)", command=what, path=problem.text)
-
-
-class QemuFailure(Exception):
-    """Base class of findings: QEMU itself misbehaved while running ``command``."""
-
-    command: str
-    stderr_tail: str
-
-
-@attrs.define(str=False)
-class QemuCrashed(QemuFailure):
-    """QEMU died, or printed an assertion/abort message, during (or right after) ``command``."""
-
-    command: str
-    #: exit status as from Popen: negative for a signal, None if it had not exited yet
-    returncode: int | None
-    stderr_tail: str = ""
-
-    @property
-    def signal(self) -> int | None:
-        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
-
-    def __str__(self) -> str:
-        if self.signal is not None:
-            try:
-                how = f"killed by {signal.Signals(self.signal).name}"
-            except ValueError:
-                how = f"killed by signal {self.signal}"
-        elif self.returncode is not None:
-            how = f"exited with status {self.returncode}"
-        else:
-            how = "reported a fatal error"
-        return f"QEMU {how} during {self.command!r}" + _tail_suffix(self.stderr_tail)
-
-
-@attrs.define(str=False)
-class QemuHung(QemuFailure):
-    """``command`` got no reply within ``timeout`` seconds; QEMU is still there (close() kills it)."""
-
-    command: str
-    timeout: float
-    stderr_tail: str = ""
-
-    def __str__(self) -> str:
-        return f"QEMU did not answer {self.command!r} within {self.timeout:g} s" + _tail_suffix(
-            self.stderr_tail)
-
-
-def _tail_suffix(tail: str) -> str:
-    return f"\n--- stderr (tail) ---\n{tail}" if tail else ""
 
 
 # -- output normalisation -------------------------------------------------------------------
@@ -210,9 +129,6 @@ _STATS_LINE = re.compile(
     r"|\d+,\d+,[\d:.]+,[\d.einfa]+,[\d.einfa]+"
 )
 # Text QEMU (glibc assert, glib g_assert, abort) leaves on stderr when it is going down.
-#: commands that may start or move a block job
-JOB_COMMANDS = frozenset({"block-stream", "block-commit", "job-finalize", "job-dismiss",
-                          "job-cancel", "block-job-complete"})
 #: job states the harness waits for after each command (see QemuProcess._settle_jobs)
 SETTLED_JOB_STATES = frozenset({"ready", "pending", "concluded"})
 _FATAL_STDERR = re.compile(r"Assertion|assertion failed|code should not be reached|Aborted|core dumped")
@@ -418,7 +334,7 @@ def _pdeathsig_preexec():
 class QemuProcess:
     """One QEMU process with its QMP connection. Use as a context manager.
 
-    ``timeout`` bounds every command (and start-up); exceeding it raises :class:`QemuHung`.
+    ``timeout`` bounds every command (and start-up); exceeding it raises :class:`QemuHang`.
     ``machine`` and ``extra_args`` are passed through (``-M none`` has no buses: enough for
     blockdev-* and qemu-io, not for devices).  ``check_paths`` and ``chroot`` are the two
     sandbox layers (``chroot=None``: on unless ``$BLOCKFUZZ_NO_CHROOT``); turning one off is
@@ -621,7 +537,7 @@ class QemuProcess:
                 timeout: float | None = None) -> Outcome:
         """Run one QMP command and return its normalised :class:`Outcome`.
 
-        Raises :class:`QemuCrashed` / :class:`QemuHung` (findings), :class:`HarnessError` when
+        Raises :class:`QemuCrash` / :class:`QemuHang` (findings), :class:`HarnessError` when
         the process was never started or already failed, :class:`UnsafeStep` (QEMU is not
         asked, the process stays usable) when the command names a file outside the work
         directory.
@@ -677,7 +593,7 @@ class QemuProcess:
                 return
             if time.monotonic() > deadline:
                 states = ", ".join(f"{j.get('id')}={j.get('status')}" for j in jobs)
-                self._fail(QemuHung(cmd, self.timeout, f"jobs never settled: {states}"))
+                self._fail(QemuHang(cmd, self.timeout, f"jobs never settled: {states}"))
             time.sleep(0.0005)
 
     def query_jobs(self) -> list[dict]:
@@ -845,9 +761,9 @@ class QemuProcess:
         try:
             return self._qmp._run(all_(), self.timeout, what)
         except QmpTimeout as e:
-            self._fail(QemuHung(what, e.timeout, self._stderr_tail()), e)
+            self._fail(QemuHang(what, e.timeout, self._stderr_tail()), e)
         except (QmpTransportError, OSError, EOFError, Exception) as e:
-            self._fail(QemuCrashed(what, self._wait_exit(), self._stderr_tail()), e)
+            self._fail(QemuCrash(what, self._wait_exit(), self._stderr_tail()), e)
 
     def _batch_must(self, calls: list[tuple[str, Any]], may_lack_objects: bool = False
                     ) -> list[Any]:
@@ -962,13 +878,13 @@ class QemuProcess:
         if self._closed:
             raise HarnessError("QemuProcess is closed")
         if self._failure is not None:
-            raise HarnessError(f"QEMU already failed ({self._failure.__class__.__name__}); "
+            raise HarnessError(f"QEMU already failed ({self._failure.kind}); "
                                "start a new process") from self._failure
         if self._reset_failed is not None:
             raise HarnessError("QEMU could not be reset; start a new process") \
                 from self._reset_failed
         if self._proc.poll() is not None:
-            self._fail(QemuCrashed(cmd, self._proc.returncode, self._stderr_tail()))
+            self._fail(QemuCrash(cmd, self._proc.returncode, self._stderr_tail()))
 
     def _learn_names(self) -> None:
         reply = self._call("query-named-block-nodes", None, None)
@@ -981,17 +897,17 @@ class QemuProcess:
         try:
             return self._qmp.cmd(cmd, args, self.timeout if timeout is None else timeout)
         except QmpTimeout as e:
-            self._fail(QemuHung(cmd, e.timeout, self._stderr_tail()), e)
+            self._fail(QemuHang(cmd, e.timeout, self._stderr_tail()), e)
         except QmpGone as e:
-            self._fail(QemuCrashed(cmd, self._wait_exit(), self._stderr_tail()), e)
+            self._fail(QemuCrash(cmd, self._wait_exit(), self._stderr_tail()), e)
 
     def _check_after(self, cmd: str, err0: int) -> None:
         assert self._proc is not None
         new_err = _read_from(self._err_fd, err0)
         if _FATAL_STDERR.search(new_err):
-            self._fail(QemuCrashed(cmd, self._wait_exit(), self._stderr_tail()))
+            self._fail(QemuCrash(cmd, self._wait_exit(), self._stderr_tail()))
         if cmd != "quit" and self._proc.poll() is not None:
-            self._fail(QemuCrashed(cmd, self._proc.returncode, self._stderr_tail()))
+            self._fail(QemuCrash(cmd, self._proc.returncode, self._stderr_tail()))
 
     def _fail(self, failure: QemuFailure, cause: BaseException | None = None) -> NoReturn:
         self._failure = failure

@@ -64,7 +64,6 @@ a fuzzer that quietly tests a different QEMU than asked produces misleading find
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import fcntl
 import functools
@@ -80,6 +79,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import attrs
+
+from fuzz.errors import FetchError, QemuNotFound
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -172,14 +173,6 @@ _ARCHES = {
     "amd64": ("x86_64-linux-gnu", "ld-linux-x86-64.so.2"),
     "arm64": ("aarch64-linux-gnu", "ld-linux-aarch64.so.1"),
 }
-
-
-class QemuNotFound(ValueError):
-    """No usable QEMU binary; the message is one actionable line."""
-
-
-class FetchError(RuntimeError):
-    """Fetching or verifying a QEMU tree failed; the message is one line."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +378,12 @@ def _inside_a_tree(path: Path) -> Path | None:
 
 
 def _validate(value: str, source: str) -> str:
+    # A fetched version by its name ("--qemu 10.0"): its tree's system emulator.
+    if value in KNOWN_VERSIONS:
+        inst = installed(value)
+        if inst is None:
+            raise QemuNotFound(f"{source} {value!r}: not fetched: run `blockfuzz qemu fetch {value}`")
+        return str(inst.binary("system"))
     # A bare name ("qemu-system-x86_64") is looked up in $PATH like a shell would.
     if os.sep not in value:
         found = shutil.which(value)
@@ -802,6 +801,8 @@ def fetch(
         # dpkg -x only unpacks the data archive: no maintainer scripts, no dpkg database. The
         # packages of one consistent installation ship disjoint files, so the order does not
         # matter; in parallel, because decompressing is most of a fetch's CPU time.
+        import concurrent.futures   # here: only a fetch needs threads, not every start
+
         with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as ex:
             for _ in ex.map(lambda deb: _run(["dpkg", "-x", str(deb), str(root)]), files):
                 pass

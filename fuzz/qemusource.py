@@ -44,7 +44,8 @@ from typing import Callable
 import attrs
 
 from fuzz import qemufetch
-from fuzz.qemufetch import FetchError, Source, _Apt
+from fuzz.errors import CliError, FetchError, QemuNotFound
+from fuzz.qemufetch import Source, _Apt
 
 __all__ = ["SOURCE_ORIGINS", "SourceTree", "fetch_source", "source_installed",
            "add_source_parser"]
@@ -83,7 +84,7 @@ def src_dir() -> Path:
 
 def _check(version: str) -> str:
     if version not in SOURCE_ORIGINS:
-        raise qemufetch.QemuNotFound(f"no QEMU source known for {version!r} (known: "
+        raise QemuNotFound(f"no QEMU source known for {version!r} (known: "
                                      f"{', '.join(SOURCE_ORIGINS)})")
     return version
 
@@ -259,12 +260,11 @@ def add_source_parser(qemu_actions) -> None:
 
 
 def _source_command(args) -> int:
-    from fuzz.cli import CliError
 
     try:
         _check(args.version)
         st = fetch_source(args.version, force=args.force)
-    except qemufetch.QemuNotFound as e:
+    except QemuNotFound as e:
         raise CliError(str(e), 2) from None
     except (FetchError, OSError) as e:
         raise CliError(f"fetching the QEMU {args.version} source failed: {e}", 2) from None

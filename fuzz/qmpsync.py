@@ -20,6 +20,8 @@ Failures of the *transport* are exceptions, failures of a *command* are values:
 * :class:`QmpTimeout` (a ``TimeoutError``): no reply within the timeout (QEMU hung);
 * :class:`QmpGone` (a ``ConnectionError``): the connection is closed (QEMU died).
 
+(Both are :class:`fuzz.errors.QmpTransportError`s; the tree of all exceptions is ``fuzz.errors``.)
+
 Events are collected as they arrive (while any call is running) and handed out by
 :meth:`QmpSync.drain_events`, which can also wait for the next one (block jobs).
 
@@ -39,7 +41,9 @@ from qemu.qmp import (
     ConnectError, ExecInterruptedError, ExecuteError, Message, QMPClient, Runstate, StateError,
 )
 
-__all__ = ["QmpSync", "QmpTransportError", "QmpTimeout", "QmpGone", "DEFAULT_TIMEOUT"]
+from fuzz.errors import QmpGone, QmpTimeout, QmpTransportError
+
+__all__ = ["QmpSync", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -49,32 +53,6 @@ DEFAULT_TIMEOUT = 5.0
 logging.getLogger("qemu.qmp").addHandler(logging.NullHandler())
 
 _T = TypeVar("_T")
-
-
-class QmpTransportError(Exception):
-    """Base class: the QMP conversation itself failed (as opposed to a command failing)."""
-
-    def __init__(self, message: str, command: str | None = None):
-        super().__init__(message)
-        #: the QMP command that was running, or None (connect, events)
-        self.command = command
-
-
-class QmpTimeout(QmpTransportError, TimeoutError):
-    """No reply within ``timeout`` seconds. The connection stays open; the late reply is dropped."""
-
-    def __init__(self, command: str | None, timeout: float):
-        super().__init__(f"no QMP reply to {command or 'greeting'!r} within {timeout:g} s", command)
-        self.timeout = timeout
-
-
-class QmpGone(QmpTransportError, ConnectionError):
-    """The server closed the connection (or it was never opened / already closed by us)."""
-
-    def __init__(self, command: str | None, cause: BaseException | None = None):
-        why = f": {cause}" if cause is not None and str(cause) else ""
-        super().__init__(f"QMP connection lost during {command or 'connect'!r}{why}", command)
-        self.cause = cause
 
 
 class _Client(QMPClient):

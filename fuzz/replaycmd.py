@@ -30,20 +30,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
-from models import NotModeled
+from .errors import Finding, HarnessError
 
-from . import trace as T
-from .engine import Disagreement, QemuCrash
-from .qemu import HarnessError
+# traces and the model are imported by the handlers: building the command line must not pay
+# for them (every subcommand's parser is built on every start)
+if TYPE_CHECKING:
+    from . import trace as T
 
 
 def add_replay_parser(subparsers) -> None:
     p = subparsers.add_parser("replay", help="re-run traces against QEMU and the model",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (JSON)")
-    p.add_argument("--qemu", metavar="PATH", action="append", default=[],
-                   help="qemu-system-x86_64 to use (default: $QEMU_PROG, then the fetched 11.1); "
+    p.add_argument("--qemu", metavar="PATH|VERSION", action="append", default=[],
+                   help="qemu-system-x86_64 to use, or a fetched version (7.2, 10.0, 11.1) (default: $QEMU_PROG, then the fetched 11.1); "
                         "repeat it to replay on several builds, one column each")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per-command timeout (default 5)")
     p.add_argument("--strict", action="store_true",
@@ -53,7 +55,7 @@ def add_replay_parser(subparsers) -> None:
 
 
 def replay_trace(tr: T.Trace, binaries, timeout: float = 5.0, strict: bool = False) -> None:
-    """Run one trace; raises a Disagreement/QemuCrash on failure."""
+    """Run one trace; raises its ``fuzz.errors.Finding`` on failure."""
     from .session import Session
 
     with Session(binaries, tr.images, timeout=timeout, machine=tr.machine, strict=strict) as s:
@@ -62,20 +64,27 @@ def replay_trace(tr: T.Trace, binaries, timeout: float = 5.0, strict: bool = Fal
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    from models import NotModeled
+
+    from . import trace as T
     from .qemufetch import resolve_qemu
 
     if len(args.qemu) > 1:
         return run_replay_builds(args)
-    binaries = resolve_qemu(args.qemu[0] if args.qemu else None)
+    binaries = None
     status = 0
     for path in args.traces:
         try:
             tr = T.load(path)
+            # the QEMU is looked for once a trace needs it: a bad trace is reported as such
+            # even where no QEMU is installed
+            if binaries is None:
+                binaries = resolve_qemu(args.qemu[0] if args.qemu else None)
             replay_trace(tr, binaries, args.timeout, args.strict)
         except T.TraceError as e:
             print(f"ERROR {path}: {e.message}")
             status = max(status, 2)
-        except (Disagreement, QemuCrash) as e:
+        except Finding as e:
             # one line per trace: a crash's stderr tail is folded onto it
             line = " | ".join(l for l in str(e).splitlines() if l.strip())
             if is_finding(tr):
@@ -91,7 +100,7 @@ def run_replay(args: argparse.Namespace) -> int:
             print(f"ERROR {tr.name}: not covered by the model: {e}")
             status = 2
         except (HarnessError, OSError) as e:
-            print(f"ERROR {path}: {e}")
+            print(f"ERROR {path}: {_one_line(e)}")   # a tool's stderr folded onto the line
             status = 2
         else:
             print(f"FIXED {tr.name}" if is_finding(tr) else f"PASS {tr.name}")
@@ -123,9 +132,11 @@ def _one_line(e: BaseException) -> str:
 def _verdict(tr: T.Trace, binaries, timeout: float, strict: bool = False
              ) -> tuple[str, str, int]:
     """(column, detail, status) of one trace on one build."""
+    from models import NotModeled
+
     try:
         replay_trace(tr, binaries, timeout, strict)
-    except (Disagreement, QemuCrash) as e:
+    except Finding as e:
         return "FAIL", _one_line(e), 1
     except NotModeled as e:
         return "UNMODELLED", f"not covered by the model: {e}", 0
@@ -136,8 +147,10 @@ def _verdict(tr: T.Trace, binaries, timeout: float, strict: bool = False
 
 def run_replay_builds(args: argparse.Namespace) -> int:
     """``replay --qemu A --qemu B ...``: a column per build (module docstring)."""
+    from . import trace as T
     from .diffengine import build_label, diff_failure_of
-    from .qemufetch import FetchError, resolve_qemu
+    from .errors import FetchError
+    from .qemufetch import resolve_qemu
 
     builds = [resolve_qemu(q) for q in args.qemu]
     try:

@@ -45,6 +45,7 @@ from typing import Any
 import attrs
 
 from . import trace as T
+from .errors import Disagreement, DotMissing, ExpectationMismatch, HarnessError, QemuFailure
 
 # --------------------------------------------------------------------------------------------
 # what a picture shows
@@ -633,10 +634,6 @@ def _idsafe(key: str) -> str:
 # Graphviz
 
 
-class DotMissing(RuntimeError):
-    pass
-
-
 def render_svg(dot_source: str, dot: str | None = None, timeout: float = 60.0) -> str:
     """``dot -Tsvg`` of ``dot_source``: the ``<svg>`` element, without XML prolog or DOCTYPE."""
     if dot is None:
@@ -726,8 +723,6 @@ def build_report(tr: T.Trace, binaries, step: int | None = None, timeout: float 
     report's subject, not an error."""
     from models import NotModeled
 
-    from .engine import Disagreement, QemuCrash
-    from .qemu import HarnessError
     from .session import Session
 
     last = len(tr.steps) - 1 if step is None else step
@@ -743,7 +738,7 @@ def build_report(tr: T.Trace, binaries, step: int | None = None, timeout: float 
         for i, st in enumerate(tr.steps[:last + 1]):
             try:
                 r.run(st)
-            except QemuCrash as e:                    # QemuHang too: QEMU is gone
+            except QemuFailure as e:                  # a crash or a hang: QEMU is gone
                 rep.error, rep.index, rep.step, rep.when, died = e, i, st, "before", True
                 # the model ran the step before QEMU did: what it should have done
                 rep.predicted = model_view(r.model, f"model ({rep.profile}) after step {i + 1}")
@@ -822,8 +817,6 @@ _JS = ("document.querySelectorAll('.pic').forEach(function (p) {"
 
 
 def _verdict(rep: Report) -> tuple[str, str]:
-    from .engine import Disagreement, QemuCrash
-
     e = rep.error
     if e is None:
         return "pass", f"step {rep.index + 1}: model and QEMU agree up to here"
@@ -831,15 +824,13 @@ def _verdict(rep: Report) -> tuple[str, str]:
         # the two sides' answers are in the text difference below
         text = e.summary().split(": expected ")[0] if e.kind == "graph" else str(e)
         return "fail", _clip(text, 600)
-    if isinstance(e, QemuCrash):
+    if isinstance(e, QemuFailure):
         return "fail", str(e)
     return "note", f"{type(e).__name__}: {e}"
 
 
 def _text_diff(rep: Report, comp: Comparison | None) -> tuple[str, str]:
     """(heading, unified diff) of the step's disagreement, or of the two graphs."""
-    from .engine import Disagreement, ExpectationMismatch
-
     e = rep.error
     if isinstance(e, Disagreement):
         a, b = "model", "QEMU"
@@ -949,7 +940,7 @@ def render_html(rep: Report, dot: str | None = None) -> str:
     when = "after" if rep.when == "after" else "before"
     parts.append(f"<h2>Block graph {when} step {rep.index + 1}"
                  + (" (QEMU died at this step: the last graph it reported)" if rep.when == "before"
-                    and rep.error is not None and type(rep.error).__name__ in ("QemuCrash", "QemuHang") else "")
+                    and isinstance(rep.error, QemuFailure) else "")
                  + "</h2>")
     parts.append('<div class="legend">'
                  f'<span style="border-color:{COLOURS["only-border"]};background:{COLOURS["only-fill"]}">'

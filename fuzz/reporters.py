@@ -15,10 +15,14 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from typing import Any, TextIO
 
+import attrs
+
 from . import trace as T
 from .campaign import CampaignFinished, CampaignStarted, CampaignState, Progress
-from .engine import StepDone, generalise
+from .engine import StepDone, StepEffect
+from .errors import generalise
 from .findings import FindingEvent
+from .statemachine import ExampleFinished
 
 
 # --------------------------------------------------------------------------------------------
@@ -32,17 +36,50 @@ class Coverage:
         self.outcomes: Counter = Counter()
         self.exact_errors: Counter = Counter()  # unfolded error texts, for exact look-ups
         self.steps = 0
+        # depth (StepEffect, ExampleFinished): per command, steps that succeeded and that
+        # changed the graph or the jobs; per example, steps drawn and executed, deep pattern
+        # reads, and relinks followed by deletes
+        self.succeeded: Counter = Counter()
+        self.changed: Counter = Counter()
+        self.examples = 0
+        self.drawn = 0
+        self.executed = 0
+        self.deep_reads = 0                 # read -P through a backing chain 2+ deep
+        self.examples_deep_read = 0
+        self.examples_relink_delete = 0     # 2+ changing reopens, then a successful delete
+        self._example = _ExampleDepth()
 
     def __call__(self, event) -> None:
-        if not isinstance(event, StepDone) or event.model is None:
-            return
-        self.count(event.step, event.model)
+        if isinstance(event, StepEffect):
+            self.effect(event)
+        elif isinstance(event, ExampleFinished):
+            self.examples += 1
+            self.drawn += event.drawn
+            self.executed += event.executed
+            self.examples_deep_read += self._example.deep_read
+            self.examples_relink_delete += self._example.relinks_then_delete
+            self._example = _ExampleDepth()
+        elif isinstance(event, StepDone) and event.model is not None:
+            self.count(event.step, event.model)
+
+    def effect(self, e: StepEffect) -> None:
+        cmd = _command(e.step)
+        if e.ok:
+            self.succeeded[cmd] += 1
+            if e.changed:
+                self.changed[cmd] += 1
+        x = self._example
+        if e.read_depth is not None and e.read_depth >= 2:
+            self.deep_reads += 1
+            x.deep_read = True
+        if e.ok and e.changed and cmd == "blockdev-reopen":
+            x.relinks += 1
+        elif e.ok and cmd == "blockdev-del" and x.relinks >= 2:
+            x.relinks_then_delete = True
 
     def count(self, step: dict, o) -> None:
         self.steps += 1
-        cmd = step["qmp"]
-        if cmd == "human-monitor-command":
-            cmd = "qemu-io " + step["args"]["command-line"].split('"')[1].split()[0]
+        cmd = _command(step)
         self.rules[cmd] += 1
         if o.error is not None:
             self.exact_errors[f"{cmd}: {o.error.desc}"] += 1
@@ -57,7 +94,45 @@ class Coverage:
 
     def to_json(self) -> dict:
         return {"steps": self.steps, "rules": dict(self.rules), "outcomes": dict(self.outcomes),
-                "exact-errors": dict(self.exact_errors)}
+                "exact-errors": dict(self.exact_errors), "succeeded": dict(self.succeeded),
+                "changed": dict(self.changed), "examples": self.examples, "drawn": self.drawn,
+                "executed": self.executed, "deep-reads": self.deep_reads,
+                "examples-deep-read": self.examples_deep_read,
+                "examples-relink-delete": self.examples_relink_delete}
+
+
+@attrs.define
+class _ExampleDepth:
+    deep_read: bool = False
+    relinks: int = 0
+    relinks_then_delete: bool = False
+
+
+def _command(step: dict) -> str:
+    """The rule a step counts under: the QMP command, or ``qemu-io VERB``."""
+    cmd = step["qmp"]
+    if cmd == "human-monitor-command":
+        cmd = "qemu-io " + step["args"]["command-line"].split('"')[1].split()[0]
+    return cmd
+
+
+def depth_table(cov: dict) -> str:
+    """Per command: steps, the share that succeeded and the share that changed the graph or
+    the jobs; then executed/drawn steps and the example-level depth figures."""
+    rules, ok, changed = (Counter(cov.get(k, {})) for k in ("rules", "succeeded", "changed"))
+    lines = [f"{'steps':>8} {'ok':>6} {'changed':>8}  command"]
+    for cmd, n in rules.most_common():
+        lines.append(f"{n:8d} {100 * ok[cmd] / n:5.1f}% {100 * changed[cmd] / n:7.1f}%  {cmd}")
+    drawn, executed, examples = cov.get("drawn", 0), cov.get("executed", 0), cov.get("examples", 0)
+    if drawn:
+        lines.append(f"executed {executed} of {drawn} drawn steps ({100 * executed / drawn:.1f}%; "
+                     f"declined {100 * (drawn - executed) / drawn:.1f}%)")
+    if examples:
+        lines.append(f"examples: {examples}; with a pattern read through a chain 2+ deep: "
+                     f"{100 * cov.get('examples-deep-read', 0) / examples:.1f}% "
+                     f"({cov.get('deep-reads', 0)} reads); with 2+ relinks then a delete: "
+                     f"{100 * cov.get('examples-relink-delete', 0) / examples:.1f}%")
+    return "\n".join(lines)
 
 
 class DiffCoverage(Coverage):

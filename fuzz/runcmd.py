@@ -22,22 +22,29 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .campaign import CampaignSpec, CampaignState, default_workers, run_campaign
-from .engine import Events
-from .findings import KnownBugs
+from .errors import DatabaseError, UsageError
+
+# The campaign machinery (Hypothesis, the model, the harness) is imported only once the options
+# are checked: a bad option must cost an import of argparse, not of Hypothesis.
+if TYPE_CHECKING:
+    from .campaign import CampaignState
+    from .engine import Events
+    from .findings import KnownBugs
 
 #: the checkout's known QEMU bugs
 CORPUS_FINDINGS = Path(__file__).resolve().parent.parent / "corpus" / "findings"
 
 
-class UsageError(Exception):
-    """A bad option value: one line, exit status 2."""
+def default_workers() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def add_run_parser(subparsers) -> None:
     p = subparsers.add_parser("run", help="run a fuzz campaign", description=__doc__.split("\n\n")[0])
-    p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 (default: $QEMU_PROG, then the fetched 11.1)")
+    p.add_argument("--qemu", metavar="PATH|VERSION", help="qemu-system-x86_64, or a fetched version (7.2, 10.0, 11.1) (default: $QEMU_PROG, then the fetched 11.1)")
     add_campaign_options(p)
     p.add_argument("--workers", type=str, metavar="N",
                    help=f"worker processes, each with its own QEMU (default: all cores, here {default_workers()})")
@@ -142,7 +149,7 @@ def require_qemu(binaries) -> str:
 
 
 def check_database(spec: str | None, out: str) -> None:
-    from .database import DatabaseError, open_database
+    from .database import open_database
 
     try:
         db = open_database(spec, out)
@@ -157,6 +164,7 @@ def known_bugs(folder: str) -> KnownBugs:
     """The known-bug table, or one line: a missing folder or a corrupt trace is the user's
     to fix, not a campaign that silently reports every known bug as new."""
     from . import trace as T
+    from .findings import KnownBugs
 
     if not os.path.isdir(folder):
         raise UsageError(f"--known-bugs {folder}: not a directory")
@@ -175,7 +183,6 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .database import CAMPAIGN_KEY
     from .qemufetch import resolve_qemu
 
     numbers = campaign_numbers(args)
@@ -188,6 +195,9 @@ def _run(args: argparse.Namespace) -> int:
     known = known_bugs(args.known_bugs)
     binaries = resolve_qemu(args.qemu)
     version = require_qemu(binaries)
+    from .campaign import CampaignSpec, run_campaign
+    from .database import CAMPAIGN_KEY
+
     spec = CampaignSpec(binaries=binaries, out=args.out, workers=workers, strict=args.strict,
                         database=args.database, mode=args.profile, known=known,
                         pool=not args.no_reuse, db_key=CAMPAIGN_KEY, **numbers)
@@ -200,6 +210,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def reporting_bus(args, spec) -> Events:
     """The parent's listeners: progress, then the report files asked for."""
+    from .engine import Events
     from .reporters import JsonReporter, JUnitReporter, ProgressReporter
 
     bus = Events()
@@ -214,7 +225,7 @@ def reporting_bus(args, spec) -> Events:
 def finish(state: CampaignState, args, binaries) -> int:
     """Post-processing of new findings (minimize, report, reproducers) unless stopped by a
     signal, the summary, and the exit status."""
-    from .reporters import coverage_table
+    from .reporters import coverage_table, depth_table
 
     if state.stopped_by is None:
         for f in state.new():
@@ -227,6 +238,8 @@ def finish(state: CampaignState, args, binaries) -> int:
                        **{"set-aside-fields": unknown}), fh, indent=1)
     if args.coverage:
         print(coverage_table(cov))
+        print()
+        print(depth_table(cov))
     for build, paths in sorted(unknown.items()):
         print(f"QEMU {build} has no exact profile; fields left out of the comparison "
               f"(--strict compares them): {', '.join(paths)}")

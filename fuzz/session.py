@@ -3,9 +3,8 @@
     with Session(binaries, images) as s:
         s.runner.run({"qmp": "blockdev-add", "args": {...}})
 
-QEMU is killed and the directory removed on leaving the block, whatever happened (unless
-``keep=True``, used to keep QEMU's logs with a finding).  The model's version profile comes from
-QEMU's own ``query-version``; an unknown version gets the nearest profile and a warning.
+QEMU is killed and the directory removed on leaving the block, whatever happened.  The
+model's version profile comes from QEMU's own ``query-version``; an unknown version gets the nearest profile and a warning.
 
 Reuse (campaigns): starting QEMU is most of an example's set-up, so a :class:`QemuPool` keeps
 one live ``-M none`` QEMU per build between examples::
@@ -20,7 +19,7 @@ names counted from 0 again) and replaces the work directory's images.  A QEMU th
 (crash, hang, failed reset) or a session left by an exception (or :meth:`Session.discard`) is
 closed, and the next session starts a fresh one.  ``-M pc`` QEMUs are never reused (a PCI
 device cannot be unplugged from a guest that does not run), but ``QemuPool(prestart=True)``
-boots the next one while an example runs.  ``keep=True`` never uses the pool.
+boots the next one while an example runs.
 """
 from __future__ import annotations
 
@@ -36,8 +35,9 @@ from models.profiles import VersionProfile
 from models.query import known_fields
 
 from .engine import Events, FieldFilter, Runner
+from .errors import ResetFailed
 from .images import make_images, refill_images
-from .qemu import STDERR_LOG, STDOUT_LOG, QemuProcess, ResetFailed
+from .qemu import STDERR_LOG, STDOUT_LOG, QemuProcess
 
 
 class UnknownQemuVersion(UserWarning):
@@ -65,22 +65,18 @@ def _warn_unknown_fields(event) -> None:
 
 class Session:
     def __init__(self, binaries, images: Iterable[ImageSpec], events: Events | None = None,
-                 timeout: float = 5.0, keep: bool = False, workdir_root: str | None = None,
-                 machine: str = "none", strict: bool = False, pool: "QemuPool | None" = None):
+                 timeout: float = 5.0, machine: str = "none", strict: bool = False, pool: "QemuPool | None" = None):
         self.binaries = binaries
         self.images = tuple(images)
         self.events = events
         self.timeout = timeout
-        self.keep = keep
-        self.workdir_root = workdir_root
         self.machine = machine
         self.strict = strict
         self.workdir: str | None = None
         self.qemu: QemuProcess | None = None
         self.runner: Runner | None = None
         self.profile: VersionProfile | None = None
-        self.pool = pool if not keep and pool is not None and (
-            machine == "none" or pool.prestart) else None
+        self.pool = pool if pool is not None and (machine == "none" or pool.prestart) else None
         #: this example runs on a QEMU that ran an earlier one (set by __enter__)
         self.reused = False
         self._discard = False
@@ -89,9 +85,9 @@ class Session:
         try:
             if self.pool is not None:
                 self.qemu, self.workdir, self.reused = self.pool.acquire(
-                    self.binaries, self.images, self.timeout, self.workdir_root, self.machine)
+                    self.binaries, self.images, self.timeout, self.machine)
             else:
-                self.workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=self.workdir_root)
+                self.workdir = tempfile.mkdtemp(prefix="blockfuzz-")
                 make_images(self.images, self.workdir, self.binaries)
                 self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout,
                                         machine=self.machine).start()
@@ -159,7 +155,7 @@ class Session:
             return
         if self.qemu is not None:
             self.qemu.close()
-        if self.workdir is not None and not self.keep:
+        if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -191,8 +187,7 @@ class QemuPool:
     def _key(binaries) -> str:
         return os.fspath(binaries.system)
 
-    def acquire(self, binaries, images: tuple, timeout: float, workdir_root: str | None = None,
-                machine: str = "none") -> tuple[QemuProcess, str, bool]:
+    def acquire(self, binaries, images: tuple, timeout: float, machine: str = "none") -> tuple[QemuProcess, str, bool]:
         """A QEMU for the next example, with ``images`` in its work directory: the idle one,
         reset, or a fresh one.  Returns (qemu, workdir, reused)."""
         self._check_owner()
@@ -215,10 +210,10 @@ class QemuPool:
             else:
                 self.stats["reused"] += 1
                 return qemu, workdir, True
-        qemu, workdir = self._fresh(binaries, images, timeout, workdir_root, machine)
+        qemu, workdir = self._fresh(binaries, images, timeout, machine)
         return qemu, workdir, False
 
-    def _fresh(self, binaries, images, timeout, workdir_root, machine):
+    def _fresh(self, binaries, images, timeout, machine):
         spare = self._spare.pop((self._key(binaries), machine), None)
         if spare is not None:
             qemu, workdir = spare
@@ -231,7 +226,7 @@ class QemuPool:
                 raise
             self.stats["prestarted"] += 1
         else:
-            workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=workdir_root)
+            workdir = tempfile.mkdtemp(prefix="blockfuzz-")
             try:
                 make_images(images, workdir, binaries)
                 qemu = QemuProcess(binaries, workdir, timeout=timeout, machine=machine).start()
@@ -240,11 +235,11 @@ class QemuPool:
                 raise
             self.stats["started"] += 1
         if self.prestart:
-            self._launch_spare(binaries, timeout, workdir_root, machine)
+            self._launch_spare(binaries, timeout, machine)
         return qemu, workdir
 
-    def _launch_spare(self, binaries, timeout, workdir_root, machine) -> None:
-        workdir = tempfile.mkdtemp(prefix="blockfuzz-", dir=workdir_root)
+    def _launch_spare(self, binaries, timeout, machine) -> None:
+        workdir = tempfile.mkdtemp(prefix="blockfuzz-")
         try:
             qemu = QemuProcess(binaries, workdir, timeout=timeout, machine=machine)
             qemu.start(wait=False)

@@ -22,7 +22,7 @@ def add_show_parser(subparsers) -> None:
     p.add_argument("trace", metavar="TRACE", help="a trace file (JSON)")
     p.add_argument("--step", type=int, metavar="N",
                    help="the step to show, 1-based (default: the failing step, else the last)")
-    p.add_argument("--qemu", metavar="PATH", help="qemu-system-x86_64 (default: $QEMU_PROG, then the fetched 11.1)")
+    p.add_argument("--qemu", metavar="PATH|VERSION", help="qemu-system-x86_64, or a fetched version (7.2, 10.0, 11.1) (default: $QEMU_PROG, then the fetched 11.1)")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S", help="per-command timeout (default 5)")
     p.add_argument("-o", "--output", metavar="OUT.html", help="where to write (default: TRACE stem + .html)")
     p.set_defaults(handler=run_show)
@@ -36,8 +36,8 @@ def _fail(message: str) -> int:
 def run_show(args: argparse.Namespace) -> int:
     from . import report as R
     from . import trace as T
-    from .qemu import HarnessError
-    from .qemufetch import QemuNotFound, resolve_qemu
+    from .errors import HarnessError, QemuNotFound
+    from .qemufetch import resolve_qemu
 
     try:
         tr = T.load(args.trace)

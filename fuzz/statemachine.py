@@ -34,10 +34,14 @@ import attrs
 
 from models import ImageSpec, NotModeled, Write
 from models import iodata
-from models.blockdev import node_length
+from models.drivers import DRIVERS
+from models.drivers.base import (CHILD, CHILDREN, FILE, FILE_CHILD, FORMAT_NAMES, GROUP, NODE,
+                                 Draw)
+from models.lengths import node_length
 
 from . import trace as T
-from .engine import Disagreement, Events, QemuCrash, Runner
+from .engine import Events, Runner
+from .errors import BlockfuzzBug, CampaignStop, Finding, HarnessError, HarnessStop
 from .findings import FailureSeen, KnownBugs, distinct, internal_signature
 
 MiB = 1 << 20
@@ -46,28 +50,7 @@ SEED_IMAGES = (
     ImageSpec("hd1.img", "qcow2", None, "hd0.img", "qcow2", writes=(Write(0xA1, MiB, MiB),)),
     ImageSpec("hd2.img", "qcow2", 3 * MiB, writes=(Write(0xA2, 2 * MiB, MiB),)),
 )
-NAMES = ("hd0", "hd1", "hd2", "hd3", "hd4", "f0", "f1", "r0", "r1")
-
-class CampaignStop(KeyboardInterrupt):
-    """Ends a campaign's Hypothesis run at once, without shrinking: Hypothesis lets a
-    ``KeyboardInterrupt`` through, and the example's teardown still runs (QEMU is closed)."""
-
-
-class BlockfuzzBug(CampaignStop):
-    """A bug in blockfuzz itself, raised after its trace was saved."""
-
-    def __init__(self, cause: BaseException):
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
-
-
-class HarnessStop(CampaignStop):
-    """The harness could not do its job (QEMU would not start, a tool failed): says nothing
-    about QEMU, so it must not be shrunk as if it were a finding, nor be lost as one."""
-
-    def __init__(self, cause: BaseException):
-        super().__init__(" ".join(str(cause).split("\n")[:1]))
-        self.cause = cause
+NAMES = FORMAT_NAMES
 
 
 @attrs.frozen
@@ -157,7 +140,6 @@ class BlockGraphMachine(RuleBasedStateMachine):
     def start(self, images, machine):
         """One QEMU per example; by default a quarter of them are ``-M pc`` so that
         iothreads and disks (virtio-scsi + scsi-hd) can enter the graph."""
-        from .qemu import HarnessError
         from .session import Session
 
         cfg = self.config
@@ -215,7 +197,6 @@ class BlockGraphMachine(RuleBasedStateMachine):
         return guards() if guards is not None else [self.g]
 
     def do(self, step: dict) -> None:
-        from .qemu import HarnessError
 
         if self.halted:
             return
@@ -233,7 +214,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
             self.runner.observed.pop()
             self.skipped += 1
             return
-        except (Disagreement, QemuCrash) as e:
+        except Finding as e:
             self._failed(e)
         except HarnessError as e:
             raise HarnessStop(e) from e
@@ -269,7 +250,6 @@ class BlockGraphMachine(RuleBasedStateMachine):
 
     def _confirmed_fresh(self, signature: str) -> bool:
         from .minimize import failure_of
-        from .qemu import HarnessError
 
         try:
             again = failure_of(self.trace(), self.config.binaries, self.config.timeout)
@@ -311,15 +291,15 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 value: Any = self.options_of(child.name, top=False)
             else:
                 value = child.name
-            if n.drv == "quorum":
+            if "." in c.name:
                 # children.N -> the list QAPI wants, in index order
-                kids = d.setdefault("children", [])
+                kids = d.setdefault(c.name.split(".")[0], [])
                 index = int(c.name.split(".")[1])
                 kids.extend([None] * (index + 1 - len(kids)))
                 kids[index] = value
             else:
                 d[c.name] = value
-        if n.drv == "qcow2" and "backing" not in d and self.g.images[n.filename].backing_file:
+        if "backing" not in d and n.driver.has_header_backing(self.g, n):
             d["backing"] = None
         return d
 
@@ -339,9 +319,17 @@ class BlockGraphMachine(RuleBasedStateMachine):
         names = [n for n in self.named_nodes()]
         count = data.draw(st.sampled_from([1, 1, 1, 2, 2, 3]))
         # Nodes a job or a disk works on are where frozen links, implicit filters and
-        # AioContexts matter: pick them more often than their share.
+        # AioContexts matter: pick them more often than their share.  Otherwise mostly nodes
+        # whose driver can be reopened at all (BlockDriver.can_reopen), so that reopens get past
+        # "does not support reopening files" and into the checks behind it.
         busy = self.busy_nodes()
-        pool = busy if busy and data.draw(st.booleans()) else names
+        reopenable = self.reopenable_nodes()
+        if busy and data.draw(st.booleans()):
+            pool = busy
+        elif reopenable and data.draw(st.integers(0, 7)):
+            pool = reopenable
+        else:
+            pool = names
         picked = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=count))
         files = tuple(sorted(n for n, node in self.g.nodes.items() if node.drv == "file"))
         elements = []
@@ -349,11 +337,38 @@ class BlockGraphMachine(RuleBasedStateMachine):
             opts = self.options_of(name)
             if pool is busy and data.draw(st.booleans()):
                 # relink a job's or a disk's node: frozen links, implicit filters, AioContexts
-                if self.g.nodes[name].drv == "qcow2":
+                if self.g.nodes[name].driver.supports_backing:
                     opts["backing"] = data.draw(st.sampled_from([None, *busy, *names]))
             opts = data.draw(mutate(opts, tuple(names), files))
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
+
+    def reopenable_nodes(self) -> list[str]:
+        """Named nodes a reopen can address (auto-named ones never pass "Cannot change the
+        option 'node-name'") whose driver has ``.bdrv_reopen_prepare``."""
+        return [n for n, node in sorted(self.g.nodes.items())
+                if node.driver.can_reopen and not node.auto_named]
+
+    @precondition(lambda self: self.runner is not None and bool(self.reopenable_nodes()))
+    @rule(data=st.data())
+    def relink(self, data):
+        """A reopen that changes one link and nothing else: a node's ``backing`` (to another
+        node or null) or ``file`` (to another node): the graph surgery iotest 245 is about,
+        drawn often enough that several happen in one example, with deletes in between."""
+        name = data.draw(st.sampled_from(self.reopenable_nodes()))
+        node = self.g.nodes[name]
+        opts = self.options_of(name)
+        others = [n for n in self.named_nodes() if n != name]
+        links = [k for k, ok in (("backing", node.driver.supports_backing),
+                                 ("file", node.driver.file_first)) if ok]
+        if not links or not others:
+            return
+        link = data.draw(st.sampled_from(links))
+        if link == "backing":
+            opts["backing"] = data.draw(st.sampled_from([None, *others]))
+        else:
+            opts["file"] = data.draw(st.sampled_from(others))
+        self.do({"qmp": "blockdev-reopen", "args": {"options": [opts]}})
 
     # Objects and devices only once a node exists: Hypothesis' swarm testing switches rules off
     # per example, and without blockdev_add these would otherwise fill whole examples.
@@ -503,7 +518,12 @@ class BlockGraphMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.runner is not None and bool(self.io_nodes(False)))
     @rule(data=st.data())
     def qemu_io_read(self, data):
-        name = data.draw(st.sampled_from(self.io_nodes(False)))
+        readable = self.io_nodes(False)
+        # reads through backing chains two or more deep check copy-on-write across several
+        # overlays: prefer them when there are any
+        deep = [n for n in readable if len(self.chain_below(n)) >= 2]
+        pool = deep if deep and data.draw(st.booleans()) else readable
+        name = data.draw(st.sampled_from(pool))
         n = self.g.nodes[name]
         length = node_length(self.g, n)
         off, ln = data.draw(_range(length))
@@ -562,80 +582,59 @@ def _child_ref(draw, names: tuple, files: tuple, name: str):
     return {"driver": "qcow2", "file": fd}
 
 
-@st.composite
-def add_args(draw, names: tuple, files: tuple, groups: tuple = ()) -> dict:
-    """blockdev-add arguments: valid trees mostly, invalid names and values sometimes."""
-    drv = draw(st.sampled_from(["qcow2", "qcow2", "raw", "file", "filter", "special"]))
-    if drv == "filter":
-        drv = draw(st.sampled_from(["throttle", "throttle", "copy-on-read", "compress", "blkdebug"]))
-    elif drv == "special":
-        drv = draw(st.sampled_from(["null-co", "quorum", "blkverify"]))
-    if drv not in ("qcow2", "raw", "file"):
-        return draw(filter_args(drv, names, files, groups))
-    if draw(st.integers(0, 15)) == 0:  # now and then a bad or duplicate name
-        name = draw(st.sampled_from(("", "1bad", "x" * 32, "a" * 31) + tuple(names[:3])))
-    else:
-        name = draw(st.sampled_from(NAMES))
-    d: dict = {"driver": drv, "node-name": name}
-    if drv == "file":
-        d["filename"] = draw(st.sampled_from(files))
-        if draw(st.booleans()):
-            d["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
-    else:
-        if names and draw(st.integers(0, 3)) == 0:
-            d["file"] = draw(st.sampled_from(names))
-        else:
-            fd = {"driver": "file", "filename": draw(st.sampled_from(files))}
-            if draw(st.booleans()):
-                fd["node-name"] = name + "-file" if name else "f9"
-            d["file"] = fd
-        if drv == "qcow2":
-            b = draw(st.integers(0, 5))
-            if b == 1:
-                d["backing"] = None
-            elif b == 2 and names:
-                d["backing"] = draw(st.sampled_from(names))
-        if drv == "raw" and draw(st.integers(0, 3)) == 0:
-            d["offset"] = draw(st.sampled_from([0, 512, 65536, 1 << 30]))
-            if draw(st.booleans()):
-                d["size"] = draw(st.sampled_from([512, 1000, 65536]))
-    _generic(draw, d)
-    return d
+def _file_child(draw, names: tuple, files: tuple, name: str):
+    """A format's ``file``: now and then an existing node, mostly an inline file node."""
+    if names and draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from(names))
+    fd: dict = {"driver": "file", "filename": draw(st.sampled_from(files))}
+    if draw(st.booleans()):
+        fd["node-name"] = name + "-file" if name else "f9"
+    return fd
 
 
-@st.composite
-def filter_args(draw, drv: str, names: tuple, files: tuple, groups: tuple) -> dict:
-    name = draw(st.sampled_from(FILTER_NAMES))
-    d: dict = {"driver": drv, "node-name": name}
-    if drv in ("throttle", "copy-on-read", "compress"):
-        d["file"] = _child_ref(draw, names, files, name)
-    if drv == "throttle":
-        d["throttle-group"] = draw(st.sampled_from(groups + GROUPS[:1] + ("nope",)))
-    elif drv == "blkdebug":
-        d["image"] = _child_ref(draw, names, files, name)
-        if draw(st.booleans()):
-            d["config"] = "/dev/null"
-        if draw(st.integers(0, 3)) == 0:
-            d["align"] = draw(st.sampled_from([512, 3, 0]))
-    elif drv == "null-co":
-        if draw(st.booleans()):
-            d["size"] = draw(st.sampled_from([1024, 65536, 1 << 20, 1 << 30]))
-        if draw(st.booleans()):
-            d["read-zeroes"] = draw(st.booleans())
-    elif drv == "quorum":
+def _member_value(draw, spec: Draw, names: tuple, files: tuple, groups: tuple, name: str):
+    """One value of a driver's ``Gen`` member: a literal, or a source drawn now
+    (``models.drivers.base``: NODE, FILE, GROUP, CHILD, FILE_CHILD, CHILDREN)."""
+    pool: list = []
+    for v in spec.values:
+        pool.extend({NODE: names, FILE: files, GROUP: groups}.get(v, (v,)) if isinstance(v, str) else (v,))
+    v = draw(st.sampled_from(pool or ["nope"]))   # a source with nothing in it: a missing one
+    if v == CHILD:
+        return _child_ref(draw, names, files, name)
+    if v == FILE_CHILD:
+        return _file_child(draw, names, files, name)
+    if v == CHILDREN:
         kids = draw(st.lists(st.sampled_from(names) if names else st.just("nope"), min_size=0, max_size=3))
         if draw(st.integers(0, 3)) == 0:
             kids.append(_child_ref(draw, (), files, name))
-        d["children"] = kids
-        d["vote-threshold"] = draw(st.sampled_from([1, 1, 2, 0, 4]))
-    elif drv == "blkverify":
-        d["test"] = _child_ref(draw, names, files, name)
-        d["raw"] = _child_ref(draw, names, files, name + "r")
+        return kids
+    return v
+
+
+#: drivers in the order Hypothesis shrinks towards, each as often as its ``Gen.weight``
+_WEIGHTED = tuple(name for name, d in DRIVERS.items() for _ in range(d.gen.weight))
+
+
+@st.composite
+def add_args(draw, names: tuple, files: tuple, groups: tuple = ()) -> dict:
+    """blockdev-add arguments: valid trees mostly, invalid names and values sometimes.  What is
+    drawn for each driver is its ``BlockDriver.gen`` (``models.drivers``)."""
+    drv = draw(st.sampled_from(_WEIGHTED))
+    gen = DRIVERS[drv].gen
+    if gen.bad_names and draw(st.integers(0, 15)) == 0:  # now and then a bad or duplicate name
+        name = draw(st.sampled_from(("", "1bad", "x" * 32, "a" * 31) + tuple(names[:3])))
+    else:
+        name = draw(st.sampled_from(gen.names))
+    d: dict = {"driver": drv, "node-name": name}
+    for key, spec in gen.members.items():
+        if spec.every == 1 or draw(st.integers(0, spec.every - 1)) == 0:
+            # a second child of one node gets a node-name of its own ("bv" -> "bvr")
+            child_name = name + "r" if key == "raw" else name
+            d[key] = _member_value(draw, spec, names, files, groups, child_name)
     _generic(draw, d)
     return d
 
 
-FILTER_NAMES = ("t0", "t1", "cor0", "c0", "bd", "n0", "q0", "bv")
 
 
 def _generic(draw, d: dict) -> None:
@@ -652,6 +651,13 @@ def _generic(draw, d: dict) -> None:
     if draw(st.integers(0, 15)) == 0:
         d[draw(st.sampled_from(["bogus", "detect-zeroes", "read-only", "driver"]))] = \
             draw(st.sampled_from([None, 7, "", "nope"]))
+
+
+def _driver_has(d: dict, fact: str) -> bool:
+    """Whether the driver named in options ``d`` is a modelled one with ``fact`` true."""
+    name = d.get("driver")   # a mutated dict may hold anything here
+    drv = DRIVERS.get(name) if isinstance(name, str) else None
+    return drv is not None and bool(getattr(drv, fact))
 
 
 @st.composite
@@ -671,9 +677,9 @@ def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
             d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
         elif kind == "noflush":
             d["cache"] = {"no-flush": draw(st.booleans())}
-        elif kind == "backing" and d.get("driver") == "qcow2":
+        elif kind == "backing" and _driver_has(d, "supports_backing"):
             d["backing"] = draw(st.sampled_from([None, *names, "nope", ""]))
-        elif kind == "file" and d.get("driver") in ("qcow2", "raw", "throttle", "copy-on-read", "compress"):
+        elif kind == "file" and _driver_has(d, "file_first"):
             # another node's protocol node most of the time: swaps and permission conflicts
             d["file"] = draw(st.sampled_from(files if files and draw(st.booleans()) else [*names, "nope"]))
         elif kind == "drop":

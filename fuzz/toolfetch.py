@@ -55,6 +55,7 @@ from typing import Callable
 import attrs
 
 from . import qemufetch as Q
+from .errors import ToolNotFetched
 
 __all__ = ["TOOLS", "Tool", "ToolInstallation", "ToolNotFetched", "fetch", "find_dot", "installed",
            "redis_server_path", "tools_dir"]
@@ -88,10 +89,6 @@ TOOLS = {
         "usr/bin/redis-server",
     ),
 }
-
-
-class ToolNotFetched(RuntimeError):
-    """A tool blockfuzz needs is not fetched; the message is one line naming the fix."""
 
 
 _MANIFEST = "manifest.json"

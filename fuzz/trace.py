@@ -16,7 +16,9 @@ from typing import Any
 
 import attrs
 
-from models import ImageSpec
+from models.values import ImageSpec, check_image_set
+
+from .errors import TraceError
 
 FORMAT_KEY = "blockfuzz-trace"
 FORMAT_VERSION = 1
@@ -28,15 +30,6 @@ QMP_COMMANDS = ("blockdev-add", "blockdev-reopen", "blockdev-del", "human-monito
 MACHINES = ("none", "pc")
 JOB_STATUSES = ("created", "running", "paused", "ready", "standby", "waiting", "pending",
                 "aborting", "concluded", "undefined", "null")
-
-
-class TraceError(ValueError):
-    """A trace file cannot be used; ``str()`` is a one-line message naming the file."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
 
 
 @attrs.define
@@ -69,6 +62,7 @@ class Trace:
                 raise TraceError(path, f"\"{key}\" must be a {typ.__name__}")
         try:
             images = [ImageSpec.from_json(i) for i in d["images"]]
+            check_image_set(images)
         except (KeyError, TypeError, ValueError) as e:
             raise TraceError(path, f"bad image entry: {e}") from None
         for i, step in enumerate(d["steps"]):

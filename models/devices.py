@@ -1,20 +1,7 @@
-"""Guest devices and AioContexts: ``device_add`` of virtio-scsi controllers and scsi-hd disks,
-and the rules that keep a connected part of the graph in one AioContext.
+"""Guest devices: ``device_add`` of virtio-scsi controllers and scsi-hd disks.
 
-A node's AioContext is not visible in any query, so the model tracks it (``Node.ctx``: "main"
-or an iothread id).  The rules (``bdrv_try_change_aio_context()``,
-``bdrv_attach_child_noperm()``, ``blk_root_change_aio_ctx()``):
-
-* a connected component (nodes joined by any edge, plus the BlockBackends on them) lives in
-  one context;
-* attaching a child from another context first tries to move the child's component into the
-  parent's context, then the parent's component into the child's; a component that holds a
-  BlockBackend which may not change context (a disk on an iothread controller; on 7.2 any
-  disk) cannot move: ``Cannot change iothread of active block backend`` (the first attempt's
-  error is reported);
-* detaching never moves anything.
-
-Only ``-M pc`` traces have buses for devices (``machine: "pc"``).
+A disk pins its node's AioContext (``models.aio`` keeps the rules).  Only ``-M pc`` traces have
+buses for devices (``machine: "pc"``).
 """
 from __future__ import annotations
 
@@ -23,10 +10,9 @@ from typing import Any
 import attrs
 
 from . import perms as P
-from .errors import KnownQemuBug, NotModeled, QmpFailure
-from .graph import Graph, JobParent, Node
-
-CTX_ERROR = "Cannot change iothread of active block backend"
+from .aio import CTX_ERROR, component
+from .errors import NotModeled, QmpFailure
+from .graph import Graph, JobParent, op_blocker
 
 
 @attrs.frozen
@@ -43,52 +29,6 @@ class Disk:
     share_rw: bool
     pinned: bool              # its BlockBackend may not change AioContext
     parent: JobParent         # its BlockBackend, as a parent of the node
-
-
-def component(g: Graph, start: Node, skip: tuple[str, str] | None = None) -> set[str]:
-    """Nodes connected to ``start`` by any edge, leaving out the (parent, child) edge ``skip``."""
-    seen = {start.name}
-    todo = [start]
-    while todo:
-        n = todo.pop()
-        for c in list(n.children) + list(n.parents):
-            if skip is not None and (c.parent, c.child) == skip:
-                continue
-            other = c.child if c.parent == n.name else c.parent
-            if other not in seen:
-                seen.add(other)
-                todo.append(g.nodes[other])
-    return seen
-
-
-def _pinned(g: Graph, names: set[str]) -> bool:
-    return any(d.pinned and d.node in names for d in g.devices.values() if isinstance(d, Disk))
-
-
-def try_move(g: Graph, start: Node, ctx: str, skip: tuple[str, str] | None = None) -> bool:
-    """``bdrv_try_change_aio_context()``: move ``start``'s component, unless a pinned
-    BlockBackend is in it."""
-    if start.ctx == ctx:
-        return True
-    names = component(g, start, skip)
-    if _pinned(g, names):
-        return False
-    for name in names:
-        g.nodes[name].ctx = ctx
-    return True
-
-
-def reconcile_attach(g: Graph, parent: Node, child: Node) -> None:
-    """The AioContext part of attaching ``child`` under ``parent`` (before the edge exists)."""
-    if parent.ctx == child.ctx:
-        return
-    if try_move(g, child, parent.ctx) or try_move(g, parent, child.ctx):
-        return
-    raise QmpFailure(CTX_ERROR)
-
-
-def uses_iothreads(g: Graph) -> bool:
-    return any(n.ctx != "main" for n in g.nodes.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,33 +100,35 @@ def _add_disk(g: Graph, args: dict) -> None:
     share_rw = args.get("share-rw", False)
     if not isinstance(share_rw, bool):
         raise NotModeled("share-rw as a string")
-    if g.reaches(node, lambda n: n.drv in ("blkverify", "quorum", "copy-on-read")):
+    if g.reaches(node, lambda n: not n.driver.disk_read_modelled):
         # the disk reads its first sector when it is realized (seen on 7.2): blkverify exits
         # QEMU on a mismatch, quorum votes, copy-on-read allocates: not modelled
         raise NotModeled("disks on blkverify/quorum/copy-on-read nodes")
-    if g.reaches_stuck(node) and g.guard_known_crashes:
-        raise KnownQemuBug("known QEMU bug: a disk on a node left drained hangs device_add")
+    g.guard("device-add", node=node)
     writable = not node.read_only
     perm = P.CONSISTENT_READ | (P.WRITE if writable else 0)
     shared = P.CONSISTENT_READ | P.WRITE_UNCHANGED | P.RESIZE | (P.WRITE if share_rw else 0)
     parent = JobParent(node.name, f"block device '{path}'", "root", perm, shared,
                        g.next_edge_seq(), blk=True)
     target = ctrl.iothread or "main"
-    pinned = ctrl.iothread is not None or not g.profile.main_loop_disks_follow
-    disk = Disk(dev_id, node.name, bus, share_rw, pinned, parent)
+    best_effort = g.qemu_profile.disk_context_move_best_effort
+    disk = Disk(dev_id, node.name, bus, share_rw, True, parent)
     g.devices[dev_id or path] = disk
     P.refresh(g, [node.name])
-    if g.profile.dataplane_op_blocker:
+    if g.qemu_profile.dataplane_op_blocker:
         # 7.2 checks the op blockers when a scsi-hd is plugged (observed with and without an
         # iothread on the controller, for backing parents and for jobs); the newest is reported
-        from .blockdev import op_blocker
         reason = op_blocker(g, node)
         if reason is not None:
             raise QmpFailure(f"Node '{node.name}' is busy: {reason}")
-    if pinned and node.ctx != target:
+    # virtio_scsi_hotplug(): into the controller's context (VersionProfile.
+    # disk_context_move_best_effort); the other disks' BlockBackends refuse to move
+    if (ctrl.iothread is not None or not best_effort) and node.ctx != target:
         others = component(g, node)
         if any(d is not disk and d.pinned and d.node in others
                for d in g.devices.values() if isinstance(d, Disk)):
-            raise QmpFailure(CTX_ERROR)
-        for name in others:
-            g.nodes[name].ctx = target
+            if not best_effort:
+                raise QmpFailure(CTX_ERROR)
+        else:
+            for name in others:
+                g.nodes[name].ctx = target

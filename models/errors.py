@@ -7,16 +7,24 @@ them as ERROR rather than guessing.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # only for the annotation: the graph module imports this one
+    from .graph import Graph
+
 
 class QmpFailure(Exception):
     """The command fails with ``{"error": {"class": cls, "desc": desc}}``."""
 
-    def __init__(self, desc: str, cls: str = "GenericError", hint: str = ""):
+    def __init__(self, desc: str, cls: str = "GenericError", hint: str = "") -> None:
         super().__init__(desc)
         self.desc = desc
         self.cls = cls
         #: ``error_append_hint()``: not part of a QMP error, but printed by HMP commands
         self.hint = hint
+        #: a failure that QEMU does not roll back completely carries the state it leaves
+        #: (``models.jobs``); ``None``: the command changed nothing
+        self.state: Graph | None = None
 
 
 class NotModeled(NotImplementedError):

@@ -10,9 +10,18 @@ backing file has children ``[backing, file]``.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import attrs
 
-from .errors import KnownQemuBug
+from .errors import QmpFailure
+
+if TYPE_CHECKING:
+    from .drivers.base import BlockDriver
+    from .imagedata import Image
+    from .profiles import VersionProfile
 
 # BdrvChildRole, reduced to what the permission rules look at.
 ROLE_FILTERED = "filtered"   # BDRV_CHILD_FILTERED | PRIMARY (raw without offset/size)
@@ -51,7 +60,8 @@ class JobParent:
 class Node:
     name: str
     auto_named: bool
-    drv: str
+    drv: str               # bs->drv->format_name
+    driver: "BlockDriver"  # bs->drv: the driver's module in models/drivers/
     options: dict          # bs->options, flattened, without child keys
     explicit: dict         # bs->explicit_options
     read_only: bool
@@ -60,8 +70,8 @@ class Node:
     discard: str           # "ignore" | "unmap"
     detect_zeroes: str
     force_share: bool
-    children: list = attrs.field(factory=list)  # list[Child], newest first
-    parents: list = attrs.field(factory=list)   # list[Child], newest first
+    children: list[Child] = attrs.field(factory=list)  # newest first
+    parents: list[Child] = attrs.field(factory=list)   # newest first
     inherits_from: str | None = None
     monitor_owned: bool = False
     # driver state
@@ -90,11 +100,19 @@ class Node:
                 return c
         return None
 
+    def edge(self, name: str) -> Child:
+        """``child(name)`` for a child the node cannot be without (raw's and qcow2's
+        ``file``, blkverify's ``test``, a running job's filter's): its open requires it, and a
+        reopen only replaces it."""
+        c = self.child(name)
+        assert c is not None, f"node {self.name!r} has no {name!r} child"
+        return c
+
 
 @attrs.define
 class Graph:
-    nodes: dict = attrs.field(factory=dict)     # name -> Node, in name-assignment order
-    images: dict = attrs.field(factory=dict)    # file -> Image
+    nodes: dict[str, Node] = attrs.field(factory=dict)  # by name, in name-assignment order
+    images: dict[str, Image] = attrs.field(factory=dict)  # by file name
     auto_counter: int = 0                       # id_generate(ID_BLOCK)
     seq: int = 0
     #: file-posix lock bytes currently held by each file node: (perm, unshared)
@@ -110,8 +128,10 @@ class Graph:
     #: qdev's counter of anonymous devices (their QOM path is device[N]); never rolled back
     anon_devices: int = 0
     edge_seq: int = 0
-    #: the VersionProfile (models.profiles) the graph behaves by
-    profile: object = None
+    #: the VersionProfile (models.profiles) the graph behaves by; None only in the standalone
+    #: qemu-io graph of ``models.model.build_images``, which opens images and writes, nothing
+    #: that differs between versions (see ``qemu_profile``)
+    profile: VersionProfile | None = None
     #: nodes a known QEMU bug left drained (see VersionProfile.reopen_duplicate_drain_leak):
     #: I/O that reaches them never completes
     stuck: set = attrs.field(factory=set)
@@ -121,6 +141,9 @@ class Graph:
     #: refuse (NotModeled) commands that crash QEMU through a known bug, so a campaign does
     #: not find them again; replay leaves it off and lets QEMU show the crash
     guard_known_crashes: bool = False
+    #: the guards ``guard()`` runs while ``guard_known_crashes`` is on: point name -> check
+    #: (``models.known_bugs.GUARDS``, installed by ``models.model.Model``)
+    guards: dict = attrs.field(factory=dict)
     #: edges the current command's transaction removed from their parent, in order (a clone
     #: starts empty): a failed command's abort puts them back at the head of both lists
     #: (``restore_removed()``)
@@ -149,11 +172,39 @@ class Graph:
         return Graph(nodes, self.images, self.auto_counter, self.seq, dict(self.locks),
                      dict(self.objects), {k: j.clone() for k, j in self.jobs.items()},
                      dict(self.devices), self.machine, self.anon_devices, self.edge_seq, self.profile,
-                     set(self.stuck), set(self.dangling_data_file), self.guard_known_crashes)
+                     set(self.stuck), set(self.dangling_data_file), self.guard_known_crashes,
+                     self.guards)
+
+    @property
+    def qemu_profile(self) -> VersionProfile:
+        """``profile`` where the code needs one: every graph of a ``Model`` has one."""
+        assert self.profile is not None, "a version-dependent rule ran in build_images' graph"
+        return self.profile
+
+    def guard(self, point: str, **context: Any) -> None:
+        """A point where a known QEMU bug strikes (``models.known_bugs``): in a campaign the
+        guard of ``point`` may refuse the command with ``KnownQemuBug``; replay lets QEMU
+        show the bug, so nothing runs."""
+        if self.guard_known_crashes:
+            check: Callable[..., None] | None = self.guards.get(point)
+            if check is not None:
+                check(self, **context)
 
     # -- lookups ---------------------------------------------------------------------------
+    def lookup_bs(self, ref: str) -> Node:
+        """``bdrv_lookup_bs(ref, ref)``: a device name or a node name (no devices here)."""
+        n = self.nodes.get(ref)
+        if n is None:
+            raise QmpFailure(f"Cannot find device='{ref}' nor node-name='{ref}'")
+        return n
+
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)
+
+    def image(self, node: Node) -> Image:
+        """The image a file or qcow2 node holds (``Node.filename``, which its open sets)."""
+        assert node.filename is not None, f"node {node.name!r} holds no image"
+        return self.images[node.filename]
 
     def cow_child(self, node: Node) -> Node | None:
         """``bdrv_cow_bs()``: the backing child of a format node (a job filter's ``backing``
@@ -163,11 +214,16 @@ class Graph:
 
     def filter_child(self, node: Node) -> Node | None:
         """``bdrv_filter_bs()``: the filtered child of a filter node."""
-        from .drivers import filtered_child_name
-
-        name = filtered_child_name(node.drv)
+        name = node.driver.filtered_child_name
         c = node.child(name) if name else None
         return self.nodes[c.child] if c else None
+
+    def filtered(self, node: Node) -> Node:
+        """``filter_child()`` of a filter that I/O or a length reaches: it has its child (only
+        a job filter its job dropped loses it: ``models.jobs._drop_filter``)."""
+        c = self.filter_child(node)
+        assert c is not None, f"filter {node.name!r} has no child"
+        return c
 
     def filter_or_cow_child(self, node: Node) -> Node | None:
         """``bdrv_filter_or_cow_bs()``."""
@@ -176,7 +232,9 @@ class Graph:
     def skip_implicit_filters(self, node: Node) -> Node:
         """``bdrv_skip_implicit_filters()``."""
         while node.implicit:
-            node = self.filter_child(node) or self.cow_child(node)
+            below = self.filter_child(node) or self.cow_child(node)
+            assert below is not None, "an implicit node is a job filter, which has its child"
+            node = below
         return node
 
     def has_child_recursive(self, node: Node, target: str) -> bool:
@@ -185,7 +243,7 @@ class Graph:
             return True
         return any(self.has_child_recursive(self.nodes[c.child], target) for c in node.children)
 
-    def reaches(self, node: Node, pred) -> bool:
+    def reaches(self, node: Node, pred: Callable[[Node], bool]) -> bool:
         """Whether ``pred`` holds for ``node`` or any node below it (any child role)."""
         if pred(node):
             return True
@@ -299,11 +357,7 @@ class Graph:
         """Drop a reference; close the node (and unref its children) when none is left."""
         if self.refcount(node) > 0:
             return
-        if node.name in self.dangling_data_file and self.guard_known_crashes:
-            # Closing a qcow2 node whose s->data_file dangles unrefs a freed BdrvChild: QEMU
-            # dies with SIGSEGV or corrupts a neighbour, whichever command closes it
-            # (corpus/findings/qcow2-dangling-data-file-close-corrupts-neighbour.json)
-            raise KnownQemuBug("known QEMU crash: closing a qcow2 node with a dangling data_file")
+        self.guard("close-node", node=node)
         edges = list(node.children)
         for edge in edges:
             self.unset_inherits_from(node.name, edge)
@@ -316,3 +370,38 @@ class Graph:
             child = self.nodes.get(edge.child)
             if child is not None:
                 self.unref(child)
+
+
+_ID_OK = re.compile(r"[A-Za-z][A-Za-z0-9\-._]*\Z")
+
+
+def id_wellformed(s: str) -> bool:
+    """``id_wellformed()`` (util/id.c): a letter, then letters, digits, '-', '.', '_'.  Node
+    names, job IDs and QOM object IDs all go through it."""
+    return bool(_ID_OK.match(s))
+
+
+def assign_node_name(g: Graph, explicit: str | None) -> tuple[str, bool]:
+    """``bdrv_assign_node_name()``: the name and whether it was generated."""
+    if explicit is None:
+        return g.next_auto_name(), True
+    if not id_wellformed(explicit):
+        raise QmpFailure(f"Invalid node-name: '{explicit}'")
+    if explicit in g.nodes:
+        raise QmpFailure(f"Duplicate nodes with node-name='{explicit}'")
+    if len(explicit) >= 32:
+        raise QmpFailure("Node name too long")
+    return explicit, False
+
+
+def op_blocker(g: Graph, node: Node) -> str | None:
+    """The reason of the newest op blocker on ``node`` (``bdrv_op_is_blocked()`` reports
+    ``QLIST_FIRST``): a COW parent's "node is used as backing hd of ..." (``bdrv_backing_attach()``)
+    or a job's "block device is in use by block job: ..." (``block_job_add_bdrv()``)."""
+    reasons = [(c.seq, f"node is used as backing hd of '{c.parent}'")
+               for c in node.parents if c.role == ROLE_COW]
+    for j in g.jobs.values():
+        seq = j.blocks.get(node.name)
+        if seq is not None:
+            reasons.append((seq, f"block device is in use by block job: {j.type}"))
+    return max(reasons)[1] if reasons else None

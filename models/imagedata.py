@@ -25,12 +25,12 @@ class Image:
     fmt: str  # "qcow2" | "raw"
     size: int  # qcow2: virtual size; raw: file length
     data: bytearray
-    allocated: set = attrs.field(factory=set)  # qcow2 cluster indices with a host cluster
+    allocated: set[int] = attrs.field(factory=set)  # qcow2 cluster indices with a host cluster
     backing_file: str | None = None
     backing_format: str | None = None
     #: qcow2 clusters with the zero flag and no host cluster (they read as zeros, whatever
     #: the backing file holds); an allocated cluster that was zeroed just holds zero bytes
-    zero_clusters: set = attrs.field(factory=set)
+    zero_clusters: set[int] = attrs.field(factory=set)
     #: host clusters freed by discards, reused by the next allocations (lowest first)
     free_host: int = 0
 

@@ -23,20 +23,26 @@ The model covers chains of qcow2 nodes of one size (others are ``NotModeled``).
 """
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from . import blockdev as B
 from . import iodata
 from . import perms as P
-from .errors import KnownQemuBug, NotModeled, QmpFailure
 from . import limits as L
-from .graph import ROLE_COW, ROLE_FILTERED, Graph, JobParent, Node
+from .aio import uses_iothreads
+from .drivers import DRIVERS
+from .drivers.qcow2 import qcow2_image
+from .errors import NotModeled, QmpFailure
+from .filenames import refresh_filename
+from .graph import (ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assign_node_name,
+                    id_wellformed, op_blocker)
+from .lengths import node_length
+from .qapi import check_struct
+from .reopen import reopen_set_read_only
 from .imagedata import CLUSTER
 
-_ID_OK = re.compile(r"[A-Za-z][A-Za-z0-9\-_.]*\Z")
 READ, WRITE, WU, RESIZE, ALL = P.CONSISTENT_READ, P.WRITE, P.WRITE_UNCHANGED, P.RESIZE, P.ALL
 
 
@@ -87,11 +93,7 @@ def _visit(args: Any, members: dict, required: tuple, unmodelled: tuple) -> dict
     for name in args:
         if name in unmodelled:
             raise NotModeled(f"job argument {name!r}")
-    unexpected = [k for k in args if k not in members and k not in unmodelled]
-    if len(unexpected) > 1:
-        raise NotModeled("several unexpected keys: GHashTable order")
-    if unexpected:
-        raise QmpFailure(f"Parameter '{unexpected[0]}' is unexpected")
+    check_struct(args, set(members) | set(unmodelled), "")
     return args
 
 
@@ -102,11 +104,9 @@ _JOB_MEMBERS = {"job-id": _STR, "device": _STR, "filter-node-name": _STR,
 # --------------------------------------------------------------------------------------------
 # graph helpers
 
-def chain_edge(g: Graph, n: Node):
+def chain_edge(g: Graph, n: Node) -> Child | None:
     """``bdrv_filter_or_cow_child()``."""
-    from .drivers import filtered_child_name
-
-    name = filtered_child_name(n.drv)
+    name = n.driver.filtered_child_name
     if name:
         return n.child(name)
     c = n.child("backing")
@@ -132,7 +132,7 @@ def chain_contains(g: Graph, top: Node | None, base: Node) -> bool:
     return top is not None
 
 
-def find_overlay(g: Graph, active: Node, bs: Node | None) -> Node | None:
+def find_overlay(g: Graph, active: Node | None, bs: Node | None) -> Node | None:
     """``bdrv_find_overlay()`` (no filters in modelled chains)."""
     while active is not None:
         nxt = chain_next(g, active)
@@ -217,7 +217,7 @@ def set_backing(g: Graph, parent: Node, new: Node | None) -> None:
 def _job_id(g: Graph, job_id: str | None, device_name: str = "") -> str:
     """``block_job_create()`` + ``job_create()``: no id means the device name ('' for nodes)."""
     jid = job_id if job_id is not None else device_name
-    if not _ID_OK.match(jid):
+    if not id_wellformed(jid):
         raise QmpFailure(f"Invalid job ID '{jid}'")
     if jid in g.jobs:
         raise QmpFailure(f"Job ID '{jid}' already in use")
@@ -241,13 +241,13 @@ def _new_filter(g: Graph, drv: str, name: str | None, read_only: bool) -> Node:
     if name is None:
         node_name, auto = g.next_auto_name(), True
     else:
-        node_name, auto = B._Opener(g).assign_name(name)
+        node_name, auto = assign_node_name(g, name)
     g.seq += 1
-    n = Node(name=node_name, auto_named=auto, drv=drv, options={"driver": drv}, explicit={},
+    n = Node(name=node_name, auto_named=auto, drv=drv, driver=DRIVERS[drv], options={"driver": drv}, explicit={},
              read_only=read_only, cache_direct=False, cache_no_flush=False, discard="ignore",
              detect_zeroes="off", force_share=False, seq=g.seq, implicit=name is None)
     g.nodes[node_name] = n
-    if drv in L.JOB_FILTERS:
+    if n.driver.job_filter:
         L.refresh(g, n, children=())   # bdrv_new_open_driver(): opened without children
     return n
 
@@ -257,7 +257,7 @@ def _append_filter(g: Graph, drv: str, name: str | None, read_only: bool, below:
     ``below``'s parents."""
     f = _new_filter(g, drv, name, read_only)
     g.attach(f, below, "backing", ROLE_FILTERED)
-    f.cached_length = B.node_length(g, below)
+    f.cached_length = node_length(g, below)
     replace_node(g, below, f)
     P.refresh(g, [f.name])
     return f
@@ -267,45 +267,43 @@ def _qcow2_chain(g: Graph, top: Node, stop: Node | None) -> list[Node]:
     """The nodes from ``top`` down to (excluding) ``stop``; all must be qcow2 of one size with
     data the model knows."""
     out = []
-    n = top
+    n: Node | None = top
     while n is not None and n is not stop:
         if n.drv != "qcow2":
             raise NotModeled("jobs over non-qcow2 chains")
         out.append(n)
         n = chain_next(g, n)
-    sizes = {g.images[x.filename].size for x in out + ([stop] if stop is not None else [])
+    sizes = {g.image(x).size for x in out + ([stop] if stop is not None else [])
              if x.drv == "qcow2"}
     if stop is not None and stop.drv != "qcow2":
         raise NotModeled("jobs with a non-qcow2 base")
     if len(sizes) > 1:
         raise NotModeled("jobs over images of different sizes")
-    if not iodata.known(g, top) or any(iodata.qcow2_image(g, x) is not g.images[x.filename] for x in out):
+    if not iodata.known(g, top) or any(qcow2_image(g, x) is not g.image(x) for x in out):
         raise NotModeled("jobs over data the model does not know")
     return out
 
 
 def _refuse_iothreads(g: Graph) -> None:
-    from .devices import uses_iothreads
-
     if uses_iothreads(g) or g.devices:
         raise NotModeled("block jobs with guest disks or iothreads")
 
 
-def _guard_stuck(g: Graph, nodes) -> None:
-    """A job on a node a known QEMU bug left drained never leaves 'paused'
-    (VersionProfile.reopen_duplicate_drain_leak)."""
-    if g.guard_known_crashes and any(g.reaches_stuck(n) for n in nodes if n is not None):
-        raise KnownQemuBug("known QEMU bug: a job on a node left drained never runs")
-
-
 def _allocated(g: Graph, n: Node, c: int) -> bool:
-    return c in g.images[n.filename].allocated
+    return c in g.image(n).allocated
+
+
+def _read_known(g: Graph, n: Node, off: int, length: int) -> bytes:
+    """What a job copies: ``_qcow2_chain()`` made sure the model knows the data."""
+    data = iodata.read(g, n, off, length)
+    assert data is not None, "the job's chain has data the model knows"
+    return data
 
 
 # --------------------------------------------------------------------------------------------
 # block-stream
 
-def _restoring(start):
+def _restoring(start: Callable[[Graph, Any, dict], None]) -> Callable[[Graph, Any], None]:
     """A job start that fails after making a node writable puts it back with another reopen
     (``bdrv_reopen_set_read_only(bs, true)`` on the error path), which is no rollback: children
     that inherit read-only from it change too.  The failure keeps that state (``e.state``)."""
@@ -321,7 +319,7 @@ def _restoring(start):
                 snap.undo_moves(g.moved[ctx["moved"]:])
                 trial = snap.clone()
                 try:
-                    B.reopen_set_read_only(trial, trial.nodes[ctx["node"]], True)
+                    reopen_set_read_only(trial, trial.nodes[ctx["node"]], True)
                     snap = trial
                 except QmpFailure:
                     pass   # "ignore error and errp for bdrv_reopen"
@@ -335,14 +333,14 @@ def _try_set_read_only(g: Graph, node: Node, read_only: bool) -> None:
     """``bdrv_reopen_set_read_only(bs, ro, NULL)``: errors are ignored, the node stays."""
     trial = g.clone()
     try:
-        B.reopen_set_read_only(trial, trial.nodes[node.name], read_only)
+        reopen_set_read_only(trial, trial.nodes[node.name], read_only)
     except QmpFailure:
         return
-    B.reopen_set_read_only(g, node, read_only)   # succeeds as the trial did (deterministic)
+    reopen_set_read_only(g, node, read_only)   # succeeds as the trial did (deterministic)
 
 
 def _make_writable(g: Graph, job: Job, node: Node, ctx: dict) -> None:
-    B.reopen_set_read_only(g, node, False)
+    reopen_set_read_only(g, node, False)
     job.restore_ro = node.name
     ctx["snapshot"], ctx["node"], ctx["moved"] = g.clone(), node.name, len(g.moved)
 
@@ -352,17 +350,13 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     members = dict(_JOB_MEMBERS, **{"base-node": _STR})
     args = _visit(args, members, ("device",),
                   ("base", "backing-file", "bottom", "speed", "on-error", "backing-mask-protocol"))
-    # the known concluded-stream crash (_guard_concluded_stream) comes before the model's own
-    # limits: diff mode sends a declined step to both builds, and a stream of any node crashes
-    # 7.2 and 10.0 once it concludes
-    concluded_crash = (g.guard_known_crashes and not g.profile.dropped_filter_keeps_child
-                       and args.get("auto-dismiss") is False)
-    from .devices import uses_iothreads
-    if concluded_crash and (uses_iothreads(g) or g.devices):
-        raise KnownQemuBug("known QEMU crash: a concluded stream job's filter crashes the next query")
+    # the known concluded-stream crash comes before the model's own limits: diff mode sends a
+    # declined step to both builds, and a stream of any node crashes 7.2 and 10.0 once it
+    # concludes
+    g.guard("stream-start", args=args, checked=False)
     _refuse_iothreads(g)
     device = args["device"]
-    bs = B._lookup_bs(g, device)
+    bs = g.lookup_bs(device)
     base = None
     if "base-node" in args:
         ref = args["base-node"]
@@ -371,12 +365,11 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
             raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
         if base is bs or not chain_contains(g, bs, base):
             raise QmpFailure(f"Node '{ref}' is not a backing image of '{device}'")
-    it = bs
+    it: Node | None = bs
     while it is not None and it is not base:
         _busy(g, it)
         it = chain_next(g, it)
-    if concluded_crash:
-        raise KnownQemuBug("known QEMU crash: a concluded stream job's filter crashes the next query")
+    g.guard("stream-start", args=args, checked=True)
     if bs.drv != "qcow2":
         raise NotModeled("stream into a non-qcow2 node")
     base_overlay = find_overlay(g, bs, base)
@@ -384,7 +377,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
         raise NotModeled("stream: no overlay of the base")
     above_base = base_overlay
     chain = _qcow2_chain(g, bs, base)
-    _guard_stuck(g, chain + [base])
+    g.guard("job-start", nodes=[n for n in chain + [base] if n is not None])
 
     job = Job("", "stream", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
               device=bs.name, above_base=above_base.name)
@@ -401,7 +394,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
         cor.options["node-name"] = args["filter-node-name"]
     g.attach(cor, bs, "file", ROLE_FILTERED)
     L.refresh(g, cor)   # cor_open() attached its file child
-    cor.cached_length = B.node_length(g, bs)
+    cor.cached_length = node_length(g, bs)
     P.refresh(g, [cor.name])
     freeze_chain(g, job, cor, base_overlay)   # cor_open(): down to 'bottom'; bottom->base stays free
     replace_node(g, bs, cor)
@@ -423,13 +416,13 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     # stream_run(): clusters allocated below bs down to base_overlay are copied up (through
     # the copy-on-read filter, so a whole cluster at a time)
     if bs is not base_overlay:
-        size = g.images[bs.filename].size
+        size = g.image(bs).size
         for c in range(-(-size // CLUSTER)):
             if _allocated(g, bs, c):
                 continue
             if any(_allocated(g, n, c) for n in chain[1:] + [base_overlay] if n is not bs):
                 lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
-                iodata.write(g, bs, lo, iodata.read(g, bs, lo, hi - lo))
+                iodata.write(g, bs, lo, _read_known(g, bs, lo, hi - lo))
     _settle(g, job)
 
 
@@ -438,12 +431,12 @@ def _stream_prepare(g: Graph, job: Job) -> None:
     cow = g.cow_child(bs)
     _drop_filter(g, job)
     if cow is not None:
+        assert job.above_base is not None, "block_stream() sets it"
         above = g.get(job.above_base)
         base = chain_next(g, above) if above is not None else None
         set_backing(g, bs, base)
-        img = g.images[bs.filename]
+        img = g.image(bs)
         if base is not None:
-            from .query import refresh_filename
             img.backing_file = refresh_filename(g, base).filename
             img.backing_format = base.drv
         else:
@@ -463,7 +456,7 @@ def _drop_filter(g: Graph, job: Job) -> None:
     if c is not None:
         child = g.nodes[c.child]
         replace_node(g, f, child)
-        if not g.profile.dropped_filter_keeps_child:
+        if not g.qemu_profile.dropped_filter_keeps_child:
             g.detach(c)   # else the edge goes when the job frees the filter (_release_all)
 
 
@@ -482,7 +475,7 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
         raise QmpFailure(f"Device '{device}' not found", "DeviceNotFound")
     if not _is_root(g, bs):
         raise QmpFailure("Need a root block node")
-    reason = B.op_blocker(g, bs)   # COMMIT_SOURCE: blocked by any blocker
+    reason = op_blocker(g, bs)   # COMMIT_SOURCE: blocked by any blocker
     if reason is not None:
         raise QmpFailure(f"Node '{bs.name}' is busy: {reason}")
     def in_chain(key: str, above: Node) -> Node:
@@ -496,28 +489,26 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
 
     top = in_chain("top-node", bs) if "top-node" in args else bs
     base = in_chain("base-node", top) if "base-node" in args else find_overlay(g, top, None)
+    assert base is not None, "find_overlay(top, None) is the bottom of top's chain"
     stop = chain_next(g, base)
-    it = top
+    it: Node | None = top
     while it is not None and it is not stop:
         _busy(g, it)
         it = chain_next(g, it)
     if top is base:
         raise QmpFailure("cannot commit an image into itself")
-    if (g.guard_known_crashes and g.profile.compress_active_commit_hangs and bs.drv == "compress"
-            and skip_filters(g, top) is skip_filters(g, bs)):
-        # QEMU bug (10.0.2, 11.1.3; not 7.2.22): the active commit of a compress node never
-        # answers (corpus/findings/past-model/compress-active-commit-hang.json); checked
-        # before the model's own limits so that diff mode, which sends declined steps to the
-        # builds, does not find it again and again
-        raise KnownQemuBug("known QEMU hang: an active commit of a compress node")
+    # before the model's own limits, so that diff mode, which sends declined steps to the
+    # builds, does not find a known bug of an active commit again and again
+    g.guard("active-commit-start", device=bs, active=skip_filters(g, top) is skip_filters(g, bs))
     chain = _qcow2_chain(g, top, base)
-    _guard_stuck(g, [bs] + chain + [base])
+    g.guard("job-start", nodes=[n for n in [bs] + chain + [base] if n is not None])
     perms = P.Perms(g, {}, {})
     if perms.node[top.name][0] & WRITE or skip_filters(g, top) is skip_filters(g, bs):
         # commit_active_start(top_bs, ...): the mirror works on top, below any filter on bs
         _active_commit(g, args, top, base, chain, ctx)
         return
     overlay = find_overlay(g, bs, top)
+    assert overlay is not None, "top is below bs here (top is bs made it an active commit)"
     _busy(g, overlay)
 
     job = Job("", "commit", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
@@ -530,6 +521,7 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     job.filter = ct.name
     it = top
     while it is not base:
+        assert it is not None, "base is in top's chain (in_chain / find_overlay)"
         add_parent(g, job, it, "intermediate node", 0, WU | WRITE)
         it = chain_next(g, it)
     freeze_chain(g, job, ct, base)
@@ -544,11 +536,11 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
 
 def _copy_into_base(g: Graph, top: Node, base: Node, chain: list[Node]) -> None:
     """``commit_run()`` / mirror's copy: what is allocated above the base is written into it."""
-    size = g.images[base.filename].size
+    size = g.image(base).size
     for c in range(-(-size // CLUSTER)):
         if any(_allocated(g, n, c) for n in chain):
             lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
-            iodata.write(g, base, lo, iodata.read(g, top, lo, hi - lo))
+            iodata.write(g, base, lo, _read_known(g, top, lo, hi - lo))
 
 
 def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node], ctx: dict) -> None:
@@ -566,6 +558,7 @@ def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]
     add_parent(g, job, base, "target", 0, ALL)
     it = chain_next(g, bs)
     while it is not base:
+        assert it is not None, "base is in bs's chain (block_commit)"
         add_parent(g, job, it, "intermediate node", 0, WU | WRITE)
         it = chain_next(g, it)
     freeze_chain(g, job, mt, base)
@@ -577,10 +570,11 @@ def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]
 def _commit_prepare(g: Graph, job: Job) -> None:
     """``commit_prepare()`` -> ``bdrv_drop_intermediate()``: the overlay's backing becomes the
     base and its image header names the base."""
-    from .query import refresh_filename
 
     unfreeze(g, job)
     job.parents = [p for p in job.parents if not (p.blk and p.node == job.base)]
+    assert job.filter is not None and job.base is not None and job.top is not None, \
+        "block_commit() names all three"
     ct = g.nodes[job.filter]
     base = g.nodes[job.base]
     top = g.nodes[job.top]
@@ -594,7 +588,7 @@ def _commit_prepare(g: Graph, job: Job) -> None:
         g.move_to_head(c)
         g.moved.append((c.parent, c.name))
         if c.role == ROLE_COW:
-            img = g.images[parent.filename]
+            img = g.image(parent)
             img.backing_file = refresh_filename(g, base).filename
             img.backing_format = base.drv
             parent.auto_backing_file = img.backing_file
@@ -609,6 +603,7 @@ def _mirror_complete(g: Graph, job: Job) -> None:
     and the filter is replaced by its child and freed.  With no parent above the device,
     nothing else changes."""
     job.parents = [p for p in job.parents if not p.blk]   # s->target is gone by now
+    assert job.base is not None, "a commit job has its base"
     src, base = g.nodes[job.device], g.get(job.base)
     if base is not None and src.read_only != base.read_only:
         # mirror_exit_common(): the target gets the read-only state of what it replaces
@@ -632,17 +627,8 @@ def _settle(g: Graph, job: Job) -> None:
         job.status = "pending"
 
 
-def _guard_concluded_stream(g: Graph, job: Job) -> None:
-    """QEMU bug (7.2 and 10.0): a stream job left concluded (auto-dismiss off) keeps its
-    childless copy-on-read filter in the graph, and the next query-named-block-nodes dies with
-    SIGSEGV in bdrv_refresh_filename() (corpus/findings/stream-concluded-query-segv.json)."""
-    if job.type == "stream" and not job.auto_dismiss and g.guard_known_crashes \
-            and not g.profile.dropped_filter_keeps_child:
-        raise KnownQemuBug("known QEMU crash: a concluded stream job's filter crashes the next query")
-
-
 def _finalize(g: Graph, job: Job) -> None:
-    _guard_concluded_stream(g, job)
+    g.guard("job-finalize", job=job)
     if job.type == "stream":
         _stream_prepare(g, job)
     elif job.active:
@@ -690,12 +676,13 @@ def _abort(g: Graph, job: Job) -> None:
     elif job.active:
         _drop_filter(g, job)
         _release_all(g, job)
-        _clean(g, job, restore=g.profile.active_commit_cancel_restores_ro)
+        _clean(g, job, restore=g.qemu_profile.active_commit_cancel_restores_ro)
     else:
         # commit_abort(): the filter is replaced by its child again
         unfreeze(g, job)
+        assert job.filter is not None, "block_commit() inserted its commit_top filter"
         ct = g.nodes[job.filter]
-        c = ct.child("backing")
+        c = ct.edge("backing")   # frozen while the job ran
         top = g.nodes[c.child]
         replace_node(g, ct, top)
         g.detach(c)
@@ -741,7 +728,7 @@ def job_dismiss(g: Graph, args: Any) -> None:
 def job_cancel(g: Graph, args: Any) -> None:
     job = _get_job(g, args)
     _verb(job, "cancel", ("created", "running", "paused", "ready", "standby", "pending"))
-    _guard_concluded_stream(g, job)
+    g.guard("job-cancel", job=job)
     _abort(g, job)
     job.status = "concluded"
     job.error = "Operation canceled"

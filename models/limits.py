@@ -17,7 +17,7 @@ fields are left out when their ``bs->bl`` member is 0.
    ``write-zeroes-alignment`` never pass to a parent;
 3. without such a child: ``min-mem-alignment`` 512, ``opt-mem-alignment`` the host page size,
    ``max-iov`` ``IOV_MAX``;
-4. the driver's ``.bdrv_refresh_limits`` overrides (one function per driver below).
+4. the driver's ``.bdrv_refresh_limits`` overrides (``BlockDriver.refresh_limits``).
 
 It runs only at these points (``block.c``), never because a child changed:
 
@@ -46,17 +46,15 @@ filter was put above its child).
 
 Host dependence (the model predicts the host these constants describe): the page size and
 ``IOV_MAX``; with ``cache.direct=on`` file-posix probes O_DIRECT alignment on the host file
-system (refused, see :func:`_file_refresh_limits`).  Block devices (``S_ISBLK``: max-hw-transfer,
+system (refused, see ``models.drivers.file``).  Block devices (``S_ISBLK``: max-hw-transfer,
 max-hw-iov, discard / write-zeroes alignment from sysfs) and macOS (``statfs``) are out of scope:
 the model only opens regular files.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from .errors import NotModeled
 from .graph import Graph, Node
-from .imagedata import CLUSTER
 
 #: ``qemu_real_host_page_size()`` = ``getpagesize()``, read at run time: 4 KiB on x86-64 Linux
 #: (16 or 64 KiB on some aarch64 / ppc64 kernels).  Also file-posix's ``MAX_BLOCKSIZE``.
@@ -77,10 +75,6 @@ ALWAYS = ("request-alignment", "max-iov", "min-mem-alignment", "opt-mem-alignmen
 #: bdrv_merge_limits(): the members a parent takes from its children, and how
 _MERGE_MAX = ("discard-alignment", "opt-transfer", "opt-mem-alignment", "min-mem-alignment")
 _MERGE_MIN_NON_ZERO = ("max-transfer", "max-hw-transfer", "max-iov", "max-hw-iov")
-
-#: filters made by ``bdrv_new_open_driver()`` and put above their child by ``bdrv_append()``;
-#: they cannot be reopened, so they keep the limits of a node opened without children
-JOB_FILTERS = ("commit_top", "mirror_top")
 
 Limits = dict   # QAPI member name -> int; an absent optional member is 0
 
@@ -103,93 +97,6 @@ def merge_limits(dst: Limits, src: Limits) -> None:
         dst[k] = min(a, b) if a and b else a or b
 
 
-def _size_opt(n: Node, key: str) -> int:
-    """A size option as the driver's ``qemu_opt_get_size(opts, key, 0)`` reads it."""
-    v = n.options.get(key, 0)
-    if isinstance(v, bool):
-        raise NotModeled(f"{n.drv} option {key}={v!r}")
-    if isinstance(v, str):
-        if not v.isdigit():
-            raise NotModeled(f"{n.drv} option {key}={v!r} (size suffixes)")
-        v = int(v)
-    return v
-
-
-# -- the drivers' .bdrv_refresh_limits -------------------------------------------------------
-
-def _file_refresh_limits(g: Graph, n: Node, bl: Limits) -> None:
-    """file-posix ``raw_refresh_limits()`` for a regular file without O_DIRECT.
-
-    ``raw_needs_alignment()`` is false (no ``BDRV_O_NOCACHE``; ``force_alignment`` is only set
-    for FreeBSD character devices), so ``raw_probe_alignment()`` sets ``request_alignment`` and
-    ``buf_align`` to 1: ``min-mem-alignment`` 1, ``opt-mem-alignment`` = MAX(1, page size).
-    ``max-iov`` stays the no-children default.  Nothing depends on the file system here.
-
-    ``cache.direct=on`` cannot be predicted: ``raw_probe_alignment()`` then asks the host
-    (``BLKSSZGET``, the XFS ``DIOINFO`` ioctl, trial O_DIRECT ``pread``s; NFS is byte-aligned),
-    e.g. 512/512 on ext4 over a 512-byte-sector disk and 4096/4096 on tmpfs (observed, 11.1.3).
-    """
-    if n.cache_direct:
-        raise NotModeled("block limits with cache.direct=on (O_DIRECT alignment of the host "
-                         "file system)")
-    buf_align = 1
-    bl["request-alignment"] = 1
-    bl["min-mem-alignment"] = buf_align
-    bl["opt-mem-alignment"] = max(buf_align, HOST_PAGE_SIZE)
-
-
-def _qcow2_refresh_limits(g: Graph, n: Node, bl: Limits) -> None:
-    """``qcow2_refresh_limits()``: write zeroes by subcluster, discard by cluster.
-
-    The model's images have 64 KiB clusters and no extended L2 entries (subcluster = cluster)
-    and no encryption (which would set ``request_alignment`` to the crypto sector size)."""
-    bl["write-zeroes-alignment"] = CLUSTER
-    bl["discard-alignment"] = CLUSTER
-
-
-def _raw_refresh_limits(g: Graph, n: Node, bl: Limits) -> None:
-    """raw-format ``raw_refresh_limits()``: only a *probed* raw node changes a reported limit
-    (``request_alignment`` 512, to protect the first sector); the model never probes a format.
-    ``offset`` / ``size`` do not enter."""
-
-
-def _compress_refresh_limits(g: Graph, n: Node, bl: Limits) -> None:
-    """``compress_refresh_limits()``: ``request_alignment`` = the cluster size
-    ``bdrv_get_info()`` gives for the ``file`` child (filters forward it), if any."""
-    from .query import _get_info   # query imports this module
-
-    c = n.child("file")
-    if c is None:
-        return
-    _ok, cluster = _get_info(g, g.nodes[c.child])
-    if cluster:
-        bl["request-alignment"] = cluster
-
-
-def _blkdebug_refresh_limits(g: Graph, n: Node, bl: Limits) -> None:
-    """``blkdebug_refresh_limits()``: each non-zero option overrides its limit (``align``,
-    ``max-transfer``, ``opt-write-zero``, ``max-write-zero``, ``opt-discard``,
-    ``max-discard``); ``blkdebug_open()`` already checked them."""
-    for opt, key in (("align", "request-alignment"), ("max-transfer", "max-transfer"),
-                     ("opt-write-zero", "write-zeroes-alignment"),
-                     ("max-write-zero", "max-write-zeroes"),
-                     ("opt-discard", "discard-alignment"), ("max-discard", "max-discard")):
-        v = _size_opt(n, opt)
-        if v:
-            bl[key] = v
-
-
-#: ``BlockDriver.bdrv_refresh_limits``.  throttle, copy-on-read, null-co, quorum, blkverify,
-#: commit_top and mirror_top have none: they keep the generic result.
-REFRESH_LIMITS: dict[str, Callable[[Graph, Node, Limits], None]] = {
-    "file": _file_refresh_limits,
-    "qcow2": _qcow2_refresh_limits,
-    "raw": _raw_refresh_limits,
-    "compress": _compress_refresh_limits,
-    "blkdebug": _blkdebug_refresh_limits,
-}
-
-
 # -- the generic part ------------------------------------------------------------------------
 
 def refresh_limits(g: Graph, n: Node, children: Iterable[Node] | None = None) -> Limits:
@@ -210,9 +117,7 @@ def refresh_limits(g: Graph, n: Node, children: Iterable[Node] | None = None) ->
         bl["min-mem-alignment"] = SECTOR
         bl["opt-mem-alignment"] = HOST_PAGE_SIZE
         bl["max-iov"] = IOV_MAX
-    drv = REFRESH_LIMITS.get(n.drv)
-    if drv is not None:
-        drv(g, n, bl)
+    n.driver.refresh_limits(g, n, bl)   # .bdrv_refresh_limits (models.drivers)
     return reported(bl)
 
 
@@ -235,13 +140,13 @@ def block_limits(g: Graph, n: Node) -> dict:
     stored = getattr(n, "bl", None)
     if stored is not None:
         return dict(stored)
-    if n.drv in JOB_FILTERS:
+    if n.driver.job_filter:
         return refresh_limits(g, n, children=())
     return refresh_limits(g, n, [_through_job_filters(g, g.nodes[c.child]) for c in n.children])
 
 
 def _through_job_filters(g: Graph, n: Node) -> Node:
-    while n.drv in JOB_FILTERS:
+    while n.driver.job_filter:
         c = n.child("backing")
         if c is None:
             break

@@ -18,24 +18,18 @@ from collections.abc import Iterable
 from typing import Any
 
 
-from . import blockdev, devices, jobs, objects, qemuio
+from . import blockdev, devices, iodata, jobs, known_bugs, objects, qemuio, reopen
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
-from .values import ImageSpec, Outcome
+from .values import JOB_COMMANDS, ImageSpec, Outcome
 from .profiles import VersionProfile
 from .perms import settle_locks
 from .query import project, query_named_block_nodes
 
 
-JOB_COMMANDS = ("block-stream", "block-commit", "job-finalize", "job-dismiss", "job-cancel",
-                "block-job-complete")
-
-
 def build_images(specs: Iterable[ImageSpec]) -> dict[str, Image]:
     """The images as ``qemu-img create`` and standalone ``qemu-io`` leave them."""
-    from . import iodata
-
     images: dict[str, Image] = {}
     for spec in specs:
         size = spec.size
@@ -63,7 +57,8 @@ class Model:
 
     def __init__(self, profile: VersionProfile, images: Iterable[ImageSpec], machine: str = "none"):
         self.profile = profile
-        self.graph = Graph(images=build_images(images), profile=profile, machine=machine)
+        self.graph = Graph(images=build_images(images), profile=profile, machine=machine,
+                           guards=known_bugs.GUARDS)
 
     def execute(self, cmd: str, args: Any) -> Outcome:
         """Predict one QMP command.  Raises ``NotModeled`` for commands outside the model."""
@@ -74,7 +69,7 @@ class Model:
             return Outcome(ret=r.ret, error=None, stdout=r.stdout)
         handler = {
             "blockdev-add": lambda g: blockdev.blockdev_add(g, args, self.profile),
-            "blockdev-reopen": lambda g: blockdev.blockdev_reopen(g, args, self.profile),
+            "blockdev-reopen": lambda g: reopen.blockdev_reopen(g, args, self.profile),
             "blockdev-del": lambda g: blockdev.blockdev_del(g, args),
             "object-add": lambda g: objects.object_add(g, args),
             "object-del": lambda g: objects.object_del(g, args),

@@ -1,7 +1,7 @@
 """Block permissions (BLK_PERM_*) and host-file locks, as ``bdrv_refresh_perms()`` checks them.
 
-Edge permissions follow ``bdrv_default_perms()`` (block.c) and ``raw_child_perm()``
-(block/raw-format.c); the order in which nodes are checked follows ``bdrv_topological_dfs()``;
+Edge permissions follow ``bdrv_default_perms()`` (block.c) or the driver's own
+``.bdrv_child_perm`` (``BlockDriver.child_perm``); the order in which nodes are checked follows ``bdrv_topological_dfs()``;
 each node is checked with ``bdrv_parent_perms_conflict()`` (pairs of parent edges, newest first),
 then the writable check of ``bdrv_node_refresh_perm()``, then file-posix's lock bytes
 (``raw_check_lock_bytes()``).
@@ -14,6 +14,7 @@ import attrs
 
 from .errors import QmpFailure
 from .graph import ROLE_COW, ROLE_DATA, ROLE_STORAGE, Graph, Node
+from .lengths import node_length
 
 CONSISTENT_READ, WRITE, WRITE_UNCHANGED, RESIZE = 1, 2, 4, 8
 ALL = 15
@@ -36,22 +37,9 @@ class ExternalParent:
     shared: int
 
 
-def child_perm(role: str, parent_drv: str, parent_writable: bool, perm: int, shared: int) -> tuple[int, int]:
-    """``bdrv_default_perms()`` (+ ``raw_child_perm()`` for raw parents)."""
-    parent_perm = perm
-    if parent_drv == "copy-on-read":
-        # cor_child_perm(): always asks for 'write unchanged' (copy-on-read writes)
-        passthrough = CONSISTENT_READ | WRITE | RESIZE
-        return (perm & passthrough) | WRITE_UNCHANGED, (shared & passthrough) | (ALL & ~passthrough)
-    if parent_drv == "commit_top":
-        return 0, ALL   # bdrv_commit_top_child_perm()
-    if parent_drv == "mirror_top":
-        # bdrv_mirror_top_child_perm() of a commit job: no consistent read, share write
-        nperm, nshared = perm & ALL, shared & ALL
-        return nperm & ~CONSISTENT_READ, nshared | WRITE
-    if parent_drv == "quorum":
-        # quorum_child_perm(): children must not diverge, so no write/resize for others
-        return perm & ALL, shared & (CONSISTENT_READ | WRITE_UNCHANGED)
+def default_perms(role: str, parent_writable: bool, perm: int, shared: int) -> tuple[int, int]:
+    """``bdrv_default_perms()``: a COW child, or a filter/storage/data child (a driver with
+    its own ``.bdrv_child_perm`` overrides ``BlockDriver.child_perm``)."""
     if role == ROLE_COW:
         nperm = perm & CONSISTENT_READ
         nshared = (WRITE | RESIZE) if shared & WRITE else 0
@@ -70,9 +58,6 @@ def child_perm(role: str, parent_drv: str, parent_writable: bool, perm: int, sha
             nperm |= WRITE
         if nperm & WRITE:
             nperm |= RESIZE
-    if parent_drv == "raw":
-        nperm &= ~(WRITE | RESIZE)
-        nperm |= parent_perm & (WRITE | RESIZE)
     return nperm, nshared
 
 
@@ -109,7 +94,7 @@ class Perms:
             self.node[name] = (p, s)
             n = g.nodes[name]
             for c in n.children:
-                cp, cs = child_perm(c.role, n.drv, self.is_writable(n), p, s)
+                cp, cs = n.driver.child_perm(c.role, self.is_writable(n), p, s)
                 if g.nodes[c.child].force_share:
                     cs = ALL  # bdrv_child_perm(): a force-share child shares everything
                 self.edge[id(c)] = (cp, cs)
@@ -158,25 +143,13 @@ def check_node(perms: Perms, name: str) -> None:
             raise QmpFailure("Block node is read-only")
         raise QmpFailure(f"Read-only block node '{name}' cannot support read-write users")
     if perm & (WRITE | WRITE_UNCHANGED) and not perm & RESIZE:
-        align = request_alignment(g, node)
+        align = node.driver.request_alignment(g, node)
         if align > 1:
-            from .blockdev import node_length
             if node_length(g, node) % align:
                 raise QmpFailure("Cannot get 'write' permission without 'resize': "
                                  "Image size is not a multiple of request alignment")
-    if node.drv == "file" and node.locking:
+    if node.driver.takes_locks(node):
         _check_locks(g, node, perm, shared)
-
-
-def request_alignment(g: Graph, node: Node) -> int:
-    """``bs->bl.request_alignment`` where it is not 1: a compress filter's is the cluster size
-    of what it compresses into (``compress_refresh_limits()``), blkdebug's its ``align``."""
-    if node.drv == "compress":
-        from .query import _get_info
-        return _get_info(g, g.filter_child(node))[1] or 1
-    if node.drv == "blkdebug":
-        return node.options.get("align", 0) or 1
-    return 1
 
 
 def _check_locks(g: Graph, node: Node, perm: int, shared: int) -> None:
@@ -185,7 +158,7 @@ def _check_locks(g: Graph, node: Node, perm: int, shared: int) -> None:
     if (held_perm | perm) == held_perm and (held_unshared | unshared) == held_unshared:
         return  # RAW_PL_PREPARE: nothing new to lock
     others = [n for n in g.nodes.values()
-              if n.drv == "file" and n.locking and n.filename == node.filename and n.name != node.name]
+              if n.driver.takes_locks(n) and n.filename == node.filename and n.name != node.name]
     # raw_check_lock_bytes(); the hint names bs->filename, which for a file node is its file
     hint = f"Is another process using the image [{node.filename}]?\n"
     for bit, pname in _NAMES:
@@ -208,7 +181,7 @@ def refresh(g: Graph, roots: Iterable[str], writable: dict[str, bool] | None = N
         check_node(perms, name)
     for name in order:
         n = g.nodes[name]
-        if n.drv == "file" and n.locking:
+        if n.driver.takes_locks(n):
             p, s = perms.node[name]
             g.locks[name] = (p, ALL & ~s)
     return perms
@@ -220,6 +193,6 @@ def settle_locks(g: Graph) -> None:
     and giving up permissions never fails), and a temporary user's are released with it."""
     perms = Perms(g, {}, {})
     for name, n in g.nodes.items():
-        if n.drv == "file" and n.locking:
+        if n.driver.takes_locks(n):
             p, s = perms.node[name]
             g.locks[name] = (p, ALL & ~s)

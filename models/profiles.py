@@ -21,7 +21,7 @@ class VersionProfile:
     #: drivers with ``has_variable_length`` (7.2: raw, copy-on-read and compress set it, so their
     #: length follows their child's at every query); 10.0 inherits the flag from the children
     #: and a regular file has none, so every length is cached ``total_sectors``.
-    variable_length_drivers: tuple
+    variable_length_drivers: tuple[str, ...]
     #: ``bdrv_reopen_commit()`` refreshes ``total_sectors`` (10.0), so a reopened file node sees
     #: growth that other nodes made to its host file; 7.2 keeps the old length.
     reopen_refreshes_length: bool
@@ -45,9 +45,15 @@ class VersionProfile:
     #: ``write -z -u`` deallocates only if every node on the way, the entry node included, has
     #: ``discard=unmap`` (9.1+); 7.2 ignored the entry node's setting (notes §9.1)
     write_zeroes_unmap_needs_discard: bool
-    #: a scsi-hd on a virtio-scsi controller without an iothread follows its node into any
-    #: AioContext (10.0); on 7.2 it pins its graph to the main loop (notes §3.9)
-    main_loop_disks_follow: bool
+    #: ``virtio_scsi_hotplug()`` moves a new scsi-hd's node into the controller's iothread on a
+    #: best-effort basis (10.0+: ``blk_set_aio_context(..., NULL)``, a failure is ignored and the
+    #: node stays where it is; a controller without an iothread moves nothing); 7.2 moves the
+    #: node into the controller's context, main loop included, and fails the device_add with
+    #: ``Cannot change iothread of active block backend``.  On every version a disk's
+    #: BlockBackend then refuses to be moved (``blk_root_change_aio_ctx()``).  Probed on
+    #: 10.0.2 and 11.1.3 (2026-12-01): a node under a main-loop disk cannot join a parent in an
+    #: iothread (notes §3.9 said "follows"; the probe and the source say otherwise).
+    disk_context_move_best_effort: bool
     #: plugging a scsi-hd checks the node's op blockers (7.2, with or without an iothread on the
     #: controller; backing parents and jobs both block it): "Node 'X' is busy: ..."; 10.0 has
     #: no such check (observed)
@@ -89,14 +95,14 @@ PROFILES: dict[str, VersionProfile] = {
                           reopen_refreshes_length=False, reopen_duplicate_drain_leak=False,
                           reopen_detached_entry_asserts=True,
                           active_commit_cancel_restores_ro=False, mirror_bitmap_on_filter=False,
-                          write_zeroes_unmap_needs_discard=False, main_loop_disks_follow=False,
+                          write_zeroes_unmap_needs_discard=False, disk_context_move_best_effort=False,
                           dataplane_op_blocker=True),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, variable_length_drivers=(),
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,
                            reopen_detached_entry_asserts=False,
                            active_commit_cancel_restores_ro=True, mirror_bitmap_on_filter=True,
-                           write_zeroes_unmap_needs_discard=True, main_loop_disks_follow=True,
+                           write_zeroes_unmap_needs_discard=True, disk_context_move_best_effort=True,
                            dataplane_op_blocker=False, compress_active_commit_hangs=True),
 }
 # 11.1 starts as 10.0 plus what it is seen or read to do differently; each flag's docstring

@@ -4,22 +4,21 @@ Mirrors what the generated ``visit_type_BlockdevOptions()`` does with a QObject 
 members are visited in schema order (union base first, then the variant's base, then the
 variant's own members), a missing mandatory member or a wrong JSON type fails with the *full*
 path of the member, enums and alternates report the *bare* member name, and leftover keys are
-reported by ``visit_check_struct()`` after all known members.  ``blockdev-add`` is boxed, so its
+reported by ``visitcheck_struct()`` after all known members.  ``blockdev-add`` is boxed, so its
 paths have no prefix; ``blockdev-reopen`` elements are ``options[i].``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
+from .drivers import DRIVERS
 from .errors import NotModeled, QmpFailure
 from .profiles import VersionProfile
+from .qapitypes import BOOL, CACHE, STR, Member, T, enum
 
-# BlockdevDriver in 7.2 and 10.0 (Debian builds).  Only the first group is modelled; the rest are
-# valid enum values the model refuses to predict.
-MODELLED_DRIVERS = ("file", "qcow2", "raw", "throttle", "copy-on-read", "compress", "null-co",
-                    "blkdebug", "quorum", "blkverify")
+#: BlockdevDriver values the model does not cover (7.2, 10.0 and 11.1 Debian builds): valid
+#: enum values whose commands the model refuses to predict.  The covered ones are the drivers
+#: of ``models.drivers`` (job filters are not in the enum).
 OTHER_DRIVERS = (
     "blklogwrites", "blkreplay", "bochs", "cloop",
     "copy-before-write", "dmg", "snapshot-access", "ftp", "ftps", "gluster",
@@ -28,88 +27,20 @@ OTHER_DRIVERS = (
     "rbd", "replication", "ssh", "vdi", "vhdx", "virtio-blk-vfio-pci",
     "virtio-blk-vhost-user", "virtio-blk-vhost-vdpa", "vmdk", "vpc", "vvfat",
 )
+MODELLED_DRIVERS = tuple(name for name, d in DRIVERS.items() if not d.job_filter)
+#: drivers that share another's variant members (BlockdevOptionsFile)
+SAME_MEMBERS = {"host_device": "file", "host_cdrom": "file"}
 
-
-@attrs.frozen
-class T:
-    """A QAPI type: kind is one of str/bool/int/enum/struct/ref/refornull."""
-
-    kind: str
-    values: tuple = ()
-    members: tuple = ()  # for struct: ((name, T, required), ...)
-    name: str = ""  # alternate name for messages
-
-
-STR, BOOL, INT = T("str"), T("bool"), T("int")
-REF = T("ref", name="BlockdevRef")
-REF_OR_NULL = T("refornull", name="BlockdevRefOrNull")
-CACHE = T("struct", members=(("direct", BOOL, False), ("no-flush", BOOL, False)))
-
-BASE_MEMBERS = (
-    ("driver", T("enum", values=MODELLED_DRIVERS + OTHER_DRIVERS), True),
+BASE_MEMBERS: tuple[Member, ...] = (
+    ("driver", enum(*MODELLED_DRIVERS, *OTHER_DRIVERS), True),
     ("node-name", STR, False),
-    ("discard", T("enum", values=("ignore", "unmap")), False),
+    ("discard", enum("ignore", "unmap"), False),
     ("cache", CACHE, False),
     ("read-only", BOOL, False),
     ("auto-read-only", BOOL, False),
     ("force-share", BOOL, False),
-    ("detect-zeroes", T("enum", values=("off", "on", "unmap")), False),
+    ("detect-zeroes", enum("off", "on", "unmap"), False),
 )
-
-FILE_MEMBERS = (
-    ("filename", STR, True),
-    ("pr-manager", STR, False),
-    ("locking", T("enum", values=("on", "off", "auto")), False),
-    ("aio", T("enum", values=("threads", "native", "io_uring")), False),
-    ("aio-max-batch", INT, False),
-    ("drop-cache", BOOL, False),
-    ("x-check-cache-dropped", BOOL, False),
-)
-
-
-def qcow2_members(profile: VersionProfile) -> tuple:
-    members = [
-        ("file", REF, True),
-        ("backing", REF_OR_NULL, False),
-        ("lazy-refcounts", BOOL, False),
-        ("pass-discard-request", BOOL, False),
-        ("pass-discard-snapshot", BOOL, False),
-        ("pass-discard-other", BOOL, False),
-    ]
-    if profile.qcow2_discard_no_unref:
-        members.append(("discard-no-unref", BOOL, False))
-    members += [
-        ("overlap-check", T("unmodelled"), False),
-        ("cache-size", INT, False),
-        ("l2-cache-size", INT, False),
-        ("l2-cache-entry-size", INT, False),
-        ("refcount-cache-size", INT, False),
-        ("cache-clean-interval", INT, False),
-        ("encrypt", T("unmodelled"), False),
-        ("data-file", T("unmodelled"), False),
-    ]
-    return tuple(members)
-
-
-RAW_MEMBERS = (("file", REF, True), ("offset", INT, False), ("size", INT, False))
-THROTTLE_MEMBERS = (("throttle-group", STR, True), ("file", REF, True))
-GENERIC_FORMAT_MEMBERS = (("file", REF, True),)
-COR_MEMBERS = (("file", REF, True), ("bottom", T("unmodelled"), False))
-NULL_MEMBERS = (("size", INT, False), ("latency-ns", T("unmodelled"), False), ("read-zeroes", BOOL, False))
-BLKDEBUG_MEMBERS = (
-    ("image", REF, True), ("config", STR, False), ("align", INT, False),
-    ("max-transfer", T("unmodelled"), False), ("opt-write-zero", T("unmodelled"), False),
-    ("max-write-zero", T("unmodelled"), False), ("opt-discard", T("unmodelled"), False),
-    ("max-discard", T("unmodelled"), False), ("inject-error", T("unmodelled"), False),
-    ("set-state", T("unmodelled"), False), ("take-child-perms", T("unmodelled"), False),
-    ("unshare-child-perms", T("unmodelled"), False),
-)
-QUORUM_MEMBERS = (
-    ("blkverify", T("unmodelled"), False), ("children", T("list", members=(REF,)), True),
-    ("vote-threshold", INT, True), ("rewrite-corrupted", T("unmodelled"), False),
-    ("read-pattern", T("unmodelled"), False),
-)
-BLKVERIFY_MEMBERS = (("test", REF, True), ("raw", REF, True))
 
 
 def _path(prefix: str, name: str) -> str:
@@ -151,7 +82,7 @@ def _visit(value: Any, t: T, name: str, path: str, profile: VersionProfile) -> N
         if not isinstance(value, dict):
             raise QmpFailure(f"Invalid parameter type for '{path}', expected: object")
         _visit_members(value, t.members, path + ".", profile)
-        _check_struct(value, {m[0] for m in t.members}, path + ".")
+        check_struct(value, {m[0] for m in t.members}, path + ".")
         return
     if t.kind == "list":
         if not isinstance(value, list):
@@ -173,8 +104,8 @@ def _visit_members(d: dict, members: tuple, prefix: str, profile: VersionProfile
         _visit(d[name], t, name, _path(prefix, name), profile)
 
 
-def _check_struct(d: dict, known: set[str], prefix: str) -> None:
-    """``visit_check_struct()``: it reports the first key left in a GLib hash table, whose
+def check_struct(d: dict, known: set[str], prefix: str) -> None:
+    """``visitcheck_struct()``: it reports the first key left in a GLib hash table, whose
     iteration order the model does not reproduce; with two or more leftovers it declines."""
     unexpected = [key for key in d if key not in known]
     if len(unexpected) > 1:
@@ -183,28 +114,12 @@ def _check_struct(d: dict, known: set[str], prefix: str) -> None:
         raise QmpFailure(f"Parameter '{_path(prefix, unexpected[0])}' is unexpected")
 
 
-def variant_members(driver: str, profile: VersionProfile) -> tuple:
-    if driver in ("file", "host_device", "host_cdrom"):
-        return FILE_MEMBERS
-    if driver == "qcow2":
-        return qcow2_members(profile)
-    if driver == "raw":
-        return RAW_MEMBERS
-    if driver == "throttle":
-        return THROTTLE_MEMBERS
-    if driver == "compress":
-        return GENERIC_FORMAT_MEMBERS
-    if driver == "copy-on-read":
-        return COR_MEMBERS
-    if driver == "null-co":
-        return NULL_MEMBERS
-    if driver == "blkdebug":
-        return BLKDEBUG_MEMBERS
-    if driver == "quorum":
-        return QUORUM_MEMBERS
-    if driver == "blkverify":
-        return BLKVERIFY_MEMBERS
-    raise NotModeled(f"driver '{driver}' is not modelled")
+def variant_members(driver: str, profile: VersionProfile) -> tuple[Member, ...]:
+    """The members of ``driver``'s variant (``BlockDriver.members``)."""
+    d = DRIVERS.get(SAME_MEMBERS.get(driver, driver))
+    if d is None or d.job_filter:
+        raise NotModeled(f"driver '{driver}' is not modelled")
+    return d.members(profile)
 
 
 def visit_blockdev_options(d: Any, prefix: str, profile: VersionProfile, name: str = "") -> None:
@@ -214,7 +129,7 @@ def visit_blockdev_options(d: Any, prefix: str, profile: VersionProfile, name: s
     _visit_members(d, BASE_MEMBERS, prefix, profile)
     members = variant_members(d["driver"], profile)
     _visit_members(d, members, prefix, profile)
-    _check_struct(d, {m[0] for m in BASE_MEMBERS} | {m[0] for m in members}, prefix)
+    check_struct(d, {m[0] for m in BASE_MEMBERS} | {m[0] for m in members}, prefix)
 
 
 def validate_blockdev_add(args: Any, profile: VersionProfile) -> None:
@@ -224,7 +139,7 @@ def validate_blockdev_add(args: Any, profile: VersionProfile) -> None:
 def validate_blockdev_reopen(args: Any, profile: VersionProfile) -> list[dict]:
     if not isinstance(args, dict) or "options" not in args:
         raise QmpFailure("Parameter 'options' is missing")
-    _check_struct(args, {"options"}, "")
+    check_struct(args, {"options"}, "")
     opts = args["options"]
     if not isinstance(opts, list):
         raise QmpFailure("Invalid parameter type for 'options', expected: array")
@@ -238,7 +153,7 @@ def validate_blockdev_reopen(args: Any, profile: VersionProfile) -> list[dict]:
 def validate_blockdev_del(args: Any) -> str:
     if not isinstance(args, dict) or "node-name" not in args:
         raise QmpFailure("Parameter 'node-name' is missing")
-    _check_struct(args, {"node-name"}, "")
+    check_struct(args, {"node-name"}, "")
     if not isinstance(args["node-name"], str):
         raise QmpFailure("Invalid parameter type for 'node-name', expected: string")
     return args["node-name"]

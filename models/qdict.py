@@ -34,7 +34,7 @@ def qdict_order(keys_in_insertion_order: Iterable[str]) -> list[str]:
     return sorted(keys, key=lambda k: (bucket(k), -index[k]))
 
 
-def to_json(value) -> str:
+def to_json(value: object) -> str:
     """``qobject_to_json()``: compact-ish JSON with QDict key order and ``", "``/``": "``."""
     if isinstance(value, dict):
         items = [f'"{k}": {to_json(value[k])}' for k in qdict_order(value)]

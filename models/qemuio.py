@@ -14,8 +14,10 @@ import attrs
 
 from . import iodata
 from . import perms as P
-from .errors import KnownQemuBug, NotModeled
+from .errors import NotModeled, QmpFailure
 from .graph import Graph
+from .jobs import active_commit_nodes
+from .lengths import node_length
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -76,21 +78,16 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     node = g.get(cmd.device)
     if node is None:
         return IoResult(f"Error: Cannot find device='' nor node-name='{cmd.device}'\r\n", ())
-    length = iodata._length(g, node)
+    length = node_length(g, node)
     if g.reaches(node, lambda n: n.name in g.dangling_data_file):
         raise NotModeled("I/O through a qcow2 node with a dangling data_file (known QEMU bug)")
-    from .jobs import active_commit_nodes
     busy = active_commit_nodes(g)
     if busy and g.reaches(node, lambda n: n.name in busy):
         if cmd.op == "write":
             # which writes the mirror copies to the base differs by version and path
             # (VersionProfile.mirror_bitmap_on_filter); the model leaves them out
             raise NotModeled("writes into the chain of an active commit")
-        src = {j.device for j in busy.values() if j.status == "pending"}
-        if src and g.reaches(node, lambda n: n.name in src) and g.guard_known_crashes:
-            # QEMU bug (7.2 and 10.0): qemu-io on an active commit's source while the job is
-            # pending never returns (corpus/findings/active-commit-pending-qemu-io-hang.json)
-            raise KnownQemuBug("known QEMU hang: qemu-io on an active commit's source in pending")
+        g.guard("qemu-io-active-commit", node=node, jobs=busy)
     if cmd.op == "read":
         if cmd.offset + cmd.length > length:
             return IoResult("", ("read failed: Input/output error",))
@@ -105,7 +102,6 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
         return IoResult("", tuple(lines))
     # write: the temporary BlockBackend asks for the write permission first
     bb = P.ExternalParent("an unnamed block device", "root", P.WRITE, P.ALL)
-    from .errors import QmpFailure
     try:
         P.refresh(g.clone(), [node.name], external={node.name: [bb]})
     except QmpFailure as e:

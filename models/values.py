@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import attrs
 
@@ -48,7 +49,7 @@ class Outcome:
     def failure(cls, desc: str, klass: str = "GenericError") -> "Outcome":
         return cls(ret=None, error=QmpError(klass, desc))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
         if self.error is None:
             d["return"] = self.ret
@@ -59,7 +60,7 @@ class Outcome:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Outcome":
+    def from_json(cls, d: dict[str, Any]) -> "Outcome":
         stdout = tuple(d.get("stdout", ()))
         if "error" in d:
             return cls(ret=None, error=QmpError(d["error"]["class"], d["error"]["desc"]), stdout=stdout)
@@ -84,7 +85,11 @@ def canonicalize_text(text: str) -> str:
 FORMATS = ("qcow2", "raw")
 
 
-def _plain_name(_inst: Any, attribute: attrs.Attribute, value: str | None) -> None:
+# generic so that one validator serves both the ``str`` and the ``str | None`` fields
+_Name = TypeVar("_Name", bound="str | None")
+
+
+def _plain_name(_inst: object, attribute: attrs.Attribute[_Name], value: _Name) -> None:
     if value is None:
         return
     # A bare file name: relative to the work dir, and not mistaken for a command-line option.
@@ -102,6 +107,12 @@ class Write:
     length: int = attrs.field(validator=attrs.validators.gt(0))
 
 
+def _writes(writes: Iterable[Write]) -> tuple[Write, ...]:
+    # a named converter rather than ``converter=tuple``: the attrs plugin cannot solve the
+    # generic ``tuple`` constructor against the field's type
+    return tuple(writes)
+
+
 @attrs.frozen
 class ImageSpec:
     """One image of a trace's ``images`` list."""
@@ -113,7 +124,7 @@ class ImageSpec:
     backing_file: str | None = attrs.field(default=None, validator=_plain_name)
     backing_format: str | None = attrs.field(default=None, validator=attrs.validators.optional(
         attrs.validators.in_(FORMATS)))
-    writes: tuple[Write, ...] = attrs.field(default=(), converter=tuple)
+    writes: tuple[Write, ...] = attrs.field(default=(), converter=_writes)
 
     def __attrs_post_init__(self) -> None:
         if self.backing_file is not None and self.format != "qcow2":
@@ -124,17 +135,23 @@ class ImageSpec:
             raise ValueError(f"{self.file}: size is required without a backing file")
 
     @classmethod
-    def from_json(cls, d: dict) -> "ImageSpec":
+    def from_json(cls, d: dict[str, Any]) -> "ImageSpec":
         known = {"file", "format", "size", "backing-file", "backing-format", "writes"}
         if unknown := set(d) - known:
             raise ValueError(f"unknown image keys {sorted(unknown)}")
-        return cls(
-            file=d["file"], format=d["format"], size=d.get("size"),
-            backing_file=d.get("backing-file"), backing_format=d.get("backing-format"),
-            writes=tuple(Write(w["pattern"], w["offset"], w["length"]) for w in d.get("writes", ())),
-        )
+        try:
+            return cls(
+                file=d["file"], format=d["format"], size=d.get("size"),
+                backing_file=d.get("backing-file"), backing_format=d.get("backing-format"),
+                writes=tuple(Write(w["pattern"], w["offset"], w["length"]) for w in d.get("writes", ())),
+            )
+        except KeyError as e:
+            raise ValueError(f"missing image key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            # attrs validators put the message first and their own details after it
+            raise ValueError(str(e.args[0]) if e.args else str(e)) from None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"file": self.file, "format": self.format}
         if self.size is not None:
             d["size"] = self.size
@@ -146,3 +163,22 @@ class ImageSpec:
             d["writes"] = [{"pattern": w.pattern, "offset": w.offset, "length": w.length}
                            for w in self.writes]
         return d
+
+
+#: QMP commands that may start or move a block job: after one, both the model and the harness
+#: look at the jobs (the harness waits for them to settle, the engine compares query-jobs)
+JOB_COMMANDS = frozenset({"block-stream", "block-commit", "job-finalize", "job-dismiss",
+                          "job-cancel", "block-job-complete"})
+
+
+def check_image_set(specs: list[ImageSpec]) -> None:
+    """What ``qemu-img create`` needs of a trace's image list, in order: a backing file created
+    before the image that names it (an image without ``size`` takes its backing file's).  A
+    file listed again is created anew (iotest 245's test_reopen_raw does that).  Raises
+    ``ValueError`` naming the image."""
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.backing_file is not None and spec.backing_file not in seen:
+            raise ValueError(f"{spec.file}: backing file {spec.backing_file} is not an image listed "
+                             "before it")
+        seen.add(spec.file)

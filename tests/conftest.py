@@ -8,6 +8,23 @@ import pytest
 from fuzz.qemufetch import installed, resolve_qemu
 
 
+def pytest_configure(config):
+    """Import every module of the project before any test runs.  Hypothesis draws some values
+    from the constants of the project's modules loaded so far; without this, a seeded run's
+    draws (what a `--seed` campaign or a derandomized state machine finds, how long its
+    shrinking takes) would depend on which tests happened to run earlier in the same process,
+    and so on xdist's scheduling."""
+    import importlib
+    import pkgutil
+
+    import fuzz
+    import models
+
+    for package in (fuzz, models):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            importlib.import_module(info.name)
+
+
 def qemu_binaries(version: str):
     inst = installed(version)
     if inst is None:

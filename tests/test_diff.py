@@ -259,15 +259,15 @@ class Dying(ModelBuild):
         self.cmd = cmd
 
     def execute(self, cmd, args=None):
-        from fuzz.qemu import QemuCrashed
+        from fuzz.errors import QemuCrash
 
         if cmd == self.cmd:
-            raise QemuCrashed(cmd, -11)
+            raise QemuCrash(cmd, -11)
         return super().execute(cmd, args)
 
 
 def test_one_build_crashing_is_a_crash_finding_naming_it():
-    from fuzz.engine import QemuCrash
+    from fuzz.errors import QemuCrash
 
     r = diff_runner((P72, P10), (ModelBuild(P72), Dying(P10, "blockdev-add")))
     with pytest.raises(QemuCrash) as e:

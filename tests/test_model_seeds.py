@@ -13,7 +13,8 @@ from fuzz import trace as T
 from fuzz.engine import ExpectationMismatch, Runner
 from models import PROFILES, Model
 
-SEEDS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "corpus", "seeds", "*.json")))
+SEEDS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "corpus", "seeds", "*.json"))
+               + glob.glob(os.path.join(os.path.dirname(__file__), "..", "corpus", "probes", "*.json")))
 
 
 def test_all_issue_scenarios_present():

@@ -11,7 +11,9 @@ import sys
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
-SEEDS = sorted(glob.glob(os.path.join(ROOT, "corpus", "seeds", "*.json")))
+# iotest 245's scenarios, and the probes that pinned a rule of the model down (corpus/probes)
+SEEDS = sorted(glob.glob(os.path.join(ROOT, "corpus", "seeds", "*.json"))
+               + glob.glob(os.path.join(ROOT, "corpus", "probes", "*.json")))
 BLOCKFUZZ = [sys.executable, "-m", "fuzz.cli"]
 
 

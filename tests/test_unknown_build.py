@@ -139,7 +139,7 @@ def _campaign(binaries, out, capsys) -> tuple[int, str, dict]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rc = main(["run", "--qemu", binaries.system, "--examples", "12", "--seed", "3",
+        rc = main(["run", "--qemu", binaries.system, "--examples", "20", "--seed", "3",
                    "--steps", "12", "--out", str(out)])
     cov = json.load(open(out / "coverage.json"))
     return rc, capsys.readouterr().out, cov

@@ -1,0 +1,115 @@
+"""``block/file-posix.c``: the ``file`` protocol driver on a regular host file."""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import limits
+from ..errors import NotModeled, QmpFailure
+from ..graph import Graph, Node
+from ..lengths import host_sectors, refreshed_length
+from ..options import qemu_opt_str
+from ..profiles import VersionProfile
+from ..qapitypes import BOOL, INT, STR, Member, enum
+from .base import FILE, FORMAT_NAMES, BlockDriver, Draw, Gen, Opener
+
+# raw_reopen_prepare() absorbs its runtime options, consumes these two and puts the rest back
+# *as strings* (qemu_opts_to_qdict()).
+CONSUMED = ("drop-cache", "x-check-cache-dropped")
+PUT_BACK = ("filename", "pr-manager", "locking", "aio", "aio-max-batch")
+
+MEMBERS: tuple[Member, ...] = (
+    ("filename", STR, True),
+    ("pr-manager", STR, False),
+    ("locking", enum("on", "off", "auto"), False),
+    ("aio", enum("threads", "native", "io_uring"), False),
+    ("aio-max-batch", INT, False),
+    ("drop-cache", BOOL, False),
+    ("x-check-cache-dropped", BOOL, False),
+)
+
+
+class File(BlockDriver):
+    name = "file"
+    protocol = True
+    mutable = ("x-check-cache-dropped",)
+    gen = Gen(weight=6, names=FORMAT_NAMES, bad_names=True, members={
+        "filename": Draw((FILE,)), "locking": Draw(("on", "off", "auto"), every=2)})
+
+    def members(self, profile: VersionProfile) -> tuple[Member, ...]:
+        return MEMBERS
+
+    def open(self, op: Opener, node: Node, options: dict, file: Node | None) -> None:
+        """``raw_open_common()``."""
+        g = op.g
+        fn = options["filename"]
+        if fn not in g.images:
+            raise QmpFailure(f"Could not open '{fn}': No such file or directory")
+        if options.get("aio") in ("native", "io_uring") or options.get("pr-manager") is not None:
+            raise NotModeled("aio=native/io_uring and pr-manager are not modelled")
+        node.filename = fn
+        node.locking = options.get("locking", "auto") != "off"
+        node.cached_length = refreshed_length(g, node)
+
+    def reopen_prepare(self, g: Graph, node: Node, options: dict, remaining: dict) -> Any:
+        # file-posix's reopen changes none of these; they are compared by the caller
+        for k in CONSUMED:
+            remaining.pop(k, None)
+        for k in PUT_BACK:
+            if k in remaining:
+                remaining[k] = qemu_opt_str(remaining.pop(k))
+        return None
+
+    def refresh_length(self, g: Graph, n: Node) -> int:
+        assert n.filename is not None, "open() sets it before the first refresh"
+        return host_sectors(g, n.filename)
+
+    def get_info(self, g: Graph, n: Node) -> tuple[bool, int | None]:
+        return True, None   # raw_get_info(): no cluster size
+
+    def image_info(self, g: Graph, n: Node, profile: VersionProfile, info: dict,
+                   cache: dict) -> None:
+        if profile.file_format_specific:
+            info["format-specific"] = {"type": "file", "data": {}}
+
+    def takes_locks(self, n: Node) -> bool:
+        return n.locking
+
+    def refresh_limits(self, g: Graph, n: Node, bl: dict) -> None:
+        """``raw_refresh_limits()`` for a regular file without O_DIRECT.
+
+        ``raw_needs_alignment()`` is false (no ``BDRV_O_NOCACHE``; ``force_alignment`` is only
+        set for FreeBSD character devices), so ``raw_probe_alignment()`` sets
+        ``request_alignment`` and ``buf_align`` to 1: ``min-mem-alignment`` 1,
+        ``opt-mem-alignment`` = MAX(1, page size).  ``max-iov`` stays the no-children default.
+
+        ``cache.direct=on`` cannot be predicted: ``raw_probe_alignment()`` then asks the host
+        (``BLKSSZGET``, the XFS ``DIOINFO`` ioctl, trial O_DIRECT ``pread``s; NFS is
+        byte-aligned), e.g. 512/512 on ext4 over a 512-byte-sector disk and 4096/4096 on tmpfs
+        (observed, 11.1.3).
+        """
+        if n.cache_direct:
+            raise NotModeled("block limits with cache.direct=on (O_DIRECT alignment of the host "
+                             "file system)")
+        buf_align = 1
+        bl["request-alignment"] = 1
+        bl["min-mem-alignment"] = buf_align
+        bl["opt-mem-alignment"] = max(buf_align, limits.HOST_PAGE_SIZE)
+
+    def exact_filename(self, g: Graph, n: Node, children: dict, opts: dict,
+                       generate_json: bool) -> str:
+        return n.filename or ""
+
+    def read(self, g: Graph, n: Node, off: int, length: int) -> bytes | None:
+        host = g.image(n).host_bytes(off, length)
+        if host is None:
+            return None
+        return host + bytes(length - len(host))  # past EOF reads as zeros
+
+    def known(self, g: Graph, n: Node) -> bool:
+        return g.image(n).fmt == "raw"
+
+    def can_write(self, g: Graph, n: Node) -> bool:
+        return g.image(n).fmt == "raw" and n.name not in g.dangling_data_file
+
+    def write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
+        g.image(n).write_host(off, payload)

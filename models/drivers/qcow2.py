@@ -1,0 +1,356 @@
+"""``block/qcow2.c``: the qcow2 format driver.
+
+Reads (``qcow2_co_preadv_part()``): an allocated cluster reads its own data; an unallocated one
+reads the *current* backing child at the same offset (zeros beyond the backing node's end, or
+with no backing).  A write to an unallocated cluster copies the rest of the cluster from what it
+reads at that moment (copy-on-write) and allocates it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .. import iodata
+from ..errors import NotModeled, QmpFailure
+from ..filenames import dirname
+from ..graph import ROLE_STORAGE, Graph, Node
+from ..imagedata import CLUSTER, SECTOR, Image
+from ..lengths import node_length
+from ..options import bool_opt
+from ..profiles import VersionProfile
+from ..qapitypes import BOOL, INT, REF, REF_OR_NULL, UNMODELLED, Member
+from .base import FILE_CHILD, FORMAT_NAMES, NODE, BlockDriver, Draw, Gen, Opener
+
+#: qcow2_runtime_opts that reopen may change (``.mutable_opts``)
+RUNTIME = ("lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
+           "pass-discard-other", "discard-no-unref", "overlap-check", "cache-size",
+           "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size",
+           "cache-clean-interval")
+
+FORMAT_SPECIFIC: dict[str, Any] = {
+    "type": "qcow2",
+    "data": {"compat": "1.1", "compression-type": "zlib", "lazy-refcounts": False,
+             "refcount-bits": 16, "corrupt": False, "extended-l2": False},
+}
+
+
+def check_options(g: Graph, image: str, opts: dict) -> None:
+    """``qcow2_update_options_prepare()`` / ``read_cache_sizes()``."""
+    size = g.images[image].size
+    max_l2_entries = -(-size // CLUSTER)
+    max_l2_cache = -(-(max_l2_entries * 8) // CLUSTER) * CLUSTER
+    combined_set = "cache-size" in opts
+    l2_set = "l2-cache-size" in opts
+    refcount_set = "refcount-cache-size" in opts
+    entry_set = "l2-cache-entry-size" in opts
+    combined = opts.get("cache-size", 0)
+    l2_max_setting = opts.get("l2-cache-size", 32 * 1024 * 1024)
+    refcount = opts.get("refcount-cache-size", 0)
+    entry = opts.get("l2-cache-entry-size", CLUSTER)
+    l2 = min(max_l2_cache, l2_max_setting)
+    if combined_set:
+        if l2_set and refcount_set:
+            raise QmpFailure("cache-size, l2-cache-size and refcount-cache-size may not be set at the same time")
+        if l2_set and l2_max_setting > combined:
+            raise QmpFailure("l2-cache-size may not exceed cache-size")
+        if refcount > combined:
+            raise QmpFailure("refcount-cache-size may not exceed cache-size")
+        min_refcount = 4 * CLUSTER
+        if l2_set:
+            refcount = combined - l2
+        elif refcount_set:
+            l2 = combined - refcount
+        elif combined >= max_l2_cache + min_refcount:
+            l2 = max_l2_cache
+            refcount = combined - l2
+        else:
+            refcount = min(combined, min_refcount)
+            l2 = combined - refcount
+    if l2 < max_l2_cache and not entry_set:
+        entry = min(CLUSTER, 4096)
+    if entry < 512 or entry > CLUSTER or entry & (entry - 1):
+        raise QmpFailure("L2 cache entry size must be a power of two between 512 and the cluster size (65536)")
+    if max(l2 // entry, 4) > 2**31 - 1:
+        raise QmpFailure("L2 cache size too big")
+    if max(refcount // CLUSTER, 4) > 2**31 - 1:
+        raise QmpFailure("Refcount cache size too big")
+    if opts.get("cache-clean-interval", 600) > 2**32 - 1:
+        raise QmpFailure("Cache clean interval too big")
+
+
+def _refuse_unmodelled(options: dict) -> None:
+    """qcow2 options outside the model: overlap checks, encryption, external data files, and
+    lazy refcounts (they set the header's dirty bit, which query reports)."""
+    for k in ("overlap-check", "encrypt", "data-file"):
+        if any(key == k or key.startswith(k + ".") for key in options):
+            raise NotModeled(f"qcow2 option {k}")
+    if bool_opt(options.get("lazy-refcounts")):
+        raise NotModeled("lazy-refcounts=on (dirty bit) is not modelled")
+
+
+def _image_of(g: Graph, file_node: Node) -> str:
+    """The image a qcow2 node opens through its file child (``qcow2_do_open()`` reads the
+    header).  Only a file node on a qcow2 image is modelled as a success; any other child
+    whose first bytes the model knows and which are not the qcow2 magic is refused."""
+    leaf = iodata.storage_leaf(g, file_node)
+    if leaf.drv == "file":
+        img = g.image(leaf)
+        if img.fmt == "qcow2":
+            return img.file
+    if node_length(g, file_node) < SECTOR:
+        raise NotModeled("qcow2 over a child shorter than its header")
+    head = iodata.read(g, file_node, 0, 4)
+    if head is None or head == b"QFI\xfb":
+        raise NotModeled("qcow2 over a child whose first bytes may be a qcow2 header")
+    raise QmpFailure("Image is not in qcow2 format")
+
+
+def qcow2_image(g: Graph, n: Node) -> Image | None:
+    """The image whose clusters a qcow2 node really reads, or None if unknowable.
+
+    QEMU keeps the L1 table of the image the node was opened on and re-reads L2 tables and
+    data from the *current* file child after a reopen (``qcow2_update_options_prepare()``
+    recreates the metadata caches).  Two small images (one L2 table each, at the same host
+    cluster) of the same size therefore behave like the file child's image; anything else is
+    not modelled.
+    """
+    meta = g.image(n)
+    if any(o is not n and o.drv == "qcow2" and o.filename == n.filename for o in g.nodes.values()):
+        # Two qcow2 drivers on one image (possible with locking=off) each cache metadata and
+        # allocate on their own; what either then reads or writes is not modelled.
+        return None
+    fc = iodata.storage_leaf(g, g.nodes[n.edge("file").child])
+    if fc.drv != "file":
+        return None
+    cur = g.image(fc)
+    if cur is meta:
+        return meta
+    if cur.fmt != "qcow2" or cur.size != meta.size or bool(cur.allocated) != bool(meta.allocated):
+        return None
+    if cur.l1_entries() != 1:
+        return None
+    return cur
+
+
+def _whole_clusters(g: Graph, n: Node, off: int, length: int) -> tuple[Image, range]:
+    img = g.image(n)
+    end = off + length
+    if off % CLUSTER or (end % CLUSTER and end != img.size):
+        raise NotModeled("partial-cluster zero or compressed writes")
+    return img, range(off // CLUSTER, -(-end // CLUSTER))
+
+
+class Qcow2(BlockDriver):
+    name = "qcow2"
+    supports_backing = True
+    mutable = RUNTIME
+    # qcow2_open(): file is opened by bdrv_open_inherit(); role DATA|METADATA|PRIMARY
+    children = (("file", ROLE_STORAGE),)
+    can_compress = True
+    reopen_refreshes_length = False
+    gen = Gen(weight=12, names=FORMAT_NAMES, bad_names=True, members={
+        "file": Draw((FILE_CHILD,)), "backing": Draw((None, NODE), every=3)})
+
+    def members(self, profile: VersionProfile) -> tuple[Member, ...]:
+        members: list[Member] = [
+            ("file", REF, True),
+            ("backing", REF_OR_NULL, False),
+            ("lazy-refcounts", BOOL, False),
+            ("pass-discard-request", BOOL, False),
+            ("pass-discard-snapshot", BOOL, False),
+            ("pass-discard-other", BOOL, False),
+        ]
+        if profile.qcow2_discard_no_unref:
+            members.append(("discard-no-unref", BOOL, False))
+        members += [
+            ("overlap-check", UNMODELLED, False),
+            ("cache-size", INT, False),
+            ("l2-cache-size", INT, False),
+            ("l2-cache-entry-size", INT, False),
+            ("refcount-cache-size", INT, False),
+            ("cache-clean-interval", INT, False),
+            ("encrypt", UNMODELLED, False),
+            ("data-file", UNMODELLED, False),
+        ]
+        return tuple(members)
+
+    # -- open / reopen -------------------------------------------------------------------------
+    def open(self, op: Opener, node: Node, options: dict, file: Node | None) -> None:
+        """``qcow2_open()``, then ``bdrv_open_backing_file()``."""
+        g = op.g
+        assert file is not None
+        _refuse_unmodelled(options)
+        g.guard("qcow2-header-read", file=file)
+        try:
+            node.filename = _image_of(g, file)
+            check_options(g, node.filename, options)
+        except QmpFailure:
+            g.guard("qcow2-open-failed", file=file)
+            raise
+        op.open_backing(node, options)
+
+    def join_options(self, node: Node, options: dict, old: dict) -> None:
+        """``qcow2_join_options()``'s cache rules, then the generic join."""
+        old = dict(old)
+        new_total = "cache-size" in options
+        if new_total:
+            # a new total cache size overrides all old cache options
+            old.pop("l2-cache-size", None)
+            old.pop("refcount-cache-size", None)
+        super().join_options(node, options, old)
+        if not new_total and any(k in options for k in ("cache-size", "l2-cache-size",
+                                                        "refcount-cache-size")):
+            # QEMU's "has_all_cache_options" is an OR: any cache option drops an old total size
+            options.pop("cache-size", None)
+
+    def reopen_prepare(self, g: Graph, node: Node, options: dict, remaining: dict) -> Any:
+        _refuse_unmodelled(options)
+        assert node.filename is not None, "an open qcow2 node has its image"
+        check_options(g, node.filename, {k: options[k] for k in RUNTIME if k in options})
+        for k in RUNTIME:
+            remaining.pop(k, None)
+        return None
+
+    def reopen_abort(self, g: Graph, node: Node, file_replaced: bool) -> None:
+        if file_replaced:
+            # qcow2_reopen_abort() runs inside bdrv_reopen_prepare(), before the transaction
+            # puts the old file child back: s->data_file keeps the new one, which the abort
+            # then frees.  QEMU reports it as an external data file.
+            g.dangling_data_file.add(node.name)
+
+    def has_header_backing(self, g: Graph, node: Node) -> bool:
+        return bool(g.image(node).backing_file)
+
+    # -- lengths, info, limits -------------------------------------------------------------------
+    def getlength(self, g: Graph, n: Node) -> int:
+        return g.image(n).size
+
+    def refresh_length(self, g: Graph, n: Node) -> int:
+        return g.image(n).size
+
+    def get_info(self, g: Graph, n: Node) -> tuple[bool, int | None]:
+        return True, CLUSTER
+
+    def image_info(self, g: Graph, n: Node, profile: VersionProfile, info: dict,
+                   cache: dict) -> None:
+        info["format-specific"] = FORMAT_SPECIFIC
+        if n.name in g.dangling_data_file:
+            data = dict(FORMAT_SPECIFIC["data"], **{"data-file-raw": False})
+            info["format-specific"] = {"type": "qcow2", "data": data}
+        img = g.image(n)
+        if img.backing_file:
+            info["backing-filename"] = img.backing_file
+            directory = dirname(g, n, cache)
+            if directory is not None:   # bdrv_get_full_backing_filename() fails otherwise
+                info["full-backing-filename"] = directory + img.backing_file
+            if img.backing_format:
+                info["backing-filename-format"] = img.backing_format
+
+    def refresh_limits(self, g: Graph, n: Node, bl: dict) -> None:
+        """``qcow2_refresh_limits()``: write zeroes by subcluster, discard by cluster.
+
+        The model's images have 64 KiB clusters and no extended L2 entries (subcluster =
+        cluster) and no encryption (which would set ``request_alignment`` to the crypto
+        sector size)."""
+        bl["write-zeroes-alignment"] = CLUSTER
+        bl["discard-alignment"] = CLUSTER
+
+    # -- I/O -----------------------------------------------------------------------------------------
+    def read(self, g: Graph, n: Node, off: int, length: int) -> bytes | None:
+        img = qcow2_image(g, n)
+        if img is None:
+            return None
+        out = bytearray()
+        pos, end = off, off + length
+        backing_edge = n.child("backing")
+        while pos < end:
+            c = pos // CLUSTER
+            stop = min(end, (c + 1) * CLUSTER)
+            if c in img.allocated:
+                out += img.data[pos:stop]
+            elif c in img.zero_clusters:
+                out += bytes(stop - pos)
+            elif backing_edge is not None:
+                b = g.nodes[backing_edge.child]
+                blen = node_length(g, b)
+                inside = max(0, min(stop, blen) - pos)
+                if inside:
+                    part = iodata.read(g, b, pos, inside)
+                    if part is None:
+                        return None
+                    out += part
+                out += bytes(stop - pos - inside)
+            else:
+                out += bytes(stop - pos)
+            pos = stop
+        return bytes(out)
+
+    def known(self, g: Graph, n: Node) -> bool:
+        if qcow2_image(g, n) is None:
+            return False
+        b = n.child("backing")
+        return b is None or iodata.known(g, g.nodes[b.child])
+
+    def can_write(self, g: Graph, n: Node) -> bool:
+        # copy-on-write reads the backing chain, so all of it must be known
+        return qcow2_image(g, n) is g.image(n) and iodata.known(g, n)
+
+    def can_write_compressed(self, g: Graph, n: Node) -> bool:
+        return self.can_write(g, n)
+
+    def write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
+        img = g.image(n)
+        end = off + len(payload)
+        first, last = off // CLUSTER, (end - 1) // CLUSTER
+        for c in range(first, last + 1):
+            if c not in img.allocated:
+                lo, hi = c * CLUSTER, min((c + 1) * CLUSTER, img.size)
+                visible = iodata.read(g, n, lo, hi - lo)
+                assert visible is not None
+                img.data[lo:hi] = visible
+                img.allocate(c)
+        img.data[off:end] = payload
+        # the qcow2 driver grew the host file through its current file child: every node on
+        # the way down sees the write past its end (bdrv_co_write_req_finish())
+        host = -(-img.host_length() // SECTOR) * SECTOR
+        fc = g.nodes[n.edge("file").child]
+        grown = []
+        while True:
+            if host > fc.cached_length:
+                fc.cached_length = host
+                grown.append(fc)
+            if not fc.driver.storage_transparent:
+                break
+            fc = g.filtered(fc)
+        if g.profile is not None and g.profile.growth_resizes_filtered_parents:
+            for fc in reversed(grown):
+                iodata.resize_filtered_parents(g, fc)
+
+    def write_compressed(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
+        """``qcow2_co_pwritev_compressed_part()``: one whole cluster into an unallocated one
+        (an allocated cluster, even a zeroed one, fails with EIO)."""
+        if qcow2_image(g, n) is not g.image(n):
+            raise NotModeled("compressed writes into anything but a plain qcow2 node")
+        img, clusters = _whole_clusters(g, n, off, len(payload))
+        if len(clusters) != 1:
+            raise NotModeled("compressed writes of several clusters")
+        c = clusters[0]
+        if c in img.allocated:
+            raise iodata.IoFailed()
+        if not img.free_host:
+            raise NotModeled("where a compressed cluster lands at the end of the file")
+        img.data[off:off + len(payload)] = payload
+        img.allocate(c)
+
+    def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
+        """``qcow2_co_pwrite_zeroes()``: sets the zero flag; with BDRV_REQ_MAY_UNMAP still set
+        when the request reaches it, it also frees the host cluster."""
+        if qcow2_image(g, n) is not g.image(n):
+            raise NotModeled(f"write zeroes through {n.drv}")
+        img, clusters = _whole_clusters(g, n, off, length)
+        for c in clusters:
+            if may_unmap and c in img.allocated:
+                img.allocated.discard(c)
+                img.free_host += 1
+            if c not in img.allocated:
+                img.zero_clusters.add(c)
+        img.data[off:off + length] = bytes(length)

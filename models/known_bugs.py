@@ -1,0 +1,151 @@
+"""Guards against QEMU bugs that ``corpus/findings`` already documents.
+
+A campaign that ran into a known crash or hang again and again would find nothing else, so
+while ``Graph.guard_known_crashes`` is on (campaigns; replay leaves it off and lets QEMU show
+the bug) the semantics call ``Graph.guard(point, ...)`` where a known bug strikes, and the guard
+of that point refuses the command with ``KnownQemuBug``.  The semantics read without these:
+each point is one line in them, and everything about the bugs is here.
+
+Effects of QEMU bugs that replay must predict (a node left drained, ``Graph.stuck``; a qcow2
+node whose ``s->data_file`` dangles, ``Graph.dangling_data_file``) are state of the model, not
+guards; the guards below refuse what would run into them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .errors import KnownQemuBug
+from .graph import Graph, Node
+from .jobs import Job, job_nodes
+from .reopen import _Entry
+
+
+def attach_file(g: Graph, parent: Node, child: Node) -> None:
+    """QEMU bug (7.2 and 10.0): ``throttle_open()`` attaches its file child before it joins
+    its group; the attach moves the new node into the child's iothread and
+    ``throttle_attach_aio_context()`` dereferences the missing group: SIGSEGV
+    (corpus/findings/throttle-over-iothread-node-segv.json)."""
+    if parent.drv == "throttle" and child.ctx != "main":
+        raise KnownQemuBug("known QEMU crash: a throttle node over a node in an iothread")
+
+
+def qcow2_header_read(g: Graph, file: Node) -> None:
+    """Reading a qcow2 header through a node a known 10.0 bug left drained never ends."""
+    if g.reaches_stuck(file):
+        raise KnownQemuBug("known QEMU hang: qcow2 header read through a drained node")
+
+
+def qcow2_open_failed(g: Graph, file: Node) -> None:
+    """QEMU bug (7.2 SIGABRT in qemu_mutex_unlock_impl, 10.0 a hang most of the time, 11.1
+    SIGABRT in bdrv_drain_all_end): a qcow2 open that fails over a child in an iothread
+    (corpus/findings/qcow2-failed-open-over-iothread-node-abort.json)."""
+    if file.ctx != "main":
+        raise KnownQemuBug("known QEMU crash: a failing qcow2 open over a node in an iothread")
+
+
+def reopen_start(g: Graph) -> None:
+    """Draining a node drains its parents too: a job on any ancestor of a node a known bug
+    left drained stalls (VersionProfile.reopen_duplicate_drain_leak)."""
+    if g.stuck and g.jobs and any(g.reaches_stuck(g.nodes[n]) for j in g.jobs.values()
+                                  for n in job_nodes(g, j) if n in g.nodes):
+        raise KnownQemuBug("known QEMU bug: the reopen leaves a job's node drained; the job "
+                           "never settles (VersionProfile.reopen_duplicate_drain_leak)")
+
+
+def reopen_prepared(g: Graph, entry: _Entry, later: set[str]) -> None:
+    """QEMU 7.2 aborts when a reopen detaches a node that a later entry of the same queue
+    reopens (VersionProfile.reopen_detached_entry_asserts;
+    corpus/findings/qemu72-reopen-detached-entry-abort.json)."""
+    if g.qemu_profile.reopen_detached_entry_asserts and {entry.old_backing, entry.old_file} & later:
+        raise KnownQemuBug("known QEMU 7.2 abort: the reopen detaches a node that a later "
+                           "entry of the same queue reopens")
+
+
+def reopen_closed(g: Graph, closed: set[str], queued: set[str]) -> None:
+    """QEMU (7.2, 10.0, 11.1) crashes with SIGSEGV when the queue entry of a node that the
+    reopen itself closes is used after the node was freed
+    (corpus/findings/reopen-closes-queued-node-segv.json)."""
+    if closed & queued:
+        raise KnownQemuBug("known QEMU crash: the reopen closes a node that is in its own queue")
+
+
+def close_node(g: Graph, node: Node) -> None:
+    """Closing a qcow2 node whose ``s->data_file`` dangles unrefs a freed BdrvChild: QEMU dies
+    with SIGSEGV or corrupts a neighbour, whichever command closes it
+    (corpus/findings/qcow2-dangling-data-file-close-corrupts-neighbour.json)."""
+    if node.name in g.dangling_data_file:
+        raise KnownQemuBug("known QEMU crash: closing a qcow2 node with a dangling data_file")
+
+
+def device_add(g: Graph, node: Node) -> None:
+    """A disk on a node a known bug left drained hangs ``device_add``."""
+    if g.reaches_stuck(node):
+        raise KnownQemuBug("known QEMU bug: a disk on a node left drained hangs device_add")
+
+
+def job_start(g: Graph, nodes: Iterable[Node]) -> None:
+    """A job on a node a known QEMU bug left drained never leaves 'paused'
+    (VersionProfile.reopen_duplicate_drain_leak)."""
+    if any(g.reaches_stuck(n) for n in nodes):
+        raise KnownQemuBug("known QEMU bug: a job on a node left drained never runs")
+
+
+_CONCLUDED_STREAM = "known QEMU crash: a concluded stream job's filter crashes the next query"
+
+
+def _concluded_stream_crashes(g: Graph) -> bool:
+    """QEMU bug (7.2 and 10.0): a stream job left concluded (auto-dismiss off) keeps its
+    childless copy-on-read filter in the graph, and the next query-named-block-nodes dies with
+    SIGSEGV in bdrv_refresh_filename() (corpus/findings/stream-concluded-query-segv.json)."""
+    return not g.qemu_profile.dropped_filter_keeps_child
+
+
+def stream_start(g: Graph, args: dict, checked: bool) -> None:
+    """Before the model's own limits (``checked=False``: only where the model declines
+    anyway, with iothreads or disks) and after the stream's own checks (``checked=True``): a
+    stream that will be left concluded crashes the next query."""
+    if args.get("auto-dismiss") is False and _concluded_stream_crashes(g):
+        from_iothreads = any(n.ctx != "main" for n in g.nodes.values()) or bool(g.devices)
+        if checked or from_iothreads:
+            raise KnownQemuBug(_CONCLUDED_STREAM)
+
+
+def _stream_left_concluded(g: Graph, job: Job) -> None:
+    if job.type == "stream" and not job.auto_dismiss and _concluded_stream_crashes(g):
+        raise KnownQemuBug(_CONCLUDED_STREAM)
+
+
+def active_commit_start(g: Graph, device: Node, active: bool) -> None:
+    """QEMU bug (10.0.2, 11.1.3; not 7.2.22): the active commit of a compress node never
+    answers (VersionProfile.compress_active_commit_hangs;
+    corpus/findings/past-model/compress-active-commit-hang.json)."""
+    if active and g.qemu_profile.compress_active_commit_hangs and device.drv == "compress":
+        raise KnownQemuBug("known QEMU hang: an active commit of a compress node")
+
+
+def qemu_io_active_commit(g: Graph, node: Node, jobs: dict[str, Job]) -> None:
+    """QEMU bug (7.2 and 10.0): qemu-io on an active commit's source while the job is pending
+    never returns (corpus/findings/active-commit-pending-qemu-io-hang.json)."""
+    src = {j.device for j in jobs.values() if j.status == "pending"}
+    if src and g.reaches(node, lambda n: n.name in src):
+        raise KnownQemuBug("known QEMU hang: qemu-io on an active commit's source in pending")
+
+
+#: point name (as the semantics call ``Graph.guard``) -> guard
+GUARDS: dict[str, Callable[..., Any]] = {
+    "attach-file": attach_file,
+    "qcow2-header-read": qcow2_header_read,
+    "qcow2-open-failed": qcow2_open_failed,
+    "reopen-start": reopen_start,
+    "reopen-prepared": reopen_prepared,
+    "reopen-closed": reopen_closed,
+    "close-node": close_node,
+    "device-add": device_add,
+    "job-start": job_start,
+    "stream-start": stream_start,
+    "job-finalize": _stream_left_concluded,
+    "job-cancel": _stream_left_concluded,
+    "active-commit-start": active_commit_start,
+    "qemu-io-active-commit": qemu_io_active_commit,
+}

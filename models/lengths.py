@@ -1,0 +1,30 @@
+"""Node lengths: ``bdrv_getlength()`` and ``bdrv_refresh_total_sectors()``, dispatched to the
+node's driver (``BlockDriver.getlength`` / ``refresh_length`` in ``models.drivers``).
+
+Regular files have no variable length, so file, raw and filter nodes answer from
+``total_sectors`` (``Node.cached_length``), which is refreshed when the node is opened or
+reopened and grows only by the node's own writes past its end.
+"""
+from __future__ import annotations
+
+from .graph import Graph, Node
+from .imagedata import SECTOR
+
+
+def host_sectors(g: Graph, filename: str) -> int:
+    """The host file's length rounded up to whole sectors (``bdrv_refresh_total_sectors()``)."""
+    return -(-g.images[filename].host_length() // SECTOR) * SECTOR
+
+
+def node_length(g: Graph, n: Node) -> int:
+    """``bdrv_getlength()`` of a node: ``total_sectors``, or the driver's own answer for
+    drivers that have one (``VersionProfile.variable_length_drivers`` lists drivers whose
+    length a version re-reads on every call)."""
+    if g.profile is not None and n.drv in g.profile.variable_length_drivers:
+        return refreshed_length(g, n)
+    return n.driver.getlength(g, n)
+
+
+def refreshed_length(g: Graph, n: Node) -> int:
+    """What ``bdrv_refresh_total_sectors()`` sets: the driver's own idea of the length."""
+    return n.driver.refresh_length(g, n)
