@@ -40,6 +40,7 @@ from models.drivers.base import (CHILD, CHILDREN, FILE, FILE_CHILD, FORMAT_NAMES
 from models.lengths import node_length
 
 from . import trace as T
+from .boundary import qapi_boundary
 from .engine import Events, Runner
 from .errors import BlockfuzzBug, CampaignStop, Finding, HarnessError, HarnessStop
 from .findings import FailureSeen, KnownBugs, distinct, internal_signature
@@ -106,10 +107,13 @@ def image_sets() -> st.SearchStrategy[tuple[ImageSpec, ...]]:
 
     The choices are few on purpose: image sets are created once per campaign and then copied
     from a template cache (~1.5 ms instead of ~45 ms per set)."""
-    extra = st.tuples(st.sampled_from([384 * 1024, 1024 * 1024, 1536 * 1024 + 512]),
+    # hd3 is now and then an overlay of hd1 (size inherited, as QEMU's tests create them):
+    # opened with its header chain it reads through two backing files
+    extra = st.tuples(st.sampled_from([384 * 1024, 1024 * 1024, 1536 * 1024 + 512, None]),
                       st.sampled_from([64 * 1024, 192 * 1024, 10240]),
                       st.sampled_from([0x3C, 0x5A])).map(lambda t: (
-        ImageSpec("hd3.img", "qcow2", t[0], writes=(Write(t[2], 0, 65536),)),
+        ImageSpec("hd3.img", "qcow2", t[0], None if t[0] else "hd1.img", None if t[0] else "qcow2",
+                  writes=(Write(t[2], 0, 65536),)),
         ImageSpec("r0.img", "raw", t[1], writes=(Write(t[2] ^ 0xFF, 0, t[1] // 2),)),
     ))
     return extra.map(lambda e: SEED_IMAGES + e)
@@ -340,6 +344,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 if self.g.nodes[name].driver.supports_backing:
                     opts["backing"] = data.draw(st.sampled_from([None, *busy, *names]))
             opts = data.draw(mutate(opts, tuple(names), files))
+            if data.draw(st.integers(0, 11)) == 0:
+                opts = data.draw(qapi_boundary(opts))
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
 
@@ -355,19 +361,26 @@ class BlockGraphMachine(RuleBasedStateMachine):
         """A reopen that changes one link and nothing else: a node's ``backing`` (to another
         node or null) or ``file`` (to another node): the graph surgery iotest 245 is about,
         drawn often enough that several happen in one example, with deletes in between."""
-        name = data.draw(st.sampled_from(self.reopenable_nodes()))
+        reopenable = self.reopenable_nodes()
+        # the nodes around a job or a disk half the time: relinking them is where implicit
+        # filters ("Cannot replace implicit backing child") and AioContexts ("Cannot change
+        # iothread of active block backend") come in
+        busy = [n for n in self.busy_nodes() if n in reopenable]
+        name = data.draw(st.sampled_from(busy if busy and data.draw(st.booleans()) else reopenable))
         node = self.g.nodes[name]
         opts = self.options_of(name)
         others = [n for n in self.named_nodes() if n != name]
+        busy_others = [n for n in self.busy_nodes() if n != name]
         links = [k for k, ok in (("backing", node.driver.supports_backing),
                                  ("file", node.driver.file_first)) if ok]
         if not links or not others:
             return
         link = data.draw(st.sampled_from(links))
+        targets = busy_others if busy_others and data.draw(st.booleans()) else others
         if link == "backing":
-            opts["backing"] = data.draw(st.sampled_from([None, *others]))
+            opts["backing"] = data.draw(st.sampled_from([None, *targets]))
         else:
-            opts["file"] = data.draw(st.sampled_from(others))
+            opts["file"] = data.draw(st.sampled_from(targets))
         self.do({"qmp": "blockdev-reopen", "args": {"options": [opts]}})
 
     # Objects and devices only once a node exists: Hypothesis' swarm testing switches rules off
@@ -632,6 +645,8 @@ def add_args(draw, names: tuple, files: tuple, groups: tuple = ()) -> dict:
             child_name = name + "r" if key == "raw" else name
             d[key] = _member_value(draw, spec, names, files, groups, child_name)
     _generic(draw, d)
+    if draw(st.integers(0, 9)) == 0:
+        d = draw(qapi_boundary(d))   # now and then one value a QAPI visitor refuses
     return d
 
 

@@ -1,0 +1,93 @@
+"""Boundary values at the QAPI layer, worked out from the members a driver declares.
+
+``qapi_boundary`` takes blockdev-add (or one blockdev-reopen element's) options, walks into the
+top level or a nested child, and breaks one thing there the way a QAPI input visitor sees it:
+
+* a member of the wrong JSON type (an integer as a string, a float, an integer past int64; a
+  string, enum or boolean as a number; an object, reference or list as a scalar);
+* an enum value outside the enum;
+* a required member left out;
+* one member the schema does not have (two would be reported in GHashTable order, which the
+  model declines on purpose).
+
+The members come from ``BlockDriver.members()`` and ``models.qapi.BASE_MEMBERS``, the same table
+the model validates against, so a new driver gets its boundaries without an edit here.  The
+model predicts each error exactly (``models.qapi``), with QEMU's member path.  Only values a
+QAPI visitor rejects are drawn: what a driver does with a well-typed extreme value (a negative
+size, a huge cache) is a question for the driver's own model, not for this layer.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from hypothesis import strategies as st
+
+from models.drivers import DRIVERS
+from models.profiles import PROFILES
+from models.qapi import BASE_MEMBERS, SAME_MEMBERS
+from models.qapitypes import Member
+
+#: the members do not depend on the version except for qcow2's discard-no-unref (8.1+); the
+#: newest profile lists every member any version has, and an older one rejects the extra
+#: member with its own exact error
+_PROFILE = PROFILES[max(PROFILES, key=lambda v: PROFILES[v].version)]
+
+#: JSON values a QAPI input visitor refuses for each kind, with QEMU's "expected: ..." word
+_WRONG: dict[str, tuple[Any, ...]] = {
+    "int": ("1", True, 1.5, 2**63, -(2**63) - 1),
+    "str": (7, True),
+    "enum": (3, False),
+    "bool": ("on", 1),
+    "struct": ("x", 0),
+    "ref": (5, True),
+    "refornull": (5, False),
+    "list": ("x", 0),
+}
+
+
+def members_of(options: dict) -> tuple[Member, ...] | None:
+    """Base and variant members of one BlockdevOptions dict, or None for a driver the model
+    does not cover (nothing is drawn for it)."""
+    name = options.get("driver")
+    if not isinstance(name, str):
+        return None
+    d = DRIVERS.get(SAME_MEMBERS.get(name, name))
+    if d is None or d.job_filter:
+        return None
+    return BASE_MEMBERS + d.members(_PROFILE)
+
+
+def _targets(options: dict, members: tuple[Member, ...]) -> list[dict]:
+    """The dicts one boundary may go into: ``options`` itself and every inline child tree."""
+    out = [options]
+    for name, t, _required in members:
+        v = options.get(name)
+        if t.kind in ("ref", "refornull") and isinstance(v, dict) and members_of(v) is not None:
+            out += _targets(v, members_of(v) or ())
+    return out
+
+
+@st.composite
+def qapi_boundary(draw: Any, options: dict) -> dict:
+    """``options`` with one thing broken at the QAPI layer (see the module docstring)."""
+    members = members_of(options)
+    if members is None:
+        return options
+    out = copy.deepcopy(options)
+    target = draw(st.sampled_from(_targets(out, members)))
+    tmembers = members_of(target) or ()
+    kind = draw(st.sampled_from(["type", "type", "enum", "missing", "unknown"]))
+    present = [(n, t, r) for n, t, r in tmembers if n in target and t.kind in _WRONG]
+    if kind == "type" and present:
+        name, t, _ = draw(st.sampled_from(present))
+        target[name] = draw(st.sampled_from(_WRONG[t.kind]))
+    elif kind == "enum" and (enums := [(n, t) for n, t, _ in tmembers if t.kind == "enum"]):
+        name, _t = draw(st.sampled_from(enums))
+        target[name] = draw(st.sampled_from(["bogus", "", "ON"]))
+    elif kind == "missing" and (required := [n for n, _t, r in tmembers if r and n in target]):
+        del target[draw(st.sampled_from(required))]
+    else:
+        target[draw(st.sampled_from(["bogus", "x-unknown", "Driver"]))] = draw(
+            st.sampled_from([1, "x", None, {}]))
+    return out
