@@ -22,7 +22,7 @@ from .campaign import CampaignFinished, CampaignStarted, CampaignState, Progress
 from .engine import StepDone, StepEffect
 from .errors import generalise
 from .findings import FindingEvent
-from .statemachine import ExampleFinished
+from .statemachine import ExampleFinished, StepDeclined
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,10 +48,16 @@ class Coverage:
         self.examples_deep_read = 0
         self.examples_relink_delete = 0     # 2+ changing reopens, then a successful delete
         self._example = _ExampleDepth()
+        #: declined steps by "command: reason" (names and numbers folded); guards apart
+        self.declines: Counter = Counter()
+        self.guarded: Counter = Counter()
 
     def __call__(self, event) -> None:
         if isinstance(event, StepEffect):
             self.effect(event)
+        elif isinstance(event, StepDeclined):
+            key = f"{_command(event.step)}: {generalise(event.reason)}"
+            (self.guarded if event.guard else self.declines)[key] += 1
         elif isinstance(event, ExampleFinished):
             self.examples += 1
             self.drawn += event.drawn
@@ -98,7 +104,8 @@ class Coverage:
                 "changed": dict(self.changed), "examples": self.examples, "drawn": self.drawn,
                 "executed": self.executed, "deep-reads": self.deep_reads,
                 "examples-deep-read": self.examples_deep_read,
-                "examples-relink-delete": self.examples_relink_delete}
+                "examples-relink-delete": self.examples_relink_delete,
+                "declines": dict(self.declines), "guarded": dict(self.guarded)}
 
 
 @attrs.define
@@ -127,6 +134,12 @@ def depth_table(cov: dict) -> str:
     if drawn:
         lines.append(f"executed {executed} of {drawn} drawn steps ({100 * executed / drawn:.1f}%; "
                      f"declined {100 * (drawn - executed) / drawn:.1f}%)")
+    for title, key in (("declined (the model cannot predict)", "declines"),
+                       ("refused by a known-QEMU-bug guard", "guarded")):
+        counts = Counter(cov.get(key, {}))
+        if counts:
+            lines.append(f"{title}:")
+            lines += [f"{n:8d}  {k}" for k, n in counts.most_common(12)]
     if examples:
         lines.append(f"examples: {examples}; with a pattern read through a chain 2+ deep: "
                      f"{100 * cov.get('examples-deep-read', 0) / examples:.1f}% "

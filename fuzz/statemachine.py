@@ -32,7 +32,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 import attrs
 
-from models import ImageSpec, NotModeled, Write
+from models import ImageSpec, KnownQemuBug, NotModeled, Write
 from models import iodata
 from models.drivers import DRIVERS
 from models.drivers.base import (CHILD, CHILDREN, FILE, FILE_CHILD, FORMAT_NAMES, GROUP, NODE,
@@ -62,6 +62,16 @@ class ExampleFinished:
     executed: int
     drawn: int
     build: str
+
+
+@attrs.frozen
+class StepDeclined:
+    """Event: the model declined a drawn step (``NotModeled``; ``guard``: a known-QEMU-bug
+    guard, ``KnownQemuBug``), so it was dropped before QEMU saw it."""
+
+    step: dict
+    reason: str
+    guard: bool
 
 
 @attrs.frozen
@@ -210,13 +220,14 @@ class BlockGraphMachine(RuleBasedStateMachine):
         self.steps.append(step)
         try:
             self.runner.run(step)
-        except NotModeled:
+        except NotModeled as e:
             # The model declines before QEMU sees the command (Runner predicts first), and
             # declining depends only on model state: drop the step, keep the example going.
             self.steps.pop()
             self.runner.done.pop()
             self.runner.observed.pop()
             self.skipped += 1
+            self.config.events.emit(StepDeclined(step, str(e), isinstance(e, KnownQemuBug)))
             return
         except Finding as e:
             self._failed(e)
@@ -682,7 +693,7 @@ def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
     d = copy.deepcopy(opts)
     for _ in range(draw(st.integers(0, 3))):
         kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "backing", "file", "file",
-                                     "drop", "child", "qcow2", "qcow2", "raw", "raw", "bad",
+                                     "drop", "child", "driver", "driver", "driver", "driver", "bad",
                                      "noflush", "swapname", "nonode", "stale-dict", "group"]))
         if kind == "ro":
             d["read-only"] = draw(st.booleans())
@@ -734,33 +745,14 @@ def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
                 f = {"driver": "file", "filename": draw(st.sampled_from(["hd0.img", "hd2.img"]))}
                 d[k] = draw(st.sampled_from([dict(f, **{"node-name": d[k]}),
                                              {"driver": "qcow2", "node-name": d[k], "file": f}]))
-        elif kind == "qcow2" and d.get("driver") == "qcow2":
-            keys = draw(st.lists(st.sampled_from(
-                ["l2-cache-size", "cache-size", "refcount-cache-size", "l2-cache-entry-size",
-                 "cache-clean-interval", "pass-discard-request", "pass-discard-other"]),
-                min_size=1, max_size=3, unique=True))
-            for key in keys:
-                sizes = [0, 512, 4096, 65536, 131072, 512 * 1024, 1 << 20, 4 << 20]
-                if key in ("l2-cache-size", "l2-cache-entry-size", "cache-clean-interval"):
-                    # clamped or checked, never allocated: huge values are deterministic.
-                    # A huge cache-size/refcount-cache-size is allocated for real and
-                    # fails or not depending on the host's memory overcommit.
-                    sizes += [1000, 1 << 40]
-                if key.startswith("pass"):
-                    d[key] = draw(st.booleans())
-                else:
-                    d[key] = draw(st.sampled_from(sizes))
-        elif kind in ("raw", "group") and d.get("driver") == "throttle":
-            d["throttle-group"] = draw(st.sampled_from(GROUPS + ("notfound",)))
-        elif kind == "raw" and d.get("driver") == "null-co":
-            key = draw(st.sampled_from(["size", "read-zeroes"]))
-            d[key] = draw(st.sampled_from([1024, 1 << 30])) if key == "size" else draw(st.booleans())
-        elif kind == "raw" and d.get("driver") == "blkdebug":
-            key = draw(st.sampled_from(["align", "config", "image"]))
-            d[key] = {"align": 512, "config": "/dev/null", "image": draw(st.sampled_from(names))}[key]
-        elif kind == "raw" and d.get("driver") == "raw":
-            key = draw(st.sampled_from(["offset", "size"]))
-            d[key] = draw(st.sampled_from([0, 512, 1000, 65536, 1 << 20, 1 << 30]))
+        elif kind in ("driver", "group") and _driver_has(d, "gen"):
+            # the driver's own options, as its BlockDriver.gen.reopen says (models.drivers)
+            choices = DRIVERS[d["driver"]].gen.reopen
+            if choices:
+                count = draw(st.integers(1, min(3, len(choices))))
+                for key in draw(st.lists(st.sampled_from(sorted(choices)), min_size=count,
+                                         max_size=count, unique=True)):
+                    d[key] = _member_value(draw, choices[key], names, files, (), "")
         elif kind == "bad":
             what = draw(st.sampled_from(["node-name", "driver", "bogus", "file", "force-share",
                                          "discard"]))

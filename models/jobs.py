@@ -402,6 +402,10 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     job.filter = cor.name
 
     job.id = _job_id(g, args.get("job-id"))
+    # block_job_create(): the job exists before block_job_add_bdrv() attaches its parents,
+    # and each attach checks permissions with the job's parents so far (the clone is thrown
+    # away if one fails)
+    g.jobs[job.id] = job
     add_parent(g, job, cor, "main node", 0, ALL)
     add_parent(g, job, cor, "root", READ, READ | WU | WRITE, blk=True, block=False,
                desc="an unnamed block device")
@@ -514,6 +518,10 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     job = Job("", "commit", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
               device=bs.name, top=top.name, base=base.name)
     job.id = _job_id(g, args.get("job-id"))
+    # block_job_create(): the job exists before block_job_add_bdrv() attaches its parents,
+    # and each attach checks permissions with the job's parents so far (the clone is thrown
+    # away if one fails)
+    g.jobs[job.id] = job
     add_parent(g, job, bs, "main node", 0, ALL)
     if base.read_only:
         _make_writable(g, job, base, ctx)
@@ -551,6 +559,10 @@ def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]
     mt = _append_filter(g, "mirror_top", args.get("filter-node-name"), False, bs)
     job.filter = mt.name
     job.id = _job_id(g, args.get("job-id"))
+    # block_job_create(): the job exists before block_job_add_bdrv() attaches its parents,
+    # and each attach checks permissions with the job's parents so far (the clone is thrown
+    # away if one fails)
+    g.jobs[job.id] = job
     add_parent(g, job, mt, "main node", READ, READ | WU | WRITE)
     add_parent(g, job, base, "root", WRITE, WU | READ | WRITE, blk=True, block=False,
                desc="an unnamed block device")

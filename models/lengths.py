@@ -18,9 +18,9 @@ def host_sectors(g: Graph, filename: str) -> int:
 
 def node_length(g: Graph, n: Node) -> int:
     """``bdrv_getlength()`` of a node: ``total_sectors``, or the driver's own answer for
-    drivers that have one (``VersionProfile.variable_length_drivers`` lists drivers whose
-    length a version re-reads on every call)."""
-    if g.profile is not None and n.drv in g.profile.variable_length_drivers:
+    drivers whose length a version re-reads on every call (``BlockDriver.has_variable_length``
+    where ``VersionProfile.driver_variable_length``)."""
+    if g.profile is not None and g.profile.driver_variable_length and n.driver.has_variable_length:
         return refreshed_length(g, n)
     return n.driver.getlength(g, n)
 

@@ -18,10 +18,11 @@ class VersionProfile:
     file_format_specific: bool
     #: qcow2 accepts ``discard-no-unref`` (8.1+).
     qcow2_discard_no_unref: bool
-    #: drivers with ``has_variable_length`` (7.2: raw, copy-on-read and compress set it, so their
-    #: length follows their child's at every query); 10.0 inherits the flag from the children
-    #: and a regular file has none, so every length is cached ``total_sectors``.
-    variable_length_drivers: tuple[str, ...]
+    #: ``BlockDriver.has_variable_length`` is the driver's own (7.2: raw, copy-on-read and
+    #: compress set it, so their length follows their child's at every query); 10.0 inherits
+    #: the flag from the children and a regular file has none, so every length is cached
+    #: ``total_sectors`` (``models.drivers``: ``BlockDriver.has_variable_length``)
+    driver_variable_length: bool
     #: ``bdrv_reopen_commit()`` refreshes ``total_sectors`` (10.0), so a reopened file node sees
     #: growth that other nodes made to its host file; 7.2 keeps the old length.
     reopen_refreshes_length: bool
@@ -91,14 +92,14 @@ class VersionProfile:
 PROFILES: dict[str, VersionProfile] = {
     "7.2": VersionProfile("7.2", (7, 2), node_active_field=False, file_format_specific=False,
                           qcow2_discard_no_unref=False,
-                          variable_length_drivers=("raw", "copy-on-read", "compress"),
+                          driver_variable_length=True,
                           reopen_refreshes_length=False, reopen_duplicate_drain_leak=False,
                           reopen_detached_entry_asserts=True,
                           active_commit_cancel_restores_ro=False, mirror_bitmap_on_filter=False,
                           write_zeroes_unmap_needs_discard=False, disk_context_move_best_effort=False,
                           dataplane_op_blocker=True),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
-                           qcow2_discard_no_unref=True, variable_length_drivers=(),
+                           qcow2_discard_no_unref=True, driver_variable_length=False,
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,
                            reopen_detached_entry_asserts=False,
                            active_commit_cancel_restores_ro=True, mirror_bitmap_on_filter=True,

@@ -79,12 +79,14 @@ class Draw:
 @attrs.frozen
 class Gen:
     """How often a driver is drawn (``weight``, 0: never, e.g. job filters), its node-names
-    and its members' values, in the order they are drawn."""
+    and its members' values, in the order they are drawn; ``reopen``: the options a reopen
+    changes now and then (one to three of them, each from its values)."""
 
     weight: int = 0
     names: tuple[str, ...] = FILTER_NAMES
     bad_names: bool = False
     members: Mapping[str, Draw] = attrs.field(factory=dict)
+    reopen: Mapping[str, Draw] = attrs.field(factory=dict)
 
 
 class Opener(Protocol):
@@ -119,6 +121,8 @@ class BlockDriver:
     has_dirname: ClassVar[bool] = True
     #: ``bdrv_reopen_commit()`` refreshes ``total_sectors`` (VersionProfile.reopen_refreshes_length)
     reopen_refreshes_length: ClassVar[bool] = True
+    #: ``.has_variable_length`` (7.2; VersionProfile.driver_variable_length)
+    has_variable_length: ClassVar[bool] = False
     #: a guest disk's first-sector read at realize is predictable through this node
     disk_read_modelled: ClassVar[bool] = True
     #: what the fuzzer draws for blockdev-add (see ``Gen``)

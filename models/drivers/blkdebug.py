@@ -5,7 +5,7 @@ from ..errors import NotModeled, QmpFailure
 from ..graph import ROLE_FILTERED, Graph, Node
 from ..profiles import VersionProfile
 from ..qapitypes import INT, REF, STR, UNMODELLED, Member
-from .base import CHILD, Draw, Gen, Opener, PassThroughFilter
+from .base import CHILD, NODE, Draw, Gen, Opener, PassThroughFilter
 
 #: blkdebug_refresh_limits(): option -> the limit it overrides when non-zero
 LIMIT_OPTIONS = (("align", "request-alignment"), ("max-transfer", "max-transfer"),
@@ -35,7 +35,8 @@ class Blkdebug(PassThroughFilter):
     storage_transparent = True
     gen = Gen(weight=1, members={
         "image": Draw((CHILD,)), "config": Draw(("/dev/null",), every=2),
-        "align": Draw((512, 3, 0), every=4)})
+        "align": Draw((512, 3, 0), every=4)}, reopen={
+        "align": Draw((512,)), "config": Draw(("/dev/null",)), "image": Draw((NODE,))})
 
     def members(self, profile: VersionProfile) -> tuple[Member, ...]:
         return (

@@ -9,6 +9,7 @@ from .base import CHILD, Draw, Gen, Opener, PassThroughFilter
 class Compress(PassThroughFilter):
     name = "compress"
     can_reopen = False   # no .bdrv_reopen_prepare
+    has_variable_length = True   # 7.2's .has_variable_length
     gen = Gen(weight=1, members={"file": Draw((CHILD,))})
 
     def open(self, op: Opener, node: Node, options: dict, file: Node | None) -> None:

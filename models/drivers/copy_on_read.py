@@ -12,6 +12,7 @@ class CopyOnRead(PassThroughFilter):
     name = "copy-on-read"
     can_reopen = False          # no .bdrv_reopen_prepare
     can_compress = True
+    has_variable_length = True   # 7.2's .has_variable_length
     storage_transparent = True  # nothing to copy from a file node: it is always allocated
     disk_read_modelled = False  # a guest disk's first read allocates below
     gen = Gen(weight=1, members={"file": Draw((CHILD,))})

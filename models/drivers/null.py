@@ -18,7 +18,8 @@ class NullCo(BlockDriver):
     reopen_refreshes_length = False
     gen = Gen(weight=2, members={
         "size": Draw((1024, 65536, 1 << 20, 1 << 30), every=2),
-        "read-zeroes": Draw((False, True), every=2)})
+        "read-zeroes": Draw((False, True), every=2)}, reopen={
+        "size": Draw((1024, 1 << 30)), "read-zeroes": Draw((False, True))})
 
     def members(self, profile: VersionProfile) -> tuple[Member, ...]:
         return (("size", INT, False), ("latency-ns", UNMODELLED, False), ("read-zeroes", BOOL, False))

@@ -26,6 +26,8 @@ RUNTIME = ("lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
            "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size",
            "cache-clean-interval")
 
+_CACHE_SIZES = (0, 512, 4096, 65536, 131072, 512 * 1024, 1 << 20, 4 << 20)
+
 FORMAT_SPECIFIC: dict[str, Any] = {
     "type": "qcow2",
     "data": {"compat": "1.1", "compression-type": "zlib", "lazy-refcounts": False,
@@ -148,7 +150,14 @@ class Qcow2(BlockDriver):
     can_compress = True
     reopen_refreshes_length = False
     gen = Gen(weight=12, names=FORMAT_NAMES, bad_names=True, members={
-        "file": Draw((FILE_CHILD,)), "backing": Draw((None, NODE), every=3)})
+        "file": Draw((FILE_CHILD,)), "backing": Draw((None, NODE), every=3)}, reopen={
+        # l2-cache-size, l2-cache-entry-size and cache-clean-interval are clamped or checked,
+        # never allocated, so huge values are deterministic; a huge cache-size or
+        # refcount-cache-size is allocated for real and fails or not with the host's overcommit
+        **{k: Draw(_CACHE_SIZES + (1000, 1 << 40)) for k in (
+            "l2-cache-size", "l2-cache-entry-size", "cache-clean-interval")},
+        **{k: Draw(_CACHE_SIZES) for k in ("cache-size", "refcount-cache-size")},
+        **{k: Draw((False, True)) for k in ("pass-discard-request", "pass-discard-other")}})
 
     def members(self, profile: VersionProfile) -> tuple[Member, ...]:
         members: list[Member] = [

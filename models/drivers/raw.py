@@ -32,10 +32,12 @@ class Raw(BlockDriver):
     name = "raw"
     mutable = ("offset", "size")
     strong = ("offset", "size")
+    has_variable_length = True   # 7.2's .has_variable_length
     children = (("file", ROLE_FILTERED),)
     gen = Gen(weight=6, names=FORMAT_NAMES, bad_names=True, members={
         "file": Draw((FILE_CHILD,)), "offset": Draw((0, 512, 65536, 1 << 30), every=4),
-        "size": Draw((512, 1000, 65536), every=8)})
+        "size": Draw((512, 1000, 65536), every=8)}, reopen={
+        k: Draw((0, 512, 1000, 65536, 1 << 20, 1 << 30)) for k in ("offset", "size")})
 
     def members(self, profile: VersionProfile) -> tuple[Member, ...]:
         return (("file", REF, True), ("offset", INT, False), ("size", INT, False))

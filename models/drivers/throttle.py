@@ -28,7 +28,8 @@ class Throttle(PassThroughFilter):
     can_compress = True
     storage_transparent = True
     gen = Gen(weight=2, members={
-        "file": Draw((CHILD,)), "throttle-group": Draw((GROUP, "group0", "nope"))})
+        "file": Draw((CHILD,)), "throttle-group": Draw((GROUP, "group0", "nope"))}, reopen={
+        "throttle-group": Draw(("group0", "group1", "group2", "notfound"))})
 
     def members(self, profile: VersionProfile) -> tuple[Member, ...]:
         return (("throttle-group", STR, True), ("file", REF, True))
