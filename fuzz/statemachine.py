@@ -25,6 +25,8 @@ it to both builds and raises ``NotModeled`` only for known-bug guards.
 from __future__ import annotations
 
 import copy
+import os
+import traceback
 from typing import Any, Callable
 
 from hypothesis import strategies as st
@@ -238,6 +240,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
             # once instead of letting Hypothesis shrink our own bug for minutes.
             self.config.events.emit(FailureSeen(e, self.trace(), internal_signature(e),
                                                 self.build, internal=True))
+            if os.environ.get("BLOCKFUZZ_DEBUG"):
+                traceback.print_exc()   # Hypothesis shows a KeyboardInterrupt without its cause
             raise BlockfuzzBug(e) from e
 
     def _failed(self, e: BaseException) -> None:

@@ -82,6 +82,11 @@ class _Opener:
         if drv not in DRIVERS:
             raise NotModeled(f"driver {drv!r}")
         d = DRIVERS[drv]
+        if filename is not None and d.protocol:
+            # bdrv_fill_options(): a protocol node opened by file name (a header backing file
+            # whose format a job wrote as "file") takes it as its 'filename' option, after
+            # its explicit_options were taken
+            options.setdefault("filename", filename)
         read_only = bool_opt(options.get("read-only"))
 
         # Non-protocol drivers get their file child opened (and named) before themselves.

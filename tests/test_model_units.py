@@ -461,3 +461,22 @@ def test_the_concluded_stream_guard_comes_before_the_models_own_limits(version, 
     with pytest.raises(NotModeled) as e:
         m.execute("block-stream", {"device": "#block0", "job-id": "job0", "auto-dismiss": False})
     assert isinstance(e.value, KnownQemuBug) is known
+
+
+def test_a_header_backing_file_of_format_file_is_opened_by_its_name():
+    """A job writes ``backing_format = base->drv->format_name`` into the image header, which is
+    "file" when the base is a protocol node; opening that image later must give the backing
+    node its file name (bdrv_fill_options()), not fail for want of a 'filename' option
+    (found by the model-only sandbox test: a KeyError)."""
+    from models import ImageSpec, Model, PROFILES
+
+    m = Model(PROFILES["10.0"], [ImageSpec("r0.img", "raw", 1 << 20),
+                                 ImageSpec("hd0.img", "qcow2", 1 << 20)])
+    img = m.graph.images["hd0.img"]
+    img.backing_file, img.backing_format = "r0.img", "file"   # as _stream_prepare() writes it
+    out = m.execute("blockdev-add", {"driver": "qcow2", "node-name": "hd0",
+                                     "file": {"driver": "file", "filename": "hd0.img"}})
+    assert out.ok, out
+    backing = m.graph.cow_child(m.graph.nodes["hd0"])
+    assert backing is not None and backing.drv == "file" and backing.filename == "r0.img"
+    assert "filename" not in backing.explicit   # taken after the explicit options
