@@ -168,10 +168,18 @@ class QmpSync:
         if self._closed:
             raise QmpGone(command, RuntimeError("QmpSync is closed"))
         limit = self.default_timeout if timeout is None else timeout
+        task = self._loop.create_task(asyncio.wait_for(aw, limit))
         try:
-            return self._loop.run_until_complete(asyncio.wait_for(aw, limit))
+            return self._loop.run_until_complete(task)
         except TimeoutError as e:
             raise QmpTimeout(command, limit) from e
+        except BaseException:
+            # interrupted (a signal's CampaignStop raised inside the loop): the task outlives
+            # this call; take its outcome when it ends, or asyncio prints "Task exception was
+            # never retrieved" with a traceback after a clean stop
+            task.add_done_callback(_consume)
+            task.cancel()
+            raise
 
     def _pump(self) -> None:
         """Let the reader task consume whatever already sits in the socket buffer.
@@ -187,3 +195,8 @@ class QmpSync:
             rounds += 1
             if rounds > 1000:  # a flood of events; the rest comes with the next call
                 break
+
+
+def _consume(task: "asyncio.Task[object]") -> None:
+    if not task.cancelled():
+        task.exception()
