@@ -342,7 +342,12 @@ def _try_set_read_only(g: Graph, node: Node, read_only: bool) -> None:
 def _make_writable(g: Graph, job: Job, node: Node, ctx: dict) -> None:
     reopen_set_read_only(g, node, False)
     job.restore_ro = node.name
-    ctx["snapshot"], ctx["node"], ctx["moved"] = g.clone(), node.name, len(g.moved)
+    snapshot = g.clone()
+    if g.jobs.get(job.id) is job:
+        # the job being started is already registered (block_job_create()); a failed start
+        # frees it, whatever else it leaves behind (_restoring)
+        del snapshot.jobs[job.id]
+    ctx["snapshot"], ctx["node"], ctx["moved"] = snapshot, node.name, len(g.moved)
 
 
 @_restoring
