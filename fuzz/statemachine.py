@@ -759,7 +759,7 @@ def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
                 f = {"driver": "file", "filename": draw(st.sampled_from(["hd0.img", "hd2.img"]))}
                 d[k] = draw(st.sampled_from([dict(f, **{"node-name": d[k]}),
                                              {"driver": "qcow2", "node-name": d[k], "file": f}]))
-        elif kind in ("driver", "group") and _driver_has(d, "gen"):
+        elif kind in ("driver", "group") and _driver_has(d, "can_reopen"):
             # the driver's own options, as its BlockDriver.gen.reopen says (models.drivers)
             choices = DRIVERS[d["driver"]].gen.reopen
             if choices:

@@ -309,11 +309,16 @@ def _restoring(start: Callable[[Graph, Any, dict], None]) -> Callable[[Graph, An
     that inherit read-only from it change too.  The failure keeps that state (``e.state``)."""
     def wrapper(g: Graph, args: Any) -> None:
         ctx: dict = {}
+        jobs_before = set(g.jobs)
         try:
             start(g, args, ctx)
         except QmpFailure as e:
             snap = ctx.get("snapshot")
             if snap is not None:
+                # a failed start frees the job it created (job_early_fail()), registered
+                # before its parents were attached (block_job_create())
+                for jid in set(snap.jobs) - jobs_before:
+                    del snap.jobs[jid]
                 snap.auto_counter = g.auto_counter
                 snap.anon_devices = g.anon_devices
                 snap.undo_moves(g.moved[ctx["moved"]:])
@@ -342,12 +347,7 @@ def _try_set_read_only(g: Graph, node: Node, read_only: bool) -> None:
 def _make_writable(g: Graph, job: Job, node: Node, ctx: dict) -> None:
     reopen_set_read_only(g, node, False)
     job.restore_ro = node.name
-    snapshot = g.clone()
-    if g.jobs.get(job.id) is job:
-        # the job being started is already registered (block_job_create()); a failed start
-        # frees it, whatever else it leaves behind (_restoring)
-        del snapshot.jobs[job.id]
-    ctx["snapshot"], ctx["node"], ctx["moved"] = snapshot, node.name, len(g.moved)
+    ctx["snapshot"], ctx["node"], ctx["moved"] = g.clone(), node.name, len(g.moved)
 
 
 @_restoring
