@@ -29,7 +29,7 @@ import os
 import pstats
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -45,6 +45,7 @@ from models import Model
 
 T: Counter = Counter()          # seconds per bucket
 N: Counter = Counter()          # counts
+BY_CMD: "defaultdict[str, list]" = defaultdict(lambda: [0, 0.0])   # command -> [calls, seconds]
 _depth = {"setup": 0}
 
 
@@ -69,8 +70,16 @@ def _qmp_timed(fn):
         try:
             return fn(*a, **kw)
         finally:
-            T["qmp (set-up)" if _depth["setup"] else "qmp"] += time.perf_counter() - t
+            dt = time.perf_counter() - t
+            T["qmp (set-up)" if _depth["setup"] else "qmp"] += dt
             N["qmp calls"] += 1
+            if not _depth["setup"]:
+                cmd = a[1] if isinstance(a[1], str) else "<batch>"
+                if cmd == "human-monitor-command":   # 'qemu-io NODE "read -P 1 0 1k"' -> qemu-io read
+                    line = str((a[2] or {}).get("command-line", ""))
+                    cmd = "qemu-io " + (line.partition('"')[2].split() or ["?"])[0]
+                BY_CMD[cmd][0] += 1
+                BY_CMD[cmd][1] += dt
     return wrapper
 
 
@@ -157,6 +166,7 @@ def run(binaries, mode: str, seconds: float | None, examples: int | None, seed: 
         steps: int, prof: cProfile.Profile | None) -> dict:
     T.clear()
     N.clear()
+    BY_CMD.clear()
     events = Events()
     events.subscribe(_on_event)
     pool = S.QemuPool(prestart=mode == "prestart") if mode != "fresh" else None
@@ -182,7 +192,8 @@ def run(binaries, mode: str, seconds: float | None, examples: int | None, seed: 
             t = time.perf_counter()
             pool.close()
             T["set-up"] += time.perf_counter() - t
-    out = {"mode": mode, "wall": wall, **T, **N, "findings-list": CFG["findings"]}
+    out = {"mode": mode, "wall": wall, **T, **N, "findings-list": CFG["findings"],
+           "by-command": {k: tuple(v) for k, v in BY_CMD.items()}}
     if pool is not None:
         out["pool"] = dict(pool.stats)
     return out
@@ -208,6 +219,11 @@ def report(r: dict) -> None:
     print(f"   model share              {100 * model / wall:7.1f} %")
     print(f"   engine share             {100 * (step - qmp - model) / wall:7.1f} %")
     print(f"   generation share         {100 * (wall - setup - step) / wall:7.1f} %")
+    if r.get("by-command"):
+        print("   QMP time per command (steps only):   calls   ms/call   ms/checked step")
+        steps = max(1, r.get("checked steps", 0))
+        for cmd, (n, secs) in sorted(r["by-command"].items(), key=lambda kv: -kv[1][1])[:12]:
+            print(f"     {cmd:32s} {n:7d} {1000 * secs / n:9.3f} {1000 * secs / steps:9.3f}")
     if "pool" in r:
         print(f"   pool                     {r['pool']}")
     if r.get("findings"):

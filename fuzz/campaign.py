@@ -221,7 +221,9 @@ def worker_main(spec: CampaignSpec, index: int, send: Callable[[tuple], None],
     events.subscribe(coverage)
     for listener in (spec.listeners() if spec.listeners else []):
         events.subscribe(listener)
-    writer = FindingWriter(spec.out, events, spec.known, spec.replay_command)
+    from .qemubuild import describe_qemu
+    writer = FindingWriter(spec.out, events, spec.known, spec.replay_command,
+                           qemu_build=describe_qemu(getattr(spec.binaries, "system", "")))
     events.subscribe(writer)
     events.subscribe(_Forwarder(send, index, coverage))
     budget = _budget(spec, index)

@@ -52,6 +52,8 @@ def add_qemu_parser(subparsers) -> None:
 
     from fuzz.qemusource import add_source_parser
     add_source_parser(actions)
+    from fuzz.qemubuild import add_build_parser
+    add_build_parser(actions)
 
     listing = actions.add_parser(
         "list",
@@ -107,7 +109,16 @@ def _qemu_list_row(version: str) -> tuple[str, ...]:
 
 def _qemu_list(args) -> int:
     header = ("VERSION", "DEBIAN", "PACKAGE", "FETCHED", "QEMU-SYSTEM-X86_64")
+    from fuzz.qemubuild import installed_builds
     rows = [header, *(_qemu_list_row(v) for v in qemufetch.KNOWN_VERSIONS)]
+    # builds from source (`blockfuzz qemu build`): their name, what they were built from
+    for b in installed_builds():
+        flags = "+".join(f for f, on in (("min", b.minimal), ("asan", b.asan), ("gcov", b.gcov),
+                                         ("patched", bool(b.patches))) if on)
+        origin = (f"source {b.source.get('package-version', '')}" if b.source.get("kind") == "debian"
+                  else f"checkout {b.source.get('git', '')}".strip())
+        rows.append((b.name, f"built {b.qemu_version}" + (f" {flags}" if flags else ""), origin,
+                     "built", str(b.binary())))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
         print("  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[-1]]))

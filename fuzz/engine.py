@@ -229,7 +229,10 @@ class Runner:
         if self.qemu is not None:
             self._qemu_graph = None
             with self._qemu_failures(index, step, "qemu"):
-                actual = self.qemu.execute(cmd, args)
+                # the graph query goes out with the command (QemuProcess.execute)
+                actual = self.qemu.execute(cmd, args, then_query_nodes=True) \
+                    if getattr(self.qemu, "pipelines_graph_query", False) \
+                    else self.qemu.execute(cmd, args)
             self.observed[index]["qemu"] = actual.to_json()
             # the state queries belong to the step: a crash or hang in them is the step's
             with self._qemu_failures(index, step, "qemu-state"):

@@ -239,8 +239,11 @@ class QemuCrash(QemuFailure):
     kind = "crash"
     _what = "crashed"
 
-    def __init__(self, command: str, returncode: int | None, stderr_tail: str = ""):
+    def __init__(self, command: str, returncode: int | None, stderr_tail: str = "",
+                 sanitizer: str = ""):
         self.returncode = returncode
+        #: the AddressSanitizer / UBSan report QEMU printed (a sanitizer build), whole
+        self.sanitizer = sanitizer
         super().__init__(command, stderr_tail)
 
     @property
@@ -257,6 +260,10 @@ class QemuCrash(QemuFailure):
             how = f"exited with status {self.returncode}"
         else:
             how = "reported a fatal error"
+        if self.sanitizer:
+            tool, kind, frame = sanitizer_parts(self.sanitizer)
+            return (f"QEMU {how} during {self.command!r}: {tool}: {kind} in {frame}"
+                    f"\n--- {tool} report ---\n{self.sanitizer}")
         return f"QEMU {how} during {self.command!r}" + _tail_suffix(self.stderr_tail)
 
     def signature(self) -> str:
@@ -264,6 +271,9 @@ class QemuCrash(QemuFailure):
         assertion text with paths, line numbers and addresses removed.  A death with no
         text (a bare SIGSEGV) also names the command, the only thing that tells two such
         crashes apart without a backtrace."""
+        if self.sanitizer:   # the bug's own words: what went wrong, and in which function
+            tool, kind, frame = sanitizer_parts(self.sanitizer)
+            return f"{_SAN_SHORT.get(tool, tool.lower())}:{kind}:{frame}"
         how = death_of(self)
         text = abort_text(self.stderr_tail or "")
         return f"crash:{how}:{text}" if text else f"crash:{how}:{_command_of(self._step())}"
@@ -341,6 +351,14 @@ _ABORT_LINE = re.compile(r"Assertion .* failed|assertion failed|code should not 
                          r"|ERROR:|Bail out!|Unexpected error|Aborted|^qemu: ")
 
 
+_QEMU_TOP = ("block", "util", "hw", "include", "qapi", "qom", "monitor", "migration", "system",
+             "softmmu", "target", "accel", "tcg", "net", "ui", "audio", "chardev", "crypto", "io",
+             "nbd", "scsi", "backends", "replay", "stubs", "job", "blockjob", "blockdev",
+             "iothread", "job-qmp", "blockdev-nbd")
+_QEMU_PATH = re.compile(r"(?<![\w./+-])/?(?:[\w.+-]+/)*?((?:" + "|".join(map(re.escape, _QEMU_TOP))
+                        + r")(?:/[\w./+-]*)?\.[ch])(?![\w/])")
+
+
 def abort_text(stderr: str) -> str:
     """The first abort or assertion line of ``stderr``, without the program name, paths'
     line numbers and addresses: ``../block.c: bdrv_reopen_multiple: Assertion `...' failed.``"""
@@ -349,9 +367,93 @@ def abort_text(stderr: str) -> str:
             line = re.sub(r"^\S*qemu-system-\S+: ", "", line.strip())
             line = re.sub(r"(\.[ch]):\d+(:\d+)?", r"\1", line)      # file.c:123 -> file.c
             line = re.sub(r"(?<![\w/.])(\.\./)+", "", line)        # the build directory's depth
+            # a source tree elsewhere than ../ (a build from a copy, `qemu build --src`):
+            # the path from QEMU's own top directory on, as Debian's builds print it
+            line = _QEMU_PATH.sub(r"\1", line)
             line = re.sub(r"0x[0-9a-fA-F]+", "0xN", line)
             return line
     return ""
+
+
+# -- sanitizer reports (QEMU built with --enable-asan --enable-ubsan: `blockfuzz qemu build`)
+
+# "==1234==ERROR: AddressSanitizer: heap-use-after-free on address 0x... at pc ..."
+_ASAN_HEAD = re.compile(r"^==\d+==ERROR: (AddressSanitizer|LeakSanitizer|ThreadSanitizer|"
+                        r"MemorySanitizer): (.*)$", re.M)
+# "../block/qcow2.c:123:45: runtime error: signed integer overflow: ..."
+_UBSAN_HEAD = re.compile(r"^(\S+?):\d+(?::\d+)?: runtime error: (.*)$", re.M)
+# "    #3 0x55d0c0a1b2c3 in bdrv_reopen_multiple ../block.c:4659"
+_FRAME = re.compile(r"^\s*#\d+ 0x[0-9a-fA-F]+ in (\S+)(?: (\S+))?", re.M)
+_SAN_SHORT = {"AddressSanitizer": "asan", "UndefinedBehaviorSanitizer": "ubsan",
+              "LeakSanitizer": "lsan", "ThreadSanitizer": "tsan", "MemorySanitizer": "msan"}
+_ABORTING = re.compile(r"^==\d+==ABORTING$", re.M)
+_SUMMARY = re.compile(r"^SUMMARY: \S+Sanitizer: .*$", re.M)
+
+
+def sanitizer_report(stderr: str) -> str:
+    """The first sanitizer report in QEMU's ``stderr``, whole ("" if none).  ASan's start-up
+    warnings (``==N==WARNING: ASan doesn't fully support makecontext/swapcontext``: QEMU's
+    coroutines switch stacks) are not reports."""
+    starts = [m.start() for m in (_ASAN_HEAD.search(stderr), _UBSAN_HEAD.search(stderr)) if m]
+    if not starts:
+        return ""
+    start = min(starts)
+    # ASan: header, stacks, SUMMARY, shadow bytes, "==N==ABORTING"; UBSan: the header line,
+    # its stack (print_stacktrace=1) and a SUMMARY line, or the header line alone
+    end = _ABORTING.search(stderr, start) or _SUMMARY.search(stderr, start)
+    if end is not None:
+        text = stderr[start:end.end()]
+    else:
+        text = stderr[start:start + 64 * 1024].split("\n\n", 1)[0]
+    return text.rstrip() + "\n"
+
+
+def _own_frame(frames: list[tuple[str, str]]) -> str:
+    """The first frame in QEMU's own code: not a sanitizer interceptor, not a shared library
+    (``(/lib/...so+0x...)``), not a system header or library source (/usr/include, /usr/lib,
+    libsanitizer)."""
+    for func, where in frames:
+        if func.startswith(("__interceptor_", "__asan", "__ubsan", "__sanitizer", "___interceptor_")):
+            continue
+        if not where or where.startswith(("(", "??")) or where.startswith(("/usr/include/", "/usr/lib/")) \
+                or "libsanitizer" in where:
+            continue
+        return func
+    return frames[0][0] if frames else "?"
+
+
+def sanitizer_parts(report: str) -> tuple[str, str, str]:
+    """``(tool, kind, function)`` of a sanitizer report: ``("AddressSanitizer",
+    "heap-use-after-free", "bdrv_reopen_multiple")``.  The kind has addresses, sizes and
+    numbers folded (``signed integer overflow: N + N cannot be represented in type 'int'``);
+    the function is the first frame in QEMU's own code, without line or address."""
+    frames = [(m[1], m[2] or "") for m in _FRAME.finditer(report)]
+    m = _ASAN_HEAD.search(report)
+    u = _UBSAN_HEAD.search(report)
+    if m is not None and (u is None or m.start() < u.start()):
+        tool = m[1]
+        kind = re.split(r" on (?:unknown )?address| on 0x| at pc | \(", m[2], maxsplit=1)[0]
+        kind = re.sub(r"0x[0-9a-fA-F]+", "0xN", kind).strip()
+        if tool == "AddressSanitizer" and kind.startswith("SEGV"):
+            kind = "SEGV"
+    elif u is not None:
+        tool = "UndefinedBehaviorSanitizer"
+        kind = re.sub(r"0x[0-9a-fA-F]+", "0xN", u[2])
+        kind = re.sub(r"-?\d+", "N", kind).strip()
+        # its own stack is the frames right below it (print_stacktrace=1); frames further
+        # down belong to what came after (ASan's SEGV report, say)
+        frames = []
+        for line in report[u.end():].splitlines()[1:]:
+            f = _FRAME.match(line)
+            if f is None:
+                break
+            frames.append((f[1], f[2] or ""))
+        if not frames:   # no stack trace: the file names the place
+            path = _QEMU_PATH.sub(r"\1", re.sub(r"^(\.\./)+", "", u[1]))
+            frames = [(path, u[1])]
+    else:
+        return ("sanitizer", "report", "?")
+    return tool, kind, _own_frame(frames)
 
 
 def generalise(text: str) -> str:

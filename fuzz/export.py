@@ -75,7 +75,7 @@ __all__ = ["ExportError", "Plan", "plan_trace", "render_iotest", "render_script"
            "run_check", "prepare_check", "export_finding", "write_file"]
 
 #: the QEMU releases the corpus was observed on, per profile (the fetched builds)
-OBSERVED = {"7.2": "7.2.22", "10.0": "10.0.2", "11.1": "11.1.3"}
+OBSERVED = {"7.2": "7.2.22", "10.0": "10.0.2", "10.2": "10.2.2", "11.1": "11.1.3"}
 #: seconds an iotest step may take before it counts as a hang (the harness allows 5), and quit
 STEP_TIMEOUT = 10
 QUIT_TIMEOUT = 30

@@ -155,8 +155,10 @@ class FindingWriter:
     ``summary.txt`` says to replay (diff mode names both builds)."""
 
     def __init__(self, out: str, events: Any = None, known: KnownBugs | None = None,
-                 replay_command: str = "blockfuzz replay"):
+                 replay_command: str = "blockfuzz replay", qemu_build: str = ""):
         self.out = out
+        #: the exact QEMU build, one line (``fuzz.qemubuild.describe_qemu``)
+        self.qemu_build = qemu_build
         self.events = events
         self.known = known or KnownBugs()
         self.replay_command = replay_command
@@ -193,8 +195,12 @@ class FindingWriter:
         note = (f"known: the QEMU bug of corpus/findings/{known}.json\n" if known else
                 f"regression: corpus/findings/{regression}.json shows this bug, but does not "
                 f"list {event.build} among the versions it affects\n" if regression else "")
+        report = getattr(error, "sanitizer", "")
+        if report:   # a sanitizer build's report, whole (it is also in summary.txt)
+            T.write_atomically(os.path.join(folder, "sanitizer.txt"), report)
+        qemu = f"qemu: {self.qemu_build}\n" if self.qemu_build else ""
         T.write_atomically(os.path.join(folder, "summary.txt"),
-                           f"{detail}signature: {sig}\nbuild: {event.build}\n{note}"
+                           f"{detail}signature: {sig}\nbuild: {event.build}\n{qemu}{note}"
                            f"replay: {self.replay_command} {minimal}\n")
         summary = next((l for l in str(error).splitlines() if l.strip()), str(error))
         out = FindingEvent(signature=sig, kind=kind, folder=folder, summary=summary[:500],

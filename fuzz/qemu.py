@@ -58,7 +58,7 @@ import attrs
 
 from fuzz import sandbox
 from fuzz.errors import (HarnessError, QemuCrash, QemuFailure, QemuHang, QmpGone, QmpTimeout,
-                         QmpTransportError, ResetFailed, UnsafeStep)
+                         QmpTransportError, ResetFailed, UnsafeStep, sanitizer_report)
 from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpSync
 from models.values import JOB_COMMANDS, Outcome, QmpError, canonicalize_text
 
@@ -102,8 +102,17 @@ def binaries_env(binaries: QemuBinaries, program: str | os.PathLike[str] | None 
     """
     env_for = getattr(binaries, "env_for", None)
     if program is not None and callable(env_for):
-        return {**os.environ, **env_for(os.fspath(program))}
-    return {**os.environ, **binaries.env}
+        return {**SANITIZER_ENV, **os.environ, **env_for(os.fspath(program))}
+    return {**SANITIZER_ENV, **os.environ, **binaries.env}
+
+
+#: Defaults for a sanitizer build (ignored by any other; the user's own settings win).
+#: Leaks are not reported: QEMU leaves much allocated on purpose when it quits (``quit``
+#: exits without tearing the block graph down), so LeakSanitizer would fail every clean exit
+#: of every example, and a leak at exit is not the lifetime bug a fuzzer is after
+#: (use-after-free, double free, overflow).  UBSan prints a stack, so its report names a
+#: function, and goes on running: the harness sees the report after the step.
+SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
 
 
 def check_step(cmd: str, args: Any) -> None:
@@ -131,7 +140,10 @@ _STATS_LINE = re.compile(
 # Text QEMU (glibc assert, glib g_assert, abort) leaves on stderr when it is going down.
 #: job states the harness waits for after each command (see QemuProcess._settle_jobs)
 SETTLED_JOB_STATES = frozenset({"ready", "pending", "concluded"})
-_FATAL_STDERR = re.compile(r"Assertion|assertion failed|code should not be reached|Aborted|core dumped")
+# ... and a sanitizer build's reports (ASan, UBSan): UBSan's QEMU goes on running, ASan's exits
+# with status 1; both are crashes (fuzz.errors.sanitizer_report)
+_FATAL_STDERR = re.compile(r"Assertion|assertion failed|code should not be reached|Aborted|core dumped"
+                           r"|==\d+==ERROR: \w+Sanitizer|: runtime error: ")
 
 
 def stdout_lines(text: str) -> tuple[str, ...]:
@@ -341,6 +353,9 @@ class QemuProcess:
     for tests that show the other holds alone.
     """
 
+    #: ``execute(..., then_query_nodes=True)`` is understood (fuzz.engine asks)
+    pipelines_graph_query = True
+
     def __init__(self, binaries: QemuBinaries, workdir: str | os.PathLike[str], *,
                  timeout: float = DEFAULT_TIMEOUT, machine: str = "none",
                  extra_args: Sequence[str] = (), check_paths: bool = True,
@@ -358,6 +373,9 @@ class QemuProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QmpSync | None = None
         self._sock: socket.socket | None = None
+        #: the query-named-block-nodes reply sent right behind the last command
+        #: (``execute(..., then_query_nodes=True)``): a reply dict, or the failure to raise
+        self._prefetched: dict | QemuFailure | None = None
         self._out_fd = -1
         self._err_fd = -1
         self._names = NodeNames()
@@ -534,14 +552,22 @@ class QemuProcess:
     # -- commands ----------------------------------------------------------------------------
 
     def execute(self, cmd: str, args: Mapping[str, Any] | None = None, *,
-                timeout: float | None = None) -> Outcome:
+                timeout: float | None = None, then_query_nodes: bool = False) -> Outcome:
         """Run one QMP command and return its normalised :class:`Outcome`.
 
         Raises :class:`QemuCrash` / :class:`QemuHang` (findings), :class:`HarnessError` when
         the process was never started or already failed, :class:`UnsafeStep` (QEMU is not
         asked, the process stays usable) when the command names a file outside the work
         directory.
+
+        ``then_query_nodes``: the caller's next call is :meth:`query_nodes`; where no job can
+        be running, its ``query-named-block-nodes`` is sent right behind the command, in the
+        same write, and :meth:`query_nodes` takes the reply (one wait less per step).  QEMU
+        still runs the two one after the other: a monitor without OOB takes the next request
+        only when the previous one is done (``monitor_qmp_dispatcher_co()``).  A crash or hang
+        of the query is still the query's, raised by :meth:`query_nodes`.
         """
+        self._prefetched = None
         if self.check_paths and (problem := sandbox.step_problem(cmd, args)) is not None:
             raise _unsafe(cmd, problem)
         self._require_usable(cmd)
@@ -551,7 +577,12 @@ class QemuProcess:
 
         out0 = os.fstat(self._out_fd).st_size
         err0 = os.fstat(self._err_fd).st_size
-        reply = self._call(cmd, wire, timeout)
+        pair = then_query_nodes and not self._jobs_possible and cmd not in JOB_COMMANDS \
+            and cmd not in ("query-jobs", "query-named-block-nodes", "quit")
+        if pair:
+            reply, nodes = self._call_then_query(cmd, wire, timeout)
+        else:
+            reply = self._call(cmd, wire, timeout)
         if cmd in JOB_COMMANDS and "error" not in reply:
             self._jobs_possible = True
         if cmd not in ("query-jobs", "query-named-block-nodes"):
@@ -566,6 +597,8 @@ class QemuProcess:
             self._names_fresh = True
         else:
             self._names_fresh = False   # any other command may have created nodes
+        if pair:
+            self._prefetched = nodes
         if "error" in reply:
             err = reply["error"]
             return Outcome(ret=None, error=QmpError(err["class"],
@@ -614,6 +647,15 @@ class QemuProcess:
 
     def query_nodes(self) -> list[dict]:
         """``query-named-block-nodes`` with every auto name canonicalised (also in json: names)."""
+        nodes, self._prefetched = self._prefetched, None
+        if isinstance(nodes, QemuFailure):
+            self._fail(nodes)
+        if nodes is not None:
+            if "error" in nodes:
+                raise HarnessError(f"query-named-block-nodes failed: {nodes['error']}")
+            self._names.learn(nodes["return"])
+            self._names_fresh = True
+            return _canon(nodes["return"], self._names.offset)
         outcome = self.execute("query-named-block-nodes")
         if outcome.error is not None:
             raise HarnessError(f"query-named-block-nodes failed: {outcome.error}")
@@ -763,7 +805,7 @@ class QemuProcess:
         except QmpTimeout as e:
             self._fail(QemuHang(what, e.timeout, self._stderr_tail()), e)
         except (QmpTransportError, OSError, EOFError, Exception) as e:
-            self._fail(QemuCrash(what, self._wait_exit(), self._stderr_tail()), e)
+            self._fail(self._crash(what, self._wait_exit()), e)
 
     def _batch_must(self, calls: list[tuple[str, Any]], may_lack_objects: bool = False
                     ) -> list[Any]:
@@ -884,7 +926,7 @@ class QemuProcess:
             raise HarnessError("QEMU could not be reset; start a new process") \
                 from self._reset_failed
         if self._proc.poll() is not None:
-            self._fail(QemuCrash(cmd, self._proc.returncode, self._stderr_tail()))
+            self._fail(self._crash(cmd, self._proc.returncode))
 
     def _learn_names(self) -> None:
         reply = self._call("query-named-block-nodes", None, None)
@@ -899,15 +941,74 @@ class QemuProcess:
         except QmpTimeout as e:
             self._fail(QemuHang(cmd, e.timeout, self._stderr_tail()), e)
         except QmpGone as e:
-            self._fail(QemuCrash(cmd, self._wait_exit(), self._stderr_tail()), e)
+            self._fail(self._crash(cmd, self._wait_exit()), e)
+
+    def _call_then_query(self, cmd: str, args: Mapping[str, Any] | None, timeout: float | None
+                         ) -> tuple[dict, dict | QemuFailure]:
+        """``cmd`` and ``query-named-block-nodes`` sent together; (the command's reply, the
+        query's reply or its failure).  Each reply gets the whole timeout, as two calls
+        would; a failure before the command's reply is the command's (raised here)."""
+        import asyncio
+
+        from qemu.qmp import ExecInterruptedError, ExecuteError, Message, StateError
+
+        assert self._qmp is not None
+        qmp, client = self._qmp, self._qmp._client
+        limit = self.timeout if timeout is None else timeout
+
+        async def one(c: str, a: Any) -> dict:
+            msg = Message({"execute": c, **({"arguments": a} if a else {})})
+            try:
+                return {"return": await client.execute_msg(msg)}
+            except ExecuteError as e:
+                return {"error": dict(e.received["error"])}
+
+        async def both() -> tuple[dict, dict | BaseException]:
+            first = asyncio.ensure_future(one(cmd, args))
+            second = asyncio.ensure_future(one("query-named-block-nodes", None))
+            try:
+                r1 = await asyncio.wait_for(first, limit)
+            except BaseException:
+                second.cancel()
+                raise
+            try:
+                return r1, await asyncio.wait_for(second, limit)
+            except (TimeoutError, ExecInterruptedError, StateError, EOFError, OSError) as e:
+                return r1, e
+
+        try:
+            r1, r2 = qmp._run(both(), 2 * limit + 1, cmd)
+        except QmpTimeout as e:
+            self._fail(QemuHang(cmd, limit, self._stderr_tail()), e)
+        except (ExecInterruptedError, StateError, EOFError, OSError) as e:
+            self._fail(self._crash(cmd, self._wait_exit()), e)
+        if isinstance(r2, TimeoutError):
+            return r1, QemuHang("query-named-block-nodes", limit, self._stderr_tail())
+        if isinstance(r2, BaseException):
+            return r1, self._crash("query-named-block-nodes", self._wait_exit())
+        return r1, r2
 
     def _check_after(self, cmd: str, err0: int) -> None:
         assert self._proc is not None
         new_err = _read_from(self._err_fd, err0)
         if _FATAL_STDERR.search(new_err):
-            self._fail(QemuCrash(cmd, self._wait_exit(), self._stderr_tail()))
+            self._fail(self._crash(cmd, self._wait_exit()))
         if cmd != "quit" and self._proc.poll() is not None:
-            self._fail(QemuCrash(cmd, self._proc.returncode, self._stderr_tail()))
+            self._fail(self._crash(cmd, self._proc.returncode))
+
+    def _crash(self, cmd: str, returncode: int | None) -> QemuCrash:
+        """The crash of ``cmd``, with the stderr tail and, from a sanitizer build, the whole
+        sanitizer report (it may be longer than the tail, and it names the bug)."""
+        try:
+            with open(self.stderr_path, "rb") as f:
+                stderr = f.read(4 * 1024 * 1024).decode("utf-8", "replace")
+        except OSError:
+            stderr = ""
+        report = sanitizer_report(stderr)
+        if report:   # chrooted, ASan could not name the functions: addr2line outside can
+            from fuzz.symbolize import symbolize
+            report = symbolize(report)
+        return QemuCrash(cmd, returncode, self._stderr_tail(), sanitizer=report)
 
     def _fail(self, failure: QemuFailure, cause: BaseException | None = None) -> NoReturn:
         self._failure = failure

@@ -384,6 +384,14 @@ def _validate(value: str, source: str) -> str:
         if inst is None:
             raise QemuNotFound(f"{source} {value!r}: not fetched: run `blockfuzz qemu fetch {value}`")
         return str(inst.binary("system"))
+    # A build's name ("--qemu 10.2-asan", `blockfuzz qemu build`): its system emulator.
+    if os.sep not in value and (qemu_dir() / value / _MANIFEST).is_file():
+        from fuzz.qemubuild import build_installed
+        b = build_installed(value)
+        if b is None:
+            raise QemuNotFound(f"{source} {value!r}: an incomplete build: run "
+                               f"`blockfuzz qemu build` again")
+        return str(b.binary())
     # A bare name ("qemu-system-x86_64") is looked up in $PATH like a shell would.
     if os.sep not in value:
         found = shutil.which(value)

@@ -54,6 +54,8 @@ __all__ = ["SOURCE_ORIGINS", "SourceTree", "fetch_source", "source_installed",
 SOURCE_ORIGINS = {
     "10.0": Source("trixie", ("trixie", "trixie-updates", "trixie-security")),
     "11.1": Source("trixie", ("trixie-backports",)),
+    # no binaries: built from source (`blockfuzz qemu build 10.2`); sid still lists 10.2.2
+    "10.2": Source("sid", ("sid",)),
 }
 SOURCE_PACKAGE = "qemu"
 _MANIFEST = "manifest.json"

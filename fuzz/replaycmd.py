@@ -32,7 +32,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import Finding, HarnessError
+from .errors import CliError, Finding, HarnessError, QemuNotFound
 
 # traces and the model are imported by the handlers: building the command line must not pay
 # for them (every subcommand's parser is built on every start)
@@ -51,6 +51,9 @@ def add_replay_parser(subparsers) -> None:
     p.add_argument("--strict", action="store_true",
                    help="a build without an exact profile: compare the fields its profile does "
                         "not know too (default: name them and leave them out)")
+    p.add_argument("--coverage", metavar="DIR",
+                   help="against a gcov build (qemu build --gcov): QEMU's line and branch "
+                        "coverage of the block layer for these traces, HTML report in DIR")
     p.set_defaults(handler=run_replay)
 
 
@@ -64,13 +67,55 @@ def replay_trace(tr: T.Trace, binaries, timeout: float = 5.0, strict: bool = Fal
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    if len(args.qemu) > 1:
+        if getattr(args, "coverage", None):
+            print("blockfuzz: --coverage takes one --qemu (a gcov build)", file=sys.stderr)
+            return 2
+        return run_replay_builds(args)
+    if getattr(args, "coverage", None):
+        return _replay_with_coverage(args)
+    return _replay(args)
+
+
+def _replay_with_coverage(args: argparse.Namespace) -> int:
+    """The replay, with a gcov build's counters of it collected and reported."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from .gcov import gcov_run_for, summary_text
+    from .qemufetch import resolve_qemu
+
+    try:
+        binaries = resolve_qemu(args.qemu[0] if args.qemu else None)
+        out = Path(args.coverage).absolute()
+        data = out / "gcov-data"
+        shutil.rmtree(data, ignore_errors=True)
+        gcov = gcov_run_for(binaries.system, data)
+    except (HarnessError, OSError) as e:
+        print(f"blockfuzz: {_one_line(e)}", file=sys.stderr)
+        return 2
+    gcov.activate()
+    try:
+        status = _replay(args)
+    finally:
+        gcov.deactivate()
+    try:
+        summary = gcov.report(out)
+    except HarnessError as e:
+        print(f"blockfuzz: line coverage: {e}", file=sys.stderr)
+        return 2
+    print(summary_text(summary))
+    print(f"line coverage report: {os.path.join(out, 'index.html')}")
+    return status
+
+
+def _replay(args: argparse.Namespace) -> int:
     from models import NotModeled
 
     from . import trace as T
     from .qemufetch import resolve_qemu
 
-    if len(args.qemu) > 1:
-        return run_replay_builds(args)
     binaries = None
     status = 0
     for path in args.traces:
@@ -86,7 +131,7 @@ def run_replay(args: argparse.Namespace) -> int:
             status = max(status, 2)
         except Finding as e:
             # one line per trace: a crash's stderr tail is folded onto it
-            line = " | ".join(l for l in str(e).splitlines() if l.strip())
+            line = _one_line(e)
             if is_finding(tr):
                 wanted = recorded_signatures(tr)
                 # a written expectation failing is the trace's own check of the bug
@@ -101,6 +146,11 @@ def run_replay(args: argparse.Namespace) -> int:
             status = 2
         except (HarnessError, OSError) as e:
             print(f"ERROR {path}: {_one_line(e)}")   # a tool's stderr folded onto the line
+            status = 2
+        except (QemuNotFound, CliError):
+            raise   # no QEMU to replay on: the command's own one line (cli.main)
+        except Exception as e:  # noqa: BLE001 - one line, never a traceback
+            print(f"ERROR {path}: internal error (a blockfuzz bug): {type(e).__name__}: {e}")
             status = 2
         else:
             print(f"FIXED {tr.name}" if is_finding(tr) else f"PASS {tr.name}")
@@ -126,7 +176,10 @@ def recorded_signatures(tr: T.Trace) -> set[str]:
 
 
 def _one_line(e: BaseException) -> str:
-    return " | ".join(l for l in str(e).splitlines() if l.strip())
+    text = str(e)
+    if getattr(e, "sanitizer", ""):   # the report's headline; the report is in the folder
+        text = text.split("\n--- ", 1)[0]
+    return " | ".join(l for l in text.splitlines() if l.strip())
 
 
 def _verdict(tr: T.Trace, binaries, timeout: float, strict: bool = False

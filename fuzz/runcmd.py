@@ -19,12 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import DatabaseError, UsageError
+from .errors import DatabaseError, HarnessError, UsageError
 
 # The campaign machinery (Hypothesis, the model, the harness) is imported only once the options
 # are checked: a bad option must cost an import of argparse, not of Hypothesis.
@@ -79,7 +80,10 @@ def add_campaign_options(p) -> None:
     p.add_argument("--strict", action="store_true",
                    help="a build without an exact profile: compare the fields its profile does "
                         "not know too (default: name them once and leave them out)")
-    p.add_argument("--coverage", action="store_true", help="print the coverage table at the end")
+    p.add_argument("--coverage", action="store_true",
+                   help="print the behaviour coverage tables at the end; against a gcov build "
+                        "(qemu build --gcov) also QEMU's line and branch coverage of the block "
+                        "layer, with an HTML report in DIR/coverage/")
 
 
 def _number(name: str, text: str | None, kind, minimum, inclusive: bool = True):
@@ -204,8 +208,32 @@ def _run(args: argparse.Namespace) -> int:
     print(f"blockfuzz run: {version} ({binaries.system}), {workers} worker(s), "
           + (f"{numbers['time']:g} s" if numbers["time"] is not None else f"{numbers['examples']} examples")
           + f", findings in {args.out}", flush=True)
-    state = run_campaign(spec, reporting_bus(args, spec))
-    return finish(state, args, binaries)
+    gcov = line_coverage(args, binaries)
+    if gcov is not None:
+        gcov.activate()
+    try:
+        state = run_campaign(spec, reporting_bus(args, spec))
+    finally:
+        if gcov is not None:
+            gcov.deactivate()
+    return finish(state, args, binaries, gcov)
+
+
+def line_coverage(args, binaries):
+    """The gcov collection of a ``--coverage`` run against a gcov build, else None."""
+    if not getattr(args, "coverage", False):
+        return None
+    from .gcov import gcov_run_for
+    from .qemubuild import build_of
+
+    b = build_of(binaries.system)
+    if b is None or not b.gcov:
+        print("blockfuzz run: --coverage: behaviour coverage only (QEMU's line coverage needs "
+              "a gcov build: `blockfuzz qemu build VERSION --gcov`)", flush=True)
+        return None
+    data = os.path.join(os.path.abspath(args.out), "gcov-data")
+    shutil.rmtree(data, ignore_errors=True)   # this run's counters only
+    return gcov_run_for(binaries.system, Path(data))
 
 
 def reporting_bus(args, spec) -> Events:
@@ -222,7 +250,7 @@ def reporting_bus(args, spec) -> Events:
     return bus
 
 
-def finish(state: CampaignState, args, binaries) -> int:
+def finish(state: CampaignState, args, binaries, gcov=None) -> int:
     """Post-processing of new findings (minimize, report, reproducers) unless stopped by a
     signal, the summary, and the exit status."""
     from .reporters import coverage_table, depth_table
@@ -240,6 +268,18 @@ def finish(state: CampaignState, args, binaries) -> int:
         print(coverage_table(cov))
         print()
         print(depth_table(cov))
+    line_status = 0
+    if gcov is not None:
+        from .gcov import summary_text
+        try:
+            summary = gcov.report(Path(args.out) / "coverage")
+        except HarnessError as e:
+            print(f"blockfuzz: line coverage: {e}", file=sys.stderr)
+            line_status = 2
+        else:
+            print()
+            print(summary_text(summary))
+            print(f"line coverage report: {os.path.join(args.out, 'coverage', 'index.html')}")
     for build, paths in sorted(unknown.items()):
         print(f"QEMU {build} has no exact profile; fields left out of the comparison "
               f"(--strict compares them): {', '.join(paths)}")
@@ -266,7 +306,7 @@ def finish(state: CampaignState, args, binaries) -> int:
             print(f"  {f.folder}/minimal.json{tag}\n    {f.summary[:300]}")
     elif status == 0:
         print("no new findings")
-    return status
+    return status or line_status
 
 
 def report_problems(state: CampaignState) -> None:
@@ -297,5 +337,38 @@ def _post_process(folder: str, signature: str, binaries, timeout: float) -> None
             print(f"{folder}: minimized from {len(tr.steps)} to {len(small.steps)} steps")
     except T.TraceError as e:
         print(f"{folder}: not minimized: {e}")
+    _full_sanitizer_report(folder, signature, binaries, timeout)
     write_finding_report(folder, binaries, timeout=timeout)
     export_finding(folder, binaries)
+
+
+def _full_sanitizer_report(folder: str, signature: str, binaries, timeout: float) -> None:
+    """A sanitizer finding's report again, with whole allocation and free stacks.
+
+    Campaigns run ASan's fast unwinder, which stops at the first frame without a frame
+    pointer (glib's g_free), so "freed by" shows two frames; the slow one costs 2.5x per
+    example (seed replay on 10.2.2: 25 s instead of 10 s).  So the minimal trace is replayed
+    once with ``fast_unwind_on_malloc=0``, and its report replaces ``sanitizer.txt`` if it
+    is the same bug.  Never raises."""
+    from . import trace as T
+    from .errors import QemuCrash
+    from .replaycmd import replay_trace
+
+    path = os.path.join(folder, "sanitizer.txt")
+    if not os.path.exists(path):
+        return
+    saved = os.environ.get("ASAN_OPTIONS")
+    os.environ["ASAN_OPTIONS"] = (saved + ":" if saved else "detect_leaks=0:") \
+        + "fast_unwind_on_malloc=0"
+    try:
+        replay_trace(T.load(os.path.join(folder, "minimal.json")), binaries, timeout)
+    except QemuCrash as e:
+        if e.sanitizer and e.signature() == signature:
+            T.write_atomically(path, e.sanitizer)
+    except Exception:  # noqa: BLE001 - the fast report stays
+        pass
+    finally:
+        if saved is None:
+            os.environ.pop("ASAN_OPTIONS", None)
+        else:
+            os.environ["ASAN_OPTIONS"] = saved

@@ -120,6 +120,14 @@ PROFILES["11.1"] = attrs.evolve(PROFILES["10.0"], name="11.1", version=(11, 1),
                                     "Cannot delete throttle group '{id}' with active references"))
 
 
+# 10.2 (built from Debian's 10.2.2 source, `blockfuzz qemu build 10.2`): 11.1's query fields
+# and job-filter behaviour, seen on 10.2.2 (2026-12-01: all seeds, probes and findings replayed
+# with --strict); the throttle group's own "in use" text is newer (the 10.2.0 source still has
+# user_creatable_del()'s generic one).
+PROFILES["10.2"] = attrs.evolve(PROFILES["11.1"], name="10.2", version=(10, 2),
+                                throttle_group_del_error=PROFILES["10.0"].throttle_group_del_error)
+
+
 def profile_for(major: int, minor: int, micro: int = 0) -> tuple[VersionProfile, bool]:
     """The profile for a QEMU version, and whether it is an exact match.
 

@@ -1,8 +1,8 @@
 """A build without an exact profile (a developer's 11.1.90, say): the nearest older profile, its
 unknown fields named once and set aside for that build only, and still every other check.
 
-The real 11.1.3 is presented as an unknown version by hiding its profile, so the nearest older
-one (10.0) applies: 11.1 reports ``children`` and ``image.limits``, which 10.0 does not know.
+The real 11.1.3 is presented as an unknown version by hiding its profile (and 10.2's), so the
+nearest older one (10.0) applies: 11.1 reports ``children`` and ``image.limits``, which 10.0 does not know.
 """
 from __future__ import annotations
 
@@ -57,9 +57,10 @@ def test_exact_profiles_know_every_field_they_predict():
 
 @pytest.fixture
 def unknown_11_1(monkeypatch):
-    """QEMU 11.1.3 with the 11.1 profile hidden: it gets 10.0's, inexactly."""
+    """QEMU 11.1.3 with the 11.1 and 10.2 profiles hidden: it gets 10.0's, inexactly."""
     binaries = qemu_binaries("11.1")
     monkeypatch.delitem(PROFILES, "11.1")
+    monkeypatch.delitem(PROFILES, "10.2")
     monkeypatch.setattr(S, "_PROFILE_CACHE", {})
     monkeypatch.setattr(S, "_FIELD_FILTERS", {})
     return binaries
