@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 def add_replay_parser(subparsers) -> None:
     p = subparsers.add_parser("replay", help="re-run traces against QEMU and the model",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("traces", nargs="+", metavar="TRACE", help="trace files (JSON)")
+    p.add_argument("traces", nargs="+", metavar="TRACE",
+                   help="trace files (JSON), or directories of them (corpus/seeds/)")
     p.add_argument("--qemu", metavar="PATH|VERSION", action="append", default=[],
                    help="qemu-system-x86_64 to use, or a fetched version (7.2, 10.0, 11.1) (default: $QEMU_PROG, then the fetched 11.1); "
                         "repeat it to replay on several builds, one column each")
@@ -66,7 +67,19 @@ def replay_trace(tr: T.Trace, binaries, timeout: float = 5.0, strict: bool = Fal
             s.runner.run(step)
 
 
+def _expand(paths: list[str]) -> list[str]:
+    """A directory stands for its traces (``corpus/seeds/``: every ``*.json`` in it, sorted)."""
+    import glob
+    import os
+
+    out: list[str] = []
+    for p in paths:
+        out += sorted(glob.glob(os.path.join(p, "*.json"))) if os.path.isdir(p) else [p]
+    return out
+
+
 def run_replay(args: argparse.Namespace) -> int:
+    args.traces = _expand(args.traces)
     if len(args.qemu) > 1:
         if getattr(args, "coverage", None):
             print("blockfuzz: --coverage takes one --qemu (a gcov build)", file=sys.stderr)

@@ -780,7 +780,10 @@ def _capture_before(rep: Report, tr: T.Trace, binaries, timeout: float) -> None:
 
 
 def _one_line(e: BaseException | str) -> str:
-    return " | ".join(l for l in str(e).splitlines() if l.strip())
+    text = str(e)
+    if getattr(e, "sanitizer", ""):   # the headline; the report itself is on the page
+        text = text.split("\n--- ", 1)[0]
+    return " | ".join(l for l in text.splitlines() if l.strip())
 
 
 # --------------------------------------------------------------------------------------------

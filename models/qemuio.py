@@ -15,9 +15,9 @@ import attrs
 from . import iodata
 from . import perms as P
 from .errors import NotModeled, QmpFailure
-from .graph import Graph
+from .graph import Graph, Node
 from .jobs import active_commit_nodes
-from .lengths import node_length
+from .lengths import host_sectors, node_length
 
 _SUFFIX = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -73,6 +73,24 @@ class IoResult:
     stdout: tuple[str, ...]
 
 
+def _metadata_past_cached_end(g: Graph, n: Node) -> bool:
+    """A format node with on-disk metadata (one that supports a backing file: qcow2) whose
+    file node's ``total_sectors`` is behind its host file: another node on the same file grew
+    it (two file nodes, ``locking: off``).  QEMU's read of a metadata cluster past that cached
+    end returns zeroes (``bdrv_aligned_preadv()`` pads past ``total_bytes``), so qcow2 takes an
+    allocated cluster for a free one and allocates again; which cluster it then takes is
+    beyond the model (seen on 7.2.22, 10.0.2, 10.2.2 and 11.1.3: an L2 table read as zeroes
+    after a reopen moved a qcow2 node onto such a file node)."""
+    if not n.driver.supports_backing:
+        return False
+    for c in n.children:
+        ch = g.nodes[c.child]
+        if ch.driver.protocol and ch.filename is not None and ch.filename in g.images \
+                and ch.cached_length < host_sectors(g, ch.filename):
+            return True
+    return False
+
+
 def run(g: Graph, cmd: IoCommand) -> IoResult:
     """Predict an HMP qemu-io command; writes change ``g``'s images in place."""
     node = g.get(cmd.device)
@@ -81,6 +99,8 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     length = node_length(g, node)
     if g.reaches(node, lambda n: n.name in g.dangling_data_file):
         raise NotModeled("I/O through a qcow2 node with a dangling data_file (known QEMU bug)")
+    if g.reaches(node, lambda n: _metadata_past_cached_end(g, n)):
+        raise NotModeled("a format node over a file node whose cached length is behind its file")
     busy = active_commit_nodes(g)
     if busy and g.reaches(node, lambda n: n.name in busy):
         if cmd.op == "write":

@@ -90,3 +90,12 @@ def test_known_qemu_bugs_reproduce_exactly_where_they_should(any_qemu):
         assert "(differently" not in lines[tr["name"]], lines[tr["name"]]
     kinds = " ".join(lines.values())
     assert "SIGSEGV" in kinds
+
+
+@pytest.mark.qemu
+def test_a_directory_replays_every_trace_in_it(any_qemu):
+    probes = sorted(glob.glob(os.path.join(ROOT, "corpus", "probes", "*.json")))
+    r = blockfuzz("replay", os.path.join(ROOT, "corpus", "probes"), "--qemu", any_qemu.system)
+    names = [json.load(open(p))["name"] for p in probes]
+    assert [l.split()[1] for l in r.stdout.strip().splitlines()] == names, r.stdout + r.stderr
+    assert r.returncode == 0
