@@ -88,6 +88,8 @@ def instrument() -> None:
     S.Session.__exit__ = _timed("set-up", S.Session.__exit__, setup=True)
     Q.QemuProcess._call = _qmp_timed(Q.QemuProcess._call)
     Q.QemuProcess._batch = _qmp_timed(Q.QemuProcess._batch)   # the reset's batches
+    if hasattr(Q.QemuProcess, "_call_then_query"):   # a command with its graph query behind it
+        Q.QemuProcess._call_then_query = _qmp_timed(Q.QemuProcess._call_then_query)
     for name in ("execute", "query_named_block_nodes", "query_jobs"):
         setattr(Model, name, _timed("model", getattr(Model, name)))
     engine.Runner.run = _timed("step", engine.Runner.run)
