@@ -784,20 +784,12 @@ class QemuProcess:
         monitor_qmp_handle_inbound()).  Uses QmpSync's loop and client directly (to move into
         QmpSync as a ``cmds()``)."""
         import asyncio
-        from qemu.qmp import ExecuteError, Message
 
         assert self._qmp is not None
         client = self._qmp._client
 
-        async def one(cmd: str, args: Any) -> dict:
-            msg = Message({"execute": cmd, **({"arguments": args} if args else {})})
-            try:
-                return {"return": await client.execute_msg(msg)}
-            except ExecuteError as e:
-                return {"error": dict(e.received["error"])}
-
         async def all_() -> list[dict]:
-            return list(await asyncio.gather(*(one(c, a) for c, a in calls)))
+            return list(await asyncio.gather(*(_reply_of(client, c, a) for c, a in calls)))
 
         what = f"{calls[0][0]} (+{len(calls) - 1})"
         try:
@@ -950,22 +942,15 @@ class QemuProcess:
         would; a failure before the command's reply is the command's (raised here)."""
         import asyncio
 
-        from qemu.qmp import ExecInterruptedError, ExecuteError, Message, StateError
+        from qemu.qmp import ExecInterruptedError, StateError
 
         assert self._qmp is not None
         qmp, client = self._qmp, self._qmp._client
         limit = self.timeout if timeout is None else timeout
 
-        async def one(c: str, a: Any) -> dict:
-            msg = Message({"execute": c, **({"arguments": a} if a else {})})
-            try:
-                return {"return": await client.execute_msg(msg)}
-            except ExecuteError as e:
-                return {"error": dict(e.received["error"])}
-
         async def both() -> tuple[dict, dict | BaseException]:
-            first = asyncio.ensure_future(one(cmd, args))
-            second = asyncio.ensure_future(one("query-named-block-nodes", None))
+            first = asyncio.ensure_future(_reply_of(client, cmd, args))
+            second = asyncio.ensure_future(_reply_of(client, "query-named-block-nodes", None))
             try:
                 r1 = await asyncio.wait_for(first, limit)
             except BaseException:
@@ -1075,6 +1060,18 @@ def _deletion_order(kids: dict[str, list[str]]) -> list[str]:
                 if parents[c] == 0:
                     ready.append(c)
     return out + [name for name in parents if name not in out]   # no cycles; keep all anyway
+
+
+async def _reply_of(client: Any, cmd: str, args: Any) -> dict:
+    """One command on qemu.qmp's client, its reply as QEMU sent it (``{"return"}`` or
+    ``{"error"}``), for the calls that send several commands at once."""
+    from qemu.qmp import ExecuteError, Message
+
+    msg = Message({"execute": cmd, **({"arguments": args} if args else {})})
+    try:
+        return {"return": await client.execute_msg(msg)}
+    except ExecuteError as e:
+        return {"error": dict(e.received["error"])}
 
 
 def _read_from(fd: int, offset: int) -> str:
