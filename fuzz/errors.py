@@ -456,6 +456,15 @@ def sanitizer_parts(report: str) -> tuple[str, str, str]:
     return tool, kind, _own_frame(frames)
 
 
+def one_line(e: BaseException | str) -> str:
+    """A message on one line (``|`` between its lines), as replay, show and minimize print
+    it; a sanitizer crash gives its headline only (the report is in the finding folder)."""
+    text = str(e)
+    if getattr(e, "sanitizer", ""):
+        text = text.split("\n--- ", 1)[0]
+    return " | ".join(l for l in text.splitlines() if l.strip())
+
+
 def generalise(text: str) -> str:
     """Fold node names, quoted values and numbers, so equal kinds of outcome compare equal."""
     text = re.sub(r"'[^']*'", "'X'", text)

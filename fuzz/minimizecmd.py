@@ -23,6 +23,7 @@ import sys
 import time
 
 from .errors import CliError, HarnessError, QemuNotFound
+from .errors import one_line as _one_line
 
 
 def add_minimize_parser(subparsers) -> None:
@@ -92,9 +93,6 @@ def _say(msg: str) -> None:
 def _fail(msg: str, status: int = 2) -> CliError:
     return CliError(msg, status)
 
-
-def _one_line(e: BaseException) -> str:
-    return " | ".join(l for l in str(e).splitlines() if l.strip())
 
 
 def run_minimize(args: argparse.Namespace) -> int:

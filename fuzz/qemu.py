@@ -590,7 +590,10 @@ class QemuProcess:
             if self._jobs_possible:
                 self._settle_jobs(cmd)
         stdout = stdout_lines(_read_from(self._out_fd, out0))
-        self._check_after(cmd, err0)
+        if not (pair and isinstance(nodes, QemuFailure)):
+            # (QEMU died or hung after the command's reply: that failure is the query's, and
+            # query_nodes() raises it with the stderr it saw)
+            self._check_after(cmd, err0)
 
         if cmd == "query-named-block-nodes" and "return" in reply:
             self._names.learn(reply["return"])

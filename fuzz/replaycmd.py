@@ -33,6 +33,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from .errors import CliError, Finding, HarnessError, QemuNotFound
+from .errors import one_line as _one_line
 
 # traces and the model are imported by the handlers: building the command line must not pay
 # for them (every subcommand's parser is built on every start)
@@ -187,12 +188,6 @@ def recorded_signatures(tr: T.Trace) -> set[str]:
         found.add(tr.description.splitlines()[0])
     return found
 
-
-def _one_line(e: BaseException) -> str:
-    text = str(e)
-    if getattr(e, "sanitizer", ""):   # the report's headline; the report is in the folder
-        text = text.split("\n--- ", 1)[0]
-    return " | ".join(l for l in text.splitlines() if l.strip())
 
 
 def _verdict(tr: T.Trace, binaries, timeout: float, strict: bool = False

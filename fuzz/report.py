@@ -46,6 +46,7 @@ import attrs
 
 from . import trace as T
 from .errors import Disagreement, DotMissing, ExpectationMismatch, HarnessError, QemuFailure
+from .errors import one_line as _one_line
 
 # --------------------------------------------------------------------------------------------
 # what a picture shows
@@ -778,12 +779,6 @@ def _capture_before(rep: Report, tr: T.Trace, binaries, timeout: float) -> None:
         rep.notes.append(f"could not replay the steps before the crash to draw the graph: "
                          f"{type(e).__name__}: {_one_line(e)}")
 
-
-def _one_line(e: BaseException | str) -> str:
-    text = str(e)
-    if getattr(e, "sanitizer", ""):   # the headline; the report itself is on the page
-        text = text.split("\n--- ", 1)[0]
-    return " | ".join(l for l in text.splitlines() if l.strip())
 
 
 # --------------------------------------------------------------------------------------------

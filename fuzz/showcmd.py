@@ -36,7 +36,7 @@ def _fail(message: str) -> int:
 def run_show(args: argparse.Namespace) -> int:
     from . import report as R
     from . import trace as T
-    from .errors import HarnessError, QemuNotFound
+    from .errors import HarnessError, QemuNotFound, one_line
     from .qemufetch import resolve_qemu
 
     try:
@@ -58,12 +58,12 @@ def run_show(args: argparse.Namespace) -> int:
     try:
         rep = R.build_report(tr, binaries, step, args.timeout, source=args.trace)
     except (HarnessError, OSError) as e:
-        return _fail(f"{args.trace}: {R._one_line(e)}")
+        return _fail(f"{args.trace}: {one_line(e)}")
     try:
         R.write_report(out, rep)
     except OSError as e:
         return _fail(f"{out}: {e.strerror or e}")
-    what = R._one_line(rep.error) if rep.error is not None else "model and QEMU agree"
+    what = one_line(rep.error) if rep.error is not None else "model and QEMU agree"
     print(f"{out}: step {rep.index + 1}: {what}"[:400])
     from .toolfetch import find_dot
 

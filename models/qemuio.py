@@ -74,21 +74,19 @@ class IoResult:
 
 
 def _metadata_past_cached_end(g: Graph, n: Node) -> bool:
-    """A format node with on-disk metadata (one that supports a backing file: qcow2) whose
-    file node's ``total_sectors`` is behind its host file: another node on the same file grew
+    """A format node with its metadata in its file (``BlockDriver.metadata_in_file``: qcow2)
+    whose file node's ``total_sectors`` is behind its host file: another node on the same file grew
     it (two file nodes, ``locking: off``).  QEMU's read of a metadata cluster past that cached
     end returns zeroes (``bdrv_aligned_preadv()`` pads past ``total_bytes``), so qcow2 takes an
     allocated cluster for a free one and allocates again; which cluster it then takes is
     beyond the model (seen on 7.2.22, 10.0.2, 10.2.2 and 11.1.3: an L2 table read as zeroes
     after a reopen moved a qcow2 node onto such a file node)."""
-    if not n.driver.supports_backing:
+    c = n.child("file") if n.driver.metadata_in_file else None
+    if c is None:
         return False
-    for c in n.children:
-        ch = g.nodes[c.child]
-        if ch.driver.protocol and ch.filename is not None and ch.filename in g.images \
-                and ch.cached_length < host_sectors(g, ch.filename):
-            return True
-    return False
+    ch = g.nodes[c.child]
+    return ch.driver.protocol and ch.filename in g.images \
+        and ch.cached_length < host_sectors(g, ch.filename)
 
 
 def run(g: Graph, cmd: IoCommand) -> IoResult:

@@ -392,3 +392,20 @@ def test_bad_image_write_is_a_harness_error(binaries, tmp_path):
     spec = ImageSpec("x.img", "raw", 4096, writes=(Write(1, 4096, 512),))
     with pytest.raises(HarnessError):
         make_images([spec], tmp_path, binaries, cache=False)
+
+
+@pytest.mark.qemu
+def test_a_failure_after_the_commands_reply_is_the_pipelined_querys(binaries, tmp_path):
+    """execute(..., then_query_nodes=True) sends the graph query behind the command.  HMP
+    `quit` answers and then QEMU exits: the command's reply stands (no crash raised by
+    execute), and whatever happened to the query is raised by query_nodes() as the query's,
+    as two separate calls would have it."""
+    # (the sandbox refuses HMP other than qemu-io; this test needs `quit`)
+    with QemuProcess(binaries, tmp_path, check_paths=False) as qemu:
+        out = qemu.execute("human-monitor-command", {"command-line": "quit"},
+                           then_query_nodes=True)
+        assert out.ok
+        with pytest.raises(QemuCrash) as info:
+            qemu.query_nodes()
+            qemu.execute("query-version")   # QEMU answered the query before it went
+        assert info.value.command in ("query-named-block-nodes", "query-version")

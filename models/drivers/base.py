@@ -123,6 +123,10 @@ class BlockDriver:
     reopen_refreshes_length: ClassVar[bool] = True
     #: ``.has_variable_length`` (7.2; VersionProfile.driver_variable_length)
     has_variable_length: ClassVar[bool] = False
+    #: keeps its own metadata (tables, refcounts) in its ``file`` child at host offsets it
+    #: chooses, and reads it from there (qcow2): a stale length of that child changes what it
+    #: reads (``models.qemuio``)
+    metadata_in_file: ClassVar[bool] = False
     #: a guest disk's first-sector read at realize is predictable through this node
     disk_read_modelled: ClassVar[bool] = True
     #: what the fuzzer draws for blockdev-add (see ``Gen``)

@@ -144,6 +144,7 @@ def _whole_clusters(g: Graph, n: Node, off: int, length: int) -> tuple[Image, ra
 class Qcow2(BlockDriver):
     name = "qcow2"
     supports_backing = True
+    metadata_in_file = True
     mutable = RUNTIME
     # qcow2_open(): file is opened by bdrv_open_inherit(); role DATA|METADATA|PRIMARY
     children = (("file", ROLE_STORAGE),)
