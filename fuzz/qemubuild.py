@@ -272,12 +272,32 @@ def _log_run(argv: list[str], log, cwd: Path, what: str, env: dict | None = None
     log.write(f"\n$ {' '.join(argv)}   (in {cwd})\n")
     log.flush()
     try:
-        p = subprocess.run(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                           env=env, preexec_fn=lambda: os.nice(5))
+        # its own process group, so that a stop takes configure's or ninja's compilers too
+        p = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                             preexec_fn=lambda: os.nice(5), start_new_session=True)
     except OSError as e:
         raise BuildError(f"{what}: {e}") from None
-    if p.returncode != 0:
-        raise BuildError(f"{what} failed (exit {p.returncode}); see {log.name}")
+    try:
+        rc = p.wait()
+    except BaseException:   # Ctrl-C or SIGTERM (_build_command): no compiler left running
+        _kill_group(p)
+        raise
+    if rc != 0:
+        raise BuildError(f"{what} failed (exit {rc}); see {log.name}")
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    import signal
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _copy_firmware(into: Path, build_dir: Path) -> None:
@@ -462,11 +482,22 @@ def _build_command(args) -> int:
                        f"{', '.join(SOURCE_ORIGINS)}; or --src DIR)", 2)
     spec = BuildSpec(version=args.version, src=args.src, asan=args.asan, gcov=args.gcov,
                      minimal=args.minimal, patches=tuple(args.patch), name=args.name)
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         b = build(spec, force=args.force)
     except QemuNotFound as e:
         raise CliError(str(e), 2) from None
     except (FetchError, OSError) as e:
         raise CliError(f"building QEMU failed: {e}", 2) from None
+    except KeyboardInterrupt:
+        # no manifest: the next `qemu build` of this name starts again from scratch
+        raise CliError("build stopped; it is incomplete and will be built again next time",
+                       2) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(b.binary())
     return 0

@@ -100,3 +100,57 @@ def test_finding_folder_gets_the_whole_report(built, tmp_path):
     freed = slow.split("freed by thread")[1].split("previously allocated")[0]
     assert " in bdrv_unref " in freed and " in bdrv_reopen_multiple " in freed
     assert len(slow) > len(fast)
+
+
+def _build_processes(marker: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stopped_build_stops_its_compilers_and_says_so(built, sig):
+    """Ctrl-C or SIGTERM while configure or ninja runs: exit 2 within seconds, one line, no
+    configure/ninja/cc of the build left running, and no manifest (the next build of that
+    name starts again)."""
+    import shutil
+    import signal
+
+    name = f"stop-test-{sig.lower()}"
+    where = ROOT / ".qemu" / name
+    shutil.rmtree(where, ignore_errors=True)
+    p = subprocess.Popen([sys.executable, "-m", "fuzz.cli", "qemu", "build", "10.2", "--minimal",
+                          "--name", name], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        marker = f".qemu/{name}/"
+        # wait until configure (or later ninja) of this build runs
+        while time.monotonic() < deadline and not [
+                q for q in _build_processes(marker) if q != p.pid]:
+            assert p.poll() is None, p.communicate()
+            time.sleep(0.2)
+        time.sleep(2)
+        t = time.monotonic()
+        p.send_signal(getattr(signal, sig))
+        out, err = p.communicate(timeout=30)
+        assert time.monotonic() - t < 15
+        assert p.returncode == 2, err
+        # the progress lines (copying, configuring, building) and then the one error line
+        lines = err.strip().splitlines()
+        assert lines[-1] == \
+            "blockfuzz: build stopped; it is incomplete and will be built again next time"
+        assert all(line.startswith("blockfuzz: ") for line in lines), err
+        time.sleep(1)
+        assert _build_processes(marker) == []
+        assert not (where / "manifest.json").exists()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        shutil.rmtree(where, ignore_errors=True)
