@@ -324,17 +324,13 @@ def _copy_firmware(into: Path, build_dir: Path) -> None:
             shutil.copy2(f, data / f.name)
 
 
-def _placeholders(tree: Path) -> list[str]:
-    """Empty ``pc-bios/edk2-*.fd.bz2`` where pc-bios/meson.build names one the tree lacks."""
-    made = []
+def _missing_blobs(tree: Path) -> list[Path]:
+    """The ``pc-bios/edk2-*.fd.bz2`` that pc-bios/meson.build names and the tree lacks (the
+    ``+ds`` tarball strips them)."""
     mb = tree / "pc-bios" / "meson.build"
     text = mb.read_text() if mb.is_file() else ""
-    for name in sorted(set(re.findall(r"'(edk2-[\w.-]+\.fd)'", text))):
-        blob = tree / "pc-bios" / f"{name}.bz2"
-        if not blob.exists():
-            blob.touch()
-            made.append(blob.name)
-    return made
+    blobs = (tree / "pc-bios" / f"{n}.bz2" for n in sorted(set(re.findall(r"'(edk2-[\w.-]+\.fd)'", text))))
+    return [b for b in blobs if not b.exists()]
 
 
 def build(spec: BuildSpec, *, force: bool = False,
@@ -390,7 +386,7 @@ def build(spec: BuildSpec, *, force: bool = False,
         build_dir = directory / "build"
         build_dir.mkdir(exist_ok=True)
         with open(directory / "build.log", "a") as out:
-            if spec.patches or (spec.src is None and _needs_placeholders(tree)):
+            if spec.patches or (spec.src is None and _missing_blobs(tree)):
                 # never edit the fetched tree itself: patch (and fill in) a copy
                 if not incremental:
                     log(f"copying {tree} to {directory / 'src'}")
@@ -400,7 +396,9 @@ def build(spec: BuildSpec, *, force: bool = False,
                         log(f"applying {p}")
                         _log_run(["patch", "-p1", "--forward", "--batch", "-i", str(p.resolve())],
                                  out, directory / "src", f"patch {p}")
-                    made = _placeholders(directory / "src")
+                    made = _missing_blobs(directory / "src")
+                    for blob in made:
+                        blob.touch()   # an x86 build for -M none / -M pc never loads them
                     if made:
                         log(f"empty placeholders for {len(made)} stripped edk2 blobs")
                 tree = directory / "src"
@@ -442,13 +440,6 @@ def build(spec: BuildSpec, *, force: bool = False,
     if b is None:   # pragma: no cover - only if the tree vanished under us
         raise BuildError(f"the build {name} is not complete after building it")
     return b
-
-
-def _needs_placeholders(tree: Path) -> bool:
-    mb = tree / "pc-bios" / "meson.build"
-    text = mb.read_text() if mb.is_file() else ""
-    return any(not (tree / "pc-bios" / f"{n}.bz2").exists()
-               for n in set(re.findall(r"'(edk2-[\w.-]+\.fd)'", text)))
 
 
 # -- command line ---------------------------------------------------------------------------
