@@ -77,8 +77,8 @@ from models.profiles import VersionProfile
 from models.values import JOB_COMMANDS
 
 from .engine import Events, Runner, diff_graphs
-from .errors import (BuildMismatch, DataMismatch, Disagreement, ExpectationMismatch, Finding,
-                     GraphMismatch, QemuFailure, QemuHang, ResultMismatch)
+from .errors import (BuildMismatch, DataMismatch, Disagreement, EventMismatch, ExpectationMismatch, Finding,
+                     GraphMismatch, QemuFailure, QemuHang, ResultMismatch, first_difference)
 from .trace import expectation_for
 
 ABSENT = "<absent>"
@@ -552,13 +552,15 @@ class DiffRunner:
                 if got is None:
                     continue
                 if (got.ret, got.error) != (want.ret, want.error) or (
-                        "stdout" in exp and got.stdout != want.stdout):
+                        "stdout" in exp and got.stdout != want.stdout) or (
+                        "events" in exp and got.events != want.events):
                     raise _on_build(ExpectationMismatch(index, step, exp, got.to_json(), who), side.label)
 
     @staticmethod
     def _aspects(outcome: Outcome, graph: list, jobs) -> dict:
-        d = {"reply": {k: v for k, v in outcome.to_json().items() if k != "stdout"},
+        d = {"reply": {k: v for k, v in outcome.to_json().items() if k not in ("stdout", "events")},
              "stdout": list(outcome.stdout),
+             "events": list(outcome.events),
              "graph": keyed(graph, "node-name")}
         if jobs is not None:
             d["jobs"] = keyed(jobs, "id")
@@ -578,7 +580,7 @@ class DiffRunner:
             path, builds, models = hit
             ok = [q[i][aspect] == m[i][aspect] for i in (0, 1)]
             agrees = a.label if ok[0] else b.label if ok[1] else ""
-            whole = aspect in ("reply", "stdout")
+            whole = aspect in ("reply", "stdout", "events")
             values = (q[0][aspect], q[1][aspect]) if whole else tuple(map(_loads, builds))
             predicted = (m[0][aspect], m[1][aspect]) if whole else tuple(map(_loads, models))
             raise BuildMismatch(index, step, aspect, "" if whole else path_text(path), self.labels,
@@ -589,6 +591,10 @@ class DiffRunner:
                 raise _on_build(ResultMismatch(index, step, pred.to_json(), out.to_json(), "reply"), side.label)
             if pred.stdout != out.stdout:
                 raise _on_build(DataMismatch(index, step, list(pred.stdout), list(out.stdout), "stdout"), side.label)
+            if pred.events != out.events:
+                pe, oe = list(pred.events), list(out.events)
+                raise _on_build(EventMismatch(index, step, pe, oe, f"event {first_difference(pe, oe) + 1}"),
+                                side.label)
             if mg != graph:
                 raise _on_build(GraphMismatch(index, step, mg, graph, diff_graphs(mg, graph)), side.label)
             if jobs is not None and mj != jobs:
@@ -615,7 +621,7 @@ class DiffRunner:
                 jobs = [s.model.query_jobs() if self._job_seen else None for s in self.sides]
                 models = [self._aspects(p or Outcome.success(), self.set_aside.apply(
                     s.model.query_named_block_nodes()), j) for p, s, j in zip(preds, self.sides, jobs)]
-            if aspect in ("reply", "stdout") and None in preds:
+            if aspect in ("reply", "stdout", "events") and None in preds:
                 dm = {}   # a model declined this very step: no prediction of its answer
             else:
                 dm = differences(models[0][aspect], models[1][aspect])
@@ -624,7 +630,7 @@ class DiffRunner:
                 continue
             path = bad[0]
             va, vb = dq[path]
-            whole = aspect in ("reply", "stdout")
+            whole = aspect in ("reply", "stdout", "events")
             values = (q[0][aspect], q[1][aspect]) if whole else (_loads(va), _loads(vb))
             raise BuildMismatch(index, step, aspect, "" if whole else path_text(path), self.labels,
                                 values, None, declined=self.declined_why)

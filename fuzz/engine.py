@@ -20,8 +20,8 @@ from models import Model, Outcome
 from models.query import project
 from models.values import JOB_COMMANDS
 
-from .errors import (DataMismatch, ExpectationMismatch, GraphMismatch, QemuFailure, QemuHang,
-                     ResultMismatch)
+from .errors import (DataMismatch, EventMismatch, ExpectationMismatch, GraphMismatch, QemuFailure,
+                     QemuHang, ResultMismatch, first_difference)
 from .trace import expectation_for, get_path
 
 
@@ -243,17 +243,21 @@ class Runner:
         exp = expectation_for(step, self.profile_name)
         if exp is not None:
             want = Outcome.from_json(exp)
-            stdout_checked = "stdout" in exp
+            stdout_checked, events_checked = "stdout" in exp, "events" in exp
             for side, got in (("qemu", actual), ("model", predicted)):
                 if got is None:
                     continue
-                if (got.ret, got.error) != (want.ret, want.error) or (stdout_checked and got.stdout != want.stdout):
+                if (got.ret, got.error) != (want.ret, want.error) or (stdout_checked and got.stdout != want.stdout) \
+                        or (events_checked and got.events != want.events):
                     raise ExpectationMismatch(index, step, exp, got.to_json(), side)
         if actual is not None:
             if (predicted.ret, predicted.error) != (actual.ret, actual.error):
                 raise ResultMismatch(index, step, predicted.to_json(), actual.to_json(), "reply")
             if predicted.stdout != actual.stdout:
                 raise DataMismatch(index, step, list(predicted.stdout), list(actual.stdout), "stdout")
+            if predicted.events != actual.events:
+                pe, ae = list(predicted.events), list(actual.events)
+                raise EventMismatch(index, step, pe, ae, f"event {first_difference(pe, ae) + 1}")
             mg, qg = self.model_graph(), self.qemu_graph()
             if mg != qg:
                 raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))

@@ -68,14 +68,14 @@ import signal
 from typing import Any
 
 __all__ = [
-    "Finding", "Disagreement", "ResultMismatch", "GraphMismatch", "DataMismatch",
+    "Finding", "Disagreement", "ResultMismatch", "GraphMismatch", "DataMismatch", "EventMismatch",
     "ExpectationMismatch", "BuildMismatch", "QemuFailure", "QemuCrash", "QemuHang",
     "HarnessError", "UnsafeStep", "ResetFailed",
     "QmpTransportError", "QmpTimeout", "QmpGone",
     "CliError", "UsageError", "DatabaseError", "ExportError", "TraceError", "QemuNotFound",
     "FetchError", "ToolNotFetched", "DotMissing",
     "CampaignStop", "TimeUp", "BlockfuzzBug", "HarnessStop", "MinimizeInterrupted",
-    "generalise", "abort_text", "death_of", "short",
+    "generalise", "first_difference", "abort_text", "death_of", "short",
 ]
 
 
@@ -123,7 +123,31 @@ class Disagreement(Finding):
         what = self.step.get("qmp") or self.step.get("assert")
         if self.kind == "graph":
             return f"graph:{what}:{generalise(self.detail.split(':')[0])}"
+        if self.kind == "events":
+            # the first event that differs (the lists share everything before it)
+            i = first_difference(self.expected, self.actual)
+            e = _event_shape(self.expected[i]) if i < len(self.expected) else "<none>"
+            a = _event_shape(self.actual[i]) if i < len(self.actual) else "<none>"
+            return f"events:{what}:{generalise(e)}|{generalise(a)}"
         return f"{self.kind}:{what}:{generalise(short(self.expected))}|{generalise(short(self.actual))}"
+
+
+def _event_shape(line: str) -> str:
+    """A job event line (``models.values.job_event_text``) with its job id folded to X."""
+    parts = line.split(" ")
+    at = 1 if parts[0] in ("JOB_STATUS_CHANGE", "BLOCK_JOB_ERROR") else 2
+    if len(parts) > at:
+        parts[at] = "X"
+    return " ".join(parts)
+
+
+def first_difference(a: list, b: list) -> int:
+    """The index of the first element where two lists differ (the shorter one's length if one
+    is a prefix of the other)."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
 
 
 class ResultMismatch(Disagreement):
@@ -142,6 +166,13 @@ class DataMismatch(Disagreement):
     """What qemu-io printed differs."""
 
     kind = "data"
+
+
+class EventMismatch(Disagreement):
+    """The job events a step emitted differ (``models.values.job_event_text`` lines, in order,
+    drain pauses folded); ``detail`` names the first differing event."""
+
+    kind = "events"
 
 
 class ExpectationMismatch(Disagreement):

@@ -744,7 +744,8 @@ def _model_keeps_expect(runner, err) -> bool | None:
             return False
         got, want = Outcome.from_json(seen), Outcome.from_json(exp)
         return (got.ret, got.error) == (want.ret, want.error) and (
-            "stdout" not in exp or got.stdout == want.stdout)
+            "stdout" not in exp or got.stdout == want.stdout) and (
+            "events" not in exp or got.events == want.events)
     if "assert" in step:
         model_only = Runner(runner.model, None)
         model_only.snapshots = dict(runner.snapshots)

@@ -60,7 +60,8 @@ from fuzz import sandbox
 from fuzz.errors import (HarnessError, QemuCrash, QemuFailure, QemuHang, QmpGone, QmpTimeout,
                          QmpTransportError, ResetFailed, UnsafeStep, sanitizer_report)
 from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpSync
-from models.values import JOB_COMMANDS, Outcome, QmpError, canonicalize_text
+from models.values import (JOB_COMMANDS, JOB_EVENTS, Outcome, QmpError, canonicalize_text,
+                           fold_job_events, job_event_text)
 
 __all__ = [
     "QemuBinaries", "QemuProcess", "binaries_env",
@@ -590,6 +591,7 @@ class QemuProcess:
             if self._jobs_possible:
                 self._settle_jobs(cmd)
         stdout = stdout_lines(_read_from(self._out_fd, out0))
+        events = self._job_events()
         if not (pair and isinstance(nodes, QemuFailure)):
             # (QEMU died or hung after the command's reply: that failure is the query's, and
             # query_nodes() raises it with the stderr it saw)
@@ -606,8 +608,21 @@ class QemuProcess:
             err = reply["error"]
             return Outcome(ret=None, error=QmpError(err["class"],
                                                     _canon_text(err["desc"], self._names.offset)),
-                           stdout=stdout)
-        return Outcome(ret=_canon(reply["return"], self._names.offset), error=None, stdout=stdout)
+                           stdout=stdout, events=events)
+        return Outcome(ret=_canon(reply["return"], self._names.offset), error=None, stdout=stdout,
+                       events=events)
+
+    def _job_events(self) -> tuple[str, ...]:
+        """The job events of the step just run, folded (``models.values.fold_job_events``).
+
+        Complete without another read: QEMU writes an event to the monitor before any reply
+        that follows it, and the step ended on a reply (its own, or the last ``query-jobs`` of
+        the settle loop, which waits until no job is paused by a drain any more).  Other events
+        (DEVICE_DELETED, QUORUM_*) are dropped."""
+        assert self._qmp is not None
+        lines = [job_event_text(e["event"], _canon(e.get("data", {}), self._names.offset))
+                 for e in self._qmp.take_events() if e.get("event") in JOB_EVENTS]
+        return fold_job_events(lines) if lines else ()
 
     def _settle_jobs(self, cmd: str) -> None:
         """Wait until every block job is in a settled state (``SETTLED_JOB_STATES``) or gone.

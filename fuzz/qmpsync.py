@@ -162,6 +162,11 @@ class QmpSync:
                 return [dict(first)] + [dict(m) for m in listener.clear()]
         return [dict(m) for m in listener.clear()]
 
+    def take_events(self) -> list[dict]:
+        """The events already received, oldest first, without reading the socket again: right
+        after a command, every event QEMU emitted before its reply is here (:meth:`cmd`)."""
+        return [dict(m) for m in self._client.events.clear()]
+
     # -- internals ---------------------------------------------------------------------------
 
     def _run(self, aw: Awaitable[_T], timeout: float | None, command: str | None) -> _T:

@@ -151,6 +151,10 @@ class Graph:
     #: (parent, child name) of every edge the current command's bdrv_replace_node() calls moved,
     #: in order (a clone starts empty; see ``undo_moves()``)
     moved: list = attrs.field(factory=list)
+    #: the job events the current command emitted (``models.values.job_event_text``): one list
+    #: per command, shared by every clone made during it, because QEMU's events are out on the
+    #: wire even when the command then fails (a job start's ``job_early_fail()``)
+    job_events: list = attrs.field(factory=list)
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -173,7 +177,7 @@ class Graph:
                      dict(self.objects), {k: j.clone() for k, j in self.jobs.items()},
                      dict(self.devices), self.machine, self.anon_devices, self.edge_seq, self.profile,
                      set(self.stuck), set(self.dangling_data_file), self.guard_known_crashes,
-                     self.guards)
+                     self.guards, job_events=self.job_events)
 
     @property
     def qemu_profile(self) -> VersionProfile:

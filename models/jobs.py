@@ -40,6 +40,7 @@ from .graph import (ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assi
                     id_wellformed, op_blocker)
 from .lengths import node_length
 from .qapi import check_struct
+from .values import job_event_text
 from .reopen import reopen_set_read_only
 from .imagedata import CLUSTER
 
@@ -71,6 +72,37 @@ class Job:
 
     def desc(self) -> str:
         return f"{self.type} job '{self.id}'"
+
+
+# --------------------------------------------------------------------------------------------
+# job events (job.c, blockjob.c): what the harness compares, in order, with QEMU's
+
+def _transition(g: Graph, job: Job, status: str) -> None:
+    """``job_state_transition_locked()``: JOB_STATUS_CHANGE for every change of state."""
+    if status != job.status:
+        g.job_events.append(job_event_text("JOB_STATUS_CHANGE", {"id": job.id, "status": status}))
+    job.status = status
+
+
+def _block_job_event(g: Graph, job: Job, event: str) -> None:
+    """The notifiers of ``block_job_create()``: BLOCK_JOB_READY, _PENDING, _COMPLETED and
+    _CANCELLED (``block_job_event_*_locked()``)."""
+    data = {"type": job.type, "device": job.id, "id": job.id}
+    g.job_events.append(job_event_text(event, data))
+
+
+def _register(g: Graph, job: Job) -> None:
+    """``job_create()``: the job exists (state ``created``) before ``block_job_add_bdrv()``
+    attaches its parents; each attach checks permissions with the job's parents so far."""
+    job.status = "undefined"
+    g.jobs[job.id] = job
+    _transition(g, job, "created")
+
+
+def _start(g: Graph, job: Job) -> None:
+    """``job_start()``: the job runs."""
+    g.jobs[job.id] = job
+    _transition(g, job, "running")
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,6 +345,8 @@ def _restoring(start: Callable[[Graph, Any, dict], None]) -> Callable[[Graph, An
         try:
             start(g, args, ctx)
         except QmpFailure as e:
+            for jid in g.jobs.keys() - jobs_before:
+                _transition(g, g.jobs[jid], "null")   # job_early_fail() -> job_do_dismiss()
             snap = ctx.get("snapshot")
             if snap is not None:
                 # a failed start frees the job it created (job_early_fail()), registered
@@ -384,7 +418,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     chain = _qcow2_chain(g, bs, base)
     g.guard("job-start", nodes=[n for n in chain + [base] if n is not None])
 
-    job = Job("", "stream", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
+    job = Job("", "stream", "created", args.get("auto-finalize", True), args.get("auto-dismiss", True),
               device=bs.name, above_base=above_base.name)
     if bs.read_only:
         _make_writable(g, job, bs, ctx)
@@ -407,10 +441,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     job.filter = cor.name
 
     job.id = _job_id(g, args.get("job-id"))
-    # block_job_create(): the job exists before block_job_add_bdrv() attaches its parents,
-    # and each attach checks permissions with the job's parents so far (the clone is thrown
-    # away if one fails)
-    g.jobs[job.id] = job
+    _register(g, job)
     add_parent(g, job, cor, "main node", 0, ALL)
     add_parent(g, job, cor, "root", READ, READ | WU | WRITE, blk=True, block=False,
                desc="an unnamed block device")
@@ -420,7 +451,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     while it is not None and it is not stop:
         add_parent(g, job, it, "intermediate node", 0, READ | WU)
         it = chain_next(g, it)
-    g.jobs[job.id] = job
+    _start(g, job)
 
     # stream_run(): clusters allocated below bs down to base_overlay are copied up (through
     # the copy-on-read filter, so a whole cluster at a time)
@@ -520,13 +551,10 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     assert overlay is not None, "top is below bs here (top is bs made it an active commit)"
     _busy(g, overlay)
 
-    job = Job("", "commit", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
+    job = Job("", "commit", "created", args.get("auto-finalize", True), args.get("auto-dismiss", True),
               device=bs.name, top=top.name, base=base.name)
     job.id = _job_id(g, args.get("job-id"))
-    # block_job_create(): the job exists before block_job_add_bdrv() attaches its parents,
-    # and each attach checks permissions with the job's parents so far (the clone is thrown
-    # away if one fails)
-    g.jobs[job.id] = job
+    _register(g, job)
     add_parent(g, job, bs, "main node", 0, ALL)
     if base.read_only:
         _make_writable(g, job, base, ctx)
@@ -542,7 +570,7 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     add_parent(g, job, base, "root", READ | WRITE, READ | WU, blk=True, block=False,
                desc="an unnamed block device")
     add_parent(g, job, top, "root", 0, ALL, blk=True, block=False, desc="an unnamed block device")
-    g.jobs[job.id] = job
+    _start(g, job)
     _copy_into_base(g, top, base, chain)
     _settle(g, job)
 
@@ -557,17 +585,14 @@ def _copy_into_base(g: Graph, top: Node, base: Node, chain: list[Node]) -> None:
 
 
 def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node], ctx: dict) -> None:
-    job = Job("", "commit", "running", args.get("auto-finalize", True), args.get("auto-dismiss", True),
+    job = Job("", "commit", "created", args.get("auto-finalize", True), args.get("auto-dismiss", True),
               active=True, device=bs.name, top=bs.name, base=base.name)
     if base.read_only:
         _make_writable(g, job, base, ctx)
     mt = _append_filter(g, "mirror_top", args.get("filter-node-name"), False, bs)
     job.filter = mt.name
     job.id = _job_id(g, args.get("job-id"))
-    # block_job_create(): the job exists before block_job_add_bdrv() attaches its parents,
-    # and each attach checks permissions with the job's parents so far (the clone is thrown
-    # away if one fails)
-    g.jobs[job.id] = job
+    _register(g, job)
     add_parent(g, job, mt, "main node", READ, READ | WU | WRITE)
     add_parent(g, job, base, "root", WRITE, WU | READ | WRITE, blk=True, block=False,
                desc="an unnamed block device")
@@ -579,9 +604,10 @@ def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]
         add_parent(g, job, it, "intermediate node", 0, WU | WRITE)
         it = chain_next(g, it)
     freeze_chain(g, job, mt, base)
-    g.jobs[job.id] = job
+    _start(g, job)
     _copy_into_base(g, bs, base, chain)
-    job.status = "ready"
+    _transition(g, job, "ready")   # job_transition_to_ready()
+    _block_job_event(g, job, "BLOCK_JOB_READY")
 
 
 def _commit_prepare(g: Graph, job: Job) -> None:
@@ -637,11 +663,14 @@ def _mirror_complete(g: Graph, job: Job) -> None:
 # the job state machine
 
 def _settle(g: Graph, job: Job) -> None:
-    """From running to the state the harness waits for."""
+    """From running to the state the harness waits for: ``job_completed_txn_success_locked()``
+    (waiting, then pending), and on to ``job_do_finalize_locked()`` with auto-finalize."""
+    _transition(g, job, "waiting")
+    _transition(g, job, "pending")
     if job.auto_finalize:
         _finalize(g, job)
     else:
-        job.status = "pending"
+        _block_job_event(g, job, "BLOCK_JOB_PENDING")
 
 
 def _finalize(g: Graph, job: Job) -> None:
@@ -653,7 +682,9 @@ def _finalize(g: Graph, job: Job) -> None:
     else:
         _commit_prepare(g, job)
     _clean(g, job, restore=not job.active)
-    job.status = "concluded"
+    # job_finalize_single_locked(): the event, then job_conclude_locked()
+    _block_job_event(g, job, "BLOCK_JOB_COMPLETED")
+    _transition(g, job, "concluded")
     if job.auto_dismiss:
         _dismiss(g, job)
 
@@ -681,7 +712,8 @@ def _release_all(g: Graph, job: Job) -> None:
 
 
 def _dismiss(g: Graph, job: Job) -> None:
-    """The job is freed with everything it still holds."""
+    """``job_do_dismiss_locked()``: the job is freed with everything it still holds."""
+    _transition(g, job, "null")
     del g.jobs[job.id]
     _release_all(g, job)
 
@@ -746,8 +778,13 @@ def job_cancel(g: Graph, args: Any) -> None:
     job = _get_job(g, args)
     _verb(job, "cancel", ("created", "running", "paused", "ready", "standby", "pending"))
     g.guard("job-cancel", job=job)
+    # job-cancel is a forced cancel: the job stops (a running one at once, one that waits for
+    # finalize through job_completed_txn_abort_locked()) and job_update_rc_locked() sets
+    # -ECANCELED; a cancelled job goes from aborting straight to concluded
+    _transition(g, job, "aborting")
     _abort(g, job)
-    job.status = "concluded"
+    _block_job_event(g, job, "BLOCK_JOB_CANCELLED")
+    _transition(g, job, "concluded")
     job.error = "Operation canceled"
     if job.auto_dismiss:
         _dismiss(g, job)

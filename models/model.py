@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import attrs
 
 from . import blockdev, devices, iodata, jobs, known_bugs, objects, qemuio, reopen
 from .errors import NotModeled, QmpFailure
@@ -83,6 +84,8 @@ class Model:
         }.get(cmd)
         if handler is None:
             raise NotModeled(f"command {cmd!r}")
+        events: list[str] = []
+        self.graph.job_events = events
         g = self.graph.clone()
         if cmd in JOB_COMMANDS:
             # jobs move data inside the command, and the command may still fail or be declined
@@ -96,7 +99,7 @@ class Model:
                 # a failure that QEMU does not roll back completely (models.jobs._restoring)
                 settle_locks(state)
                 self.graph = state
-                return Outcome.failure(e.desc, e.cls)
+                return attrs.evolve(Outcome.failure(e.desc, e.cls), events=tuple(events))
             # The auto-name counter is not rolled back: id_generate() has no undo; nor is
             # qdev's anonymous-device counter.
             self.graph.auto_counter = g.auto_counter
@@ -107,10 +110,10 @@ class Model:
             # the abort re-attaches removed children at the head of their lists
             self.graph.restore_removed(g.removed)
             self.graph.undo_moves(g.moved)
-            return Outcome.failure(e.desc, e.cls)
+            return attrs.evolve(Outcome.failure(e.desc, e.cls), events=tuple(events))
         settle_locks(g)
         self.graph = g
-        return Outcome.success({})
+        return attrs.evolve(Outcome.success({}), events=tuple(events))
 
     def query_jobs(self) -> list[dict]:
         """``query-jobs`` as compared: id, type, status (and error), newest first."""

@@ -36,6 +36,9 @@ class Outcome:
     ret: Any = None
     error: QmpError | None = None
     stdout: tuple[str, ...] = ()
+    #: the job events QEMU emitted while the command ran, in order, as ``job_event_text()``
+    #: writes them (transient pauses around drains folded away: ``fold_job_events()``)
+    events: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -57,14 +60,18 @@ class Outcome:
             d["error"] = {"class": self.error.cls, "desc": self.error.desc}
         if self.stdout:
             d["stdout"] = list(self.stdout)
+        if self.events:
+            d["events"] = list(self.events)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Outcome":
         stdout = tuple(d.get("stdout", ()))
+        events = tuple(d.get("events", ()))
         if "error" in d:
-            return cls(ret=None, error=QmpError(d["error"]["class"], d["error"]["desc"]), stdout=stdout)
-        return cls(ret=d.get("return"), error=None, stdout=stdout)
+            return cls(ret=None, error=QmpError(d["error"]["class"], d["error"]["desc"]), stdout=stdout,
+                       events=events)
+        return cls(ret=d.get("return"), error=None, stdout=stdout, events=events)
 
 
 # QEMU names anonymous nodes "#block" + counter + two random digits (id_generate()).
@@ -169,6 +176,60 @@ class ImageSpec:
 #: look at the jobs (the harness waits for them to settle, the engine compares query-jobs)
 JOB_COMMANDS = frozenset({"block-stream", "block-commit", "job-finalize", "job-dismiss",
                           "job-cancel", "block-job-complete"})
+
+
+# --------------------------------------------------------------------------------------------
+# job events: one line each, the same for the model's prediction and QEMU's emission
+
+#: the QAPI events of qapi/job.json and qapi/block-core.json that belong to a job
+JOB_EVENTS = frozenset({"JOB_STATUS_CHANGE", "BLOCK_JOB_READY", "BLOCK_JOB_PENDING",
+                        "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED", "BLOCK_JOB_ERROR"})
+
+
+def job_event_text(event: str, data: dict[str, Any]) -> str:
+    """One job event as a line: ``JOB_STATUS_CHANGE j0 running``, ``BLOCK_JOB_READY commit j0``,
+    ``BLOCK_JOB_COMPLETED stream j0 error=<text>``.
+
+    Left out: ``len``, ``offset`` and ``speed`` (they count bytes the job visited, like the
+    progress fields of query-jobs) and the timestamp."""
+    if event == "JOB_STATUS_CHANGE":
+        return f"{event} {data.get('id')} {data.get('status')}"
+    if event == "BLOCK_JOB_PENDING":
+        return f"{event} {data.get('type')} {data.get('id')}"
+    if event == "BLOCK_JOB_ERROR":
+        return f"{event} {data.get('device')} {data.get('operation')} {data.get('action')}"
+    text = f"{event} {data.get('type')} {data.get('device')}"
+    if "error" in data:
+        text += f" error={data['error']}"
+    return text
+
+
+#: a job paused by a drain (``child_job_drained_begin()`` -> ``job_pause_point()``) and the
+#: state it returns to at ``drained_end``
+_DRAIN_PAUSE = {"paused": "running", "standby": "ready"}
+
+
+def fold_job_events(lines: Iterable[str]) -> tuple[str, ...]:
+    """Drop each drain's pause: ``JOB_STATUS_CHANGE J paused`` (``standby``) together with the
+    next status change of J when it is back to ``running`` (``ready``).
+
+    Whether a drain pauses a job at all is timing: ``job_pause()`` only asks, and the job
+    pauses at its next ``job_pause_point()`` if the drained section has not ended by then.  A
+    pause the job is still in when the step ends (block-job-pause) stays."""
+    out: list[str | None] = []
+    open_pause: dict[str, tuple[int, str]] = {}   # job id -> (index in out, state it returns to)
+    for line in lines:
+        parts = line.split(" ")
+        if parts[0] == "JOB_STATUS_CHANGE" and len(parts) == 3:
+            jid, status = parts[1], parts[2]
+            pending = open_pause.pop(jid, None)
+            if pending is not None and status == pending[1]:
+                out[pending[0]] = None
+                continue
+            if status in _DRAIN_PAUSE:
+                open_pause[jid] = (len(out), _DRAIN_PAUSE[status])
+        out.append(line)
+    return tuple(x for x in out if x is not None)
 
 
 def check_image_set(specs: list[ImageSpec]) -> None:
