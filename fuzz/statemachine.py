@@ -396,7 +396,10 @@ class BlockGraphMachine(RuleBasedStateMachine):
         # disk pins, relinked to a node in another context, is iotest 245's iothread error
         across = [n for n in others if self.g.nodes[n].ctx != node.ctx]
         if across and data.draw(st.booleans()):
-            targets = across
+            # ... most of all one that a disk pins too: neither side can move, so QEMU refuses
+            # ("Cannot change iothread of active block backend"), where two free ones just move
+            pinned = self.pinned_nodes()
+            targets = [n for n in across if n in pinned] * 2 + across
         if link == "backing":
             opts["backing"] = data.draw(st.sampled_from([None, *targets]))
         else:
@@ -432,6 +435,20 @@ class BlockGraphMachine(RuleBasedStateMachine):
         out.update(d.node for d in self.g.devices.values() if isinstance(d, Disk) and d.node in self.g.nodes)
         # auto-named nodes are never reopenable ("Cannot change the option 'node-name'")
         return sorted(n for n in out if not self.g.nodes[n].auto_named)
+
+    def pinned_nodes(self) -> set[str]:
+        """Nodes whose AioContext a guest disk pins: the disk's node and everything below it."""
+        from models.devices import Disk
+
+        out: set[str] = set()
+        todo = [d.node for d in self.g.devices.values() if isinstance(d, Disk) and d.pinned]
+        while todo:
+            n = todo.pop()
+            if n in out or n not in self.g.nodes:
+                continue
+            out.add(n)
+            todo += [c.child for c in self.g.nodes[n].children]
+        return out
 
     def chain_below(self, name: str) -> list[str]:
         from models.jobs import chain_next
@@ -500,15 +517,24 @@ class BlockGraphMachine(RuleBasedStateMachine):
         disk on a node: the AioContext rules of the seed's iothread tests."""
         from models.devices import Controller
 
+        from models.devices import Disk
+
         kind = data.draw(st.sampled_from(["iothread", "controller", "disk", "disk"]))
         iothreads = sorted(k for k, o in self.g.objects.items() if o.qom_type == "iothread")
         controllers = sorted(k for k, d in self.g.devices.items() if isinstance(d, Controller))
+        # shaped towards disks in two different AioContexts (iotest 245's iothread tests):
+        # an iothread no controller uses yet, and a controller whose context no disk has yet
+        used = {d.iothread for d in self.g.devices.values() if isinstance(d, Controller)}
+        fresh_iothreads = [i for i in iothreads if i not in used]
+        disk_ctxs = {self.g.devices[d.bus.split(".")[0]].iothread for d in self.g.devices.values()
+                     if isinstance(d, Disk) and d.bus.split(".")[0] in self.g.devices}
+        fresh_controllers = [c for c in controllers if self.g.devices[c].iothread not in disk_ctxs]
         if kind == "iothread":
             self.do({"qmp": "object-add", "args": {
                 "qom-type": "iothread", "id": data.draw(st.sampled_from(["iothread0", "iothread1"]))}})
         elif kind == "controller" or not controllers or not self.g.nodes:
             args = {"driver": "virtio-scsi", "id": data.draw(st.sampled_from(["scsi0", "scsi1", "scsi2"]))}
-            it = data.draw(st.sampled_from(iothreads * 3 + ["", "", "nope"]))
+            it = data.draw(st.sampled_from(fresh_iothreads * 3 + iothreads * 3 + ["", "", "nope"]))
             if it or data.draw(st.booleans()):
                 args["iothread"] = it
             self.do({"qmp": "device_add", "args": args})
@@ -517,7 +543,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 "driver": "scsi-hd", "drive": data.draw(st.sampled_from(
                     [n for n, node in sorted(self.g.nodes.items()) if not node.parents] * 3
                     + self.named_nodes() + ["nope"])),
-                "bus": data.draw(st.sampled_from(controllers + ["scsi9"])) + ".0",
+                "bus": data.draw(st.sampled_from(fresh_controllers * 2 + controllers + ["scsi9"])) + ".0",
                 "share-rw": data.draw(st.sampled_from([True, True, True, False]))}})
 
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))

@@ -316,6 +316,23 @@ def _qcow2_chain(g: Graph, top: Node, stop: Node | None) -> list[Node]:
     return out
 
 
+def _walk(g: Graph, top: Node, stop: Node | None) -> list[Node]:
+    """``top`` and the nodes below it through ``bdrv_filter_or_cow_child()``, down to
+    (excluding) ``stop``."""
+    out = []
+    n: Node | None = top
+    while n is not None and n is not stop:
+        out.append(n)
+        n = chain_next(g, n)
+    return out
+
+
+def _has_cow_link(g: Graph, top: Node, stop: Node | None) -> bool:
+    """Whether the chain from ``top`` down to ``stop`` has a backing (COW) link: only then
+    does a stream copy data."""
+    return any((c := chain_edge(g, n)) is not None and c.role == ROLE_COW for n in _walk(g, top, stop))
+
+
 def _refuse_iothreads(g: Graph) -> None:
     if uses_iothreads(g) or g.devices:
         raise NotModeled("block jobs with guest disks or iothreads")
@@ -409,13 +426,20 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
         _busy(g, it)
         it = chain_next(g, it)
     g.guard("stream-start", args=args, checked=True)
-    if bs.drv != "qcow2":
-        raise NotModeled("stream into a non-qcow2 node")
     base_overlay = find_overlay(g, bs, base)
     if base_overlay is None:
         raise NotModeled("stream: no overlay of the base")
     above_base = base_overlay
-    chain = _qcow2_chain(g, bs, base)
+    copies = _has_cow_link(g, bs, base)
+    if copies:
+        if bs.drv != "qcow2":
+            raise NotModeled("stream into a non-qcow2 node")
+        chain = _qcow2_chain(g, bs, base)
+    else:
+        # nothing below bs to copy from (its chain is filters only, or bs alone): any driver
+        # streams, as a copy-on-read filter that copies nothing and a prepare that changes no
+        # backing link (stream_prepare(): no COW child of bdrv_skip_filters(bs))
+        chain = _walk(g, bs, base)
     g.guard("job-start", nodes=[n for n in chain + [base] if n is not None])
 
     job = Job("", "stream", "created", args.get("auto-finalize", True), args.get("auto-dismiss", True),
@@ -455,7 +479,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
 
     # stream_run(): clusters allocated below bs down to base_overlay are copied up (through
     # the copy-on-read filter, so a whole cluster at a time)
-    if bs is not base_overlay:
+    if copies:
         size = g.image(bs).size
         for c in range(-(-size // CLUSTER)):
             if _allocated(g, bs, c):
