@@ -60,8 +60,8 @@ from fuzz import sandbox
 from fuzz.errors import (HarnessError, QemuCrash, QemuFailure, QemuHang, QmpGone, QmpTimeout,
                          QmpTransportError, ResetFailed, UnsafeStep, sanitizer_report)
 from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpSync
-from models.values import (JOB_COMMANDS, JOB_EVENTS, Outcome, QmpError, canonicalize_text,
-                           fold_job_events, job_event_text)
+from models.values import (JOB_COMMANDS, JOB_EVENTS, JOB_PAUSE_COMMANDS, JOB_UNPAUSE_COMMANDS,
+                           Outcome, QmpError, canonicalize_text, fold_job_events, job_event_text)
 
 __all__ = [
     "QemuBinaries", "QemuProcess", "binaries_env",
@@ -141,6 +141,9 @@ _STATS_LINE = re.compile(
 # Text QEMU (glibc assert, glib g_assert, abort) leaves on stderr when it is going down.
 #: job states the harness waits for after each command (see QemuProcess._settle_jobs)
 SETTLED_JOB_STATES = frozenset({"ready", "pending", "concluded"})
+#: ... and a job the user paused (block-job-pause, job-pause): at its pause point.  With an
+#: iothread it gets there after the command's reply (probed: within ~2 ms)
+USER_PAUSED_JOB_STATES = frozenset({"standby", "paused"})
 # ... and a sanitizer build's reports (ASan, UBSan): UBSan's QEMU goes on running, ASan's exits
 # with status 1; both are crashes (fuzz.errors.sanitizer_report)
 _FATAL_STDERR = re.compile(r"Assertion|assertion failed|code should not be reached|Aborted|core dumped"
@@ -385,6 +388,7 @@ class QemuProcess:
         self._closed = False
         self._version: tuple[int, int, int] | None = None
         self._jobs_possible = False  # a job command succeeded and query-jobs was not yet empty
+        self._user_paused: set[str] = set()   # real ids of jobs the user paused (_settle_jobs)
         self._jobs_seen: list | None = []   # query-jobs' reply, if no command came since
         self._reset_failed: ResetFailed | None = None
         self._confined = False
@@ -586,6 +590,12 @@ class QemuProcess:
             reply = self._call(cmd, wire, timeout)
         if cmd in JOB_COMMANDS and "error" not in reply:
             self._jobs_possible = True
+            key = JOB_PAUSE_COMMANDS.get(cmd)
+            if key is not None:
+                self._user_paused.add(wire[key])
+            key = JOB_UNPAUSE_COMMANDS.get(cmd)
+            if key is not None:
+                self._user_paused.discard(wire[key])
         if cmd not in ("query-jobs", "query-named-block-nodes"):
             self._jobs_seen = None
             if self._jobs_possible:
@@ -638,8 +648,11 @@ class QemuProcess:
             if not jobs:
                 self._jobs_possible = False
                 self._jobs_seen = []
+                self._user_paused.clear()
                 return
-            if all(j.get("status") in SETTLED_JOB_STATES for j in jobs):
+            self._user_paused &= {j.get("id") for j in jobs}
+            if all(j.get("status") in (USER_PAUSED_JOB_STATES if j.get("id") in self._user_paused
+                                       else SETTLED_JOB_STATES) for j in jobs):
                 self._jobs_seen = jobs
                 return
             if time.monotonic() > deadline:
@@ -742,6 +755,7 @@ class QemuProcess:
         self._names.clear(offset)
         self._names_fresh = True
         self._jobs_possible = False
+        self._user_paused.clear()
         self._jobs_seen = []
         self.resets += 1
         return offset

@@ -24,7 +24,9 @@ FORMAT_KEY = "blockfuzz-trace"
 FORMAT_VERSION = 1
 QMP_COMMANDS = ("blockdev-add", "blockdev-reopen", "blockdev-del", "human-monitor-command",
                 "object-add", "object-del", "block-stream", "block-commit", "job-finalize",
-                "job-dismiss", "job-cancel", "block-job-complete", "device_add", "device_del")
+                "job-dismiss", "job-cancel", "block-job-complete", "device_add", "device_del",
+                "x-blockdev-change", "block-job-pause", "block-job-resume", "job-pause",
+                "job-resume")
 #: QEMU machine types a trace may ask for: ``none`` (default) has no buses; ``pc`` (with
 #: ``-accel tcg -S``) has PCI for virtio-scsi controllers, which the iothread scenarios need.
 MACHINES = ("none", "pc")

@@ -23,9 +23,9 @@ from .graph import ROLE_COW, Graph, Node, assign_node_name, op_blocker
 from .imagedata import Image
 from .options import bool_opt, extract
 from .profiles import VersionProfile
-from .qapi import flatten, validate_blockdev_add, validate_blockdev_del
+from .qapi import check_struct, flatten, validate_blockdev_add, validate_blockdev_del
 
-__all__ = ["QmpFailure", "ROLE_COW", "blockdev_add", "blockdev_del", "inherit_options"]
+__all__ = ["QmpFailure", "ROLE_COW", "blockdev_add", "blockdev_del", "inherit_options", "x_blockdev_change"]
 
 _FROM_FILENAME = "\0from-filename"  # marker: options made up from a filename, not given
 
@@ -235,3 +235,59 @@ def blockdev_del(g: Graph, args: Any) -> None:
         raise QmpFailure(f"Block device {name} is in use")
     node.monitor_owned = False
     g.unref(node)
+
+
+# --------------------------------------------------------------------------------------------
+# x-blockdev-change
+
+def _visit_args(args: Any, members: tuple[tuple[str, bool], ...]) -> dict:
+    """A command's QAPI visit for string members ``(name, required)``: each member in schema
+    order (missing, then type), then the leftovers (``visit_check_struct()``)."""
+    for name, required in members:
+        if name not in args:
+            if required:
+                raise QmpFailure(f"Parameter '{name}' is missing")
+            continue
+        if not isinstance(args[name], str):
+            raise QmpFailure(f"Invalid parameter type for '{name}', expected: string")
+    check_struct(args, {m[0] for m in members}, "")
+    return args
+
+
+def x_blockdev_change(g: Graph, args: Any) -> None:
+    """``qmp_x_blockdev_change()``: add a node as a new child of ``parent`` (``node``) or
+    remove the child edge named ``child`` (``bdrv_add_child()`` / ``bdrv_del_child()`` in
+    block.c; only quorum has the driver callbacks).
+
+    Probed on 7.2.22, 10.0.2 and 11.1.3 (all alike): the parent is looked up before the
+    member combination is checked; ``child`` is an edge name (``children.1``), looked up
+    before the driver's support; a node to add must have no parent at all, BlockBackends of
+    devices and jobs included."""
+    args = _visit_args(args, (("parent", True), ("child", False), ("node", False)))
+    parent = g.lookup_bs(args["parent"])
+    if "child" in args and "node" in args:
+        raise QmpFailure("The parameters child and node are in conflict")
+    if "child" not in args and "node" not in args:
+        raise QmpFailure("Either child or node must be specified")
+    d = parent.driver
+    if "child" in args:
+        edge = parent.child(args["child"])   # bdrv_find_child(): by edge name
+        if edge is None:
+            raise QmpFailure(f"Node '{args['parent']}' does not have child '{args['child']}'")
+        if not d.changes_children:
+            raise QmpFailure(f"The node {parent.name} does not support removing a child")
+        g.guard("child-change", parent=parent, removing=True)
+        d.del_child(g, parent, edge)
+        return
+    child = g.get(args["node"])   # bdrv_find_node()
+    if child is None:
+        raise QmpFailure(f"Node '{args['node']}' not found")
+    if not d.changes_children:
+        raise QmpFailure(f"The node {parent.name} does not support adding a child")
+    if child.parents or g.job_parents(child.name):
+        raise QmpFailure(f"The node {child.name} already has a parent")
+    try:
+        d.add_child(g, parent, child)
+    except QmpFailure:
+        g.guard("child-change", parent=parent, removing=False)
+        raise

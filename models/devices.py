@@ -100,7 +100,7 @@ def _add_disk(g: Graph, args: dict) -> None:
     share_rw = args.get("share-rw", False)
     if not isinstance(share_rw, bool):
         raise NotModeled("share-rw as a string")
-    if g.reaches(node, lambda n: not n.driver.disk_read_modelled):
+    if g.reaches(node, lambda n: not n.driver.disk_read_ok(g, n)):
         # the disk reads its first sector when it is realized (seen on 7.2): blkverify exits
         # QEMU on a mismatch, quorum votes, copy-on-read allocates: not modelled
         raise NotModeled("disks on blkverify/quorum/copy-on-read nodes")

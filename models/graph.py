@@ -83,6 +83,7 @@ class Node:
     cached_length: int = 0           # bs->total_sectors * 512 (null-co: its size)
     throttle_group: str | None = None  # throttle: the group it is a member of
     read_zeroes: bool = False        # null-co
+    next_child_index: int = 0        # quorum: s->next_child_index (x-blockdev-change)
     seq: int = 0                     # name-assignment order (query-named-block-nodes)
     implicit: bool = False           # bs->implicit: a job filter nobody named
     ctx: str = "main"                # AioContext: "main" or an iothread id (models.devices)

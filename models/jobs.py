@@ -62,6 +62,11 @@ class Job:
     above_base: str | None = None
     restore_ro: str | None = None
     error: str | None = None
+    #: job->user_paused (block-job-pause / job-pause)
+    user_paused: bool = False
+    #: block-job-complete of a user-paused job: mirror_complete() set should_complete, and the
+    #: job completes when it is resumed
+    complete_requested: bool = False
     parents: list = attrs.field(factory=list)   # JobParent
     blocks: dict = attrs.field(factory=dict)    # node -> seq of its op blocker
     frozen: list = attrs.field(factory=list)    # (parent, child name)
@@ -164,13 +169,23 @@ def chain_contains(g: Graph, top: Node | None, base: Node) -> bool:
     return top is not None
 
 
+def backing_chain_next(g: Graph, n: Node) -> Node | None:
+    """``bdrv_backing_chain_next()``: the next COW node, filters skipped on both sides."""
+    cow = g.cow_child(skip_filters(g, n))
+    return skip_filters(g, cow) if cow is not None else None
+
+
 def find_overlay(g: Graph, active: Node | None, bs: Node | None) -> Node | None:
-    """``bdrv_find_overlay()`` (no filters in modelled chains)."""
-    while active is not None:
-        nxt = chain_next(g, active)
-        if nxt is bs:
-            return active
-        active = nxt
+    """``bdrv_find_overlay()``: the (filter-skipped) node of ``active``'s chain whose next
+    COW node is ``bs``; with ``bs`` None, the bottom of the chain.  A ``bs`` that a filter
+    skip passes over (a filter's child) is never found."""
+    target = skip_filters(g, bs) if bs is not None else None
+    cur = skip_filters(g, active) if active is not None else None
+    while cur is not None:
+        nxt = backing_chain_next(g, cur)
+        if nxt is target:
+            return cur
+        cur = nxt
     return None
 
 
@@ -428,8 +443,18 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     g.guard("stream-start", args=args, checked=True)
     base_overlay = find_overlay(g, bs, base)
     if base_overlay is None:
-        raise NotModeled("stream: no overlay of the base")
+        assert base is not None, "the bottom of a chain is its own overlay of nothing"
+        raise QmpFailure(f"'{base.name}' is not in the backing chain of '{bs.name}'")
+    # the node directly above base: base_overlay's COW child, then filters down to base
     above_base = base_overlay
+    cow = g.cow_child(above_base)
+    if cow is not base:
+        assert cow is not None, "base_overlay's next COW node is base"
+        above_base = cow
+        while g.filter_child(above_base) is not base:
+            nxt = g.filter_child(above_base)
+            assert nxt is not None, "only filters lie between base_overlay's COW child and base"
+            above_base = nxt
     copies = _has_cow_link(g, bs, base)
     if copies:
         if bs.drv != "qcow2":
@@ -771,8 +796,7 @@ def _get_job(g: Graph, args: Any, key: str = "id") -> Job:
     jid = args[key]
     if not isinstance(jid, str):
         raise QmpFailure(f"Invalid parameter type for '{key}', expected: string")
-    if len(args) > 1:
-        raise NotModeled("extra job verb arguments")
+    check_struct(args, {key}, "")
     job = g.jobs.get(jid)
     if job is None:
         if key == "device":
@@ -802,6 +826,11 @@ def job_cancel(g: Graph, args: Any) -> None:
     job = _get_job(g, args)
     _verb(job, "cancel", ("created", "running", "paused", "ready", "standby", "pending"))
     g.guard("job-cancel", job=job)
+    if job.user_paused:
+        # job_cancel_async_locked() undoes the user's pause: the job leaves its pause point
+        # (standby -> ready) before it aborts
+        job.user_paused = False
+        _transition(g, job, _RESUMED.get(job.status, job.status))
     # job-cancel is a forced cancel: the job stops (a running one at once, one that waits for
     # finalize through job_completed_txn_abort_locked()) and job_update_rc_locked() sets
     # -ECANCELED; a cancelled job goes from aborting straight to concluded
@@ -816,10 +845,62 @@ def job_cancel(g: Graph, args: Any) -> None:
 
 def block_job_complete(g: Graph, args: Any) -> None:
     job = _get_job(g, args, "device")
-    _verb(job, "complete", ("ready",))
+    _verb(job, "complete", ("ready", "standby"))
     if not job.active:
         raise NotModeled("complete of a job that is not an active commit")
+    if job.status == "standby":
+        # mirror_complete() only asks; a paused job is not entered (probed on 7.2, 10.0, 11.1)
+        job.complete_requested = True
+        return
     _settle(g, job)
+
+
+#: JobVerbTable (job.c): the states that take pause and resume
+_PAUSABLE = ("created", "running", "paused", "ready", "standby")
+#: job_pause_point_locked(): where a paused job goes, and back
+_PAUSED = {"ready": "standby", "running": "paused"}
+_RESUMED = {"standby": "ready", "paused": "running"}
+
+
+def _pause(g: Graph, args: Any, key: str) -> None:
+    """``job_user_pause_locked()``: the verb check, then ``Job is already paused``.  A ready
+    job reaches its pause point at once and waits there in ``standby``."""
+    job = _get_job(g, args, key)
+    _verb(job, "pause", _PAUSABLE)
+    if job.user_paused:
+        raise QmpFailure("Job is already paused")
+    job.user_paused = True
+    _transition(g, job, _PAUSED.get(job.status, job.status))
+
+
+def _resume(g: Graph, args: Any, key: str) -> None:
+    """``job_user_resume_locked()``: the pause check comes before the verb check, so resuming
+    a pending or concluded job says it was not paused."""
+    job = _get_job(g, args, key)
+    if not job.user_paused:
+        raise QmpFailure("Can't resume a job that was not paused")
+    _verb(job, "resume", _PAUSABLE)
+    job.user_paused = False
+    _transition(g, job, _RESUMED.get(job.status, job.status))
+    if job.complete_requested:
+        job.complete_requested = False
+        _settle(g, job)
+
+
+def block_job_pause(g: Graph, args: Any) -> None:
+    _pause(g, args, "device")
+
+
+def job_pause(g: Graph, args: Any) -> None:
+    _pause(g, args, "id")
+
+
+def block_job_resume(g: Graph, args: Any) -> None:
+    _resume(g, args, "device")
+
+
+def job_resume(g: Graph, args: Any) -> None:
+    _resume(g, args, "id")
 
 
 def job_nodes(g: Graph, job: Job) -> set[str]:
@@ -839,7 +920,7 @@ def active_commit_nodes(g: Graph) -> dict[str, "Job"]:
     """The nodes an active commit works on (its filter, source chain and base), by job."""
     out: dict[str, Job] = {}
     for job in g.jobs.values():
-        if job.active and job.status in ("ready", "pending"):
+        if job.active and job.status in ("ready", "standby", "pending"):
             n = g.get(job.device)
             while n is not None:
                 out[n.name] = job

@@ -132,6 +132,15 @@ def qemu_io_active_commit(g: Graph, node: Node, jobs: dict[str, Job]) -> None:
         raise KnownQemuBug("known QEMU hang: qemu-io on an active commit's source in pending")
 
 
+def child_change(g: Graph, parent: Node, removing: bool) -> None:
+    """QEMU bug (7.2): x-blockdev-change on a quorum in an iothread aborts when it removes a
+    child or fails to attach one (VersionProfile.quorum_iothread_child_change_aborts;
+    corpus/findings/qemu72-quorum-iothread-child-change-abort.json)."""
+    if g.qemu_profile.quorum_iothread_child_change_aborts and parent.ctx != "main":
+        raise KnownQemuBug("known QEMU crash: x-blockdev-change on a quorum in an iothread "
+                           + ("removing a child" if removing else "whose attach fails"))
+
+
 #: point name (as the semantics call ``Graph.guard``) -> guard
 GUARDS: dict[str, Callable[..., Any]] = {
     "attach-file": attach_file,
@@ -148,4 +157,5 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "job-cancel": _stream_left_concluded,
     "active-commit-start": active_commit_start,
     "qemu-io-active-commit": qemu_io_active_commit,
+    "child-change": child_change,
 }

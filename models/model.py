@@ -80,7 +80,12 @@ class Model:
             "job-dismiss": lambda g: jobs.job_dismiss(g, args),
             "job-cancel": lambda g: jobs.job_cancel(g, args),
             "block-job-complete": lambda g: jobs.block_job_complete(g, args),
+            "block-job-pause": lambda g: jobs.block_job_pause(g, args),
+            "block-job-resume": lambda g: jobs.block_job_resume(g, args),
+            "job-pause": lambda g: jobs.job_pause(g, args),
+            "job-resume": lambda g: jobs.job_resume(g, args),
             "device_add": lambda g: devices.device_add(g, args),
+            "x-blockdev-change": lambda g: blockdev.x_blockdev_change(g, args),
         }.get(cmd)
         if handler is None:
             raise NotModeled(f"command {cmd!r}")

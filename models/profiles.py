@@ -86,6 +86,11 @@ class VersionProfile:
     #: QEMU bug: an active ``block-commit`` whose device is a compress filter never answers
     #: (10.0.2 and 11.1.3; 7.2.22 starts the job), found by ``blockfuzz diff`` past the model
     compress_active_commit_hangs: bool = False
+    #: QEMU bug (7.2.22; 10.0.2 and 11.1.3 answer normally): x-blockdev-change on a quorum in
+    #: an iothread dies with SIGABRT ``qemu_mutex_unlock_impl: Operation not permitted`` when it
+    #: removes a child, or when the attach of an added one fails; a successful add is fine
+    #: (corpus/findings/qemu72-quorum-iothread-child-change-abort.json)
+    quorum_iothread_child_change_aborts: bool = False
     throttle_group_del_error: str = "object '{id}' is in use, can not be deleted"
 
 
@@ -97,7 +102,7 @@ PROFILES: dict[str, VersionProfile] = {
                           reopen_detached_entry_asserts=True,
                           active_commit_cancel_restores_ro=False, mirror_bitmap_on_filter=False,
                           write_zeroes_unmap_needs_discard=False, disk_context_move_best_effort=False,
-                          dataplane_op_blocker=True),
+                          dataplane_op_blocker=True, quorum_iothread_child_change_aborts=True),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, driver_variable_length=False,
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,

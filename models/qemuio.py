@@ -110,11 +110,14 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
         if cmd.offset + cmd.length > length:
             return IoResult("", ("read failed: Input/output error",))
         lines = []
-        if cmd.pattern is not None:
-            data = iodata.read(g, node, cmd.offset, cmd.length)
+        if cmd.pattern is not None or g.reaches(node, lambda n: n.driver.read_may_fail):
+            try:
+                data = iodata.read(g, node, cmd.offset, cmd.length)
+            except iodata.IoFailed:
+                return IoResult("", ("read failed: Input/output error",))
             if data is None:
                 raise NotModeled(f"data of node '{node.name}' is not known to the model")
-            if data.count(cmd.pattern) != cmd.length:
+            if cmd.pattern is not None and data.count(cmd.pattern) != cmd.length:
                 lines.append(f"Pattern verification failed at offset {cmd.offset}, {cmd.length} bytes")
         lines.append(f"read {cmd.length}/{cmd.length} bytes at offset {cmd.offset}")
         return IoResult("", tuple(lines))

@@ -64,7 +64,7 @@ def node_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
     cow = g.cow_child(n)
     if cow is not None:
         info["backing_file"] = refresh_filename(g, cow, cache).filename
-    bitmaps = [j for j in g.jobs.values() if j.active and j.status in ("ready", "pending")
+    bitmaps = [j for j in g.jobs.values() if j.active and j.status in ("ready", "standby", "pending")
                and (j.filter if profile.mirror_bitmap_on_filter else j.device) == n.name]
     if bitmaps:
         # the mirror's own dirty bitmap; nothing was written during the job, so its count is 0

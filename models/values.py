@@ -175,7 +175,12 @@ class ImageSpec:
 #: QMP commands that may start or move a block job: after one, both the model and the harness
 #: look at the jobs (the harness waits for them to settle, the engine compares query-jobs)
 JOB_COMMANDS = frozenset({"block-stream", "block-commit", "job-finalize", "job-dismiss",
-                          "job-cancel", "block-job-complete"})
+                          "job-cancel", "block-job-complete", "block-job-pause", "block-job-resume",
+                          "job-pause", "job-resume"})
+#: the commands that pause a job at the user's request, and those that end that pause; the
+#: harness counts a job the user paused as settled only once it is paused (``standby``)
+JOB_PAUSE_COMMANDS = {"block-job-pause": "device", "job-pause": "id"}
+JOB_UNPAUSE_COMMANDS = {"block-job-resume": "device", "job-resume": "id", "job-cancel": "id"}
 
 
 # --------------------------------------------------------------------------------------------

@@ -219,6 +219,18 @@ class BlockDriver:
     def refresh_limits(self, g: Graph, n: Node, bl: dict) -> None:
         """``.bdrv_refresh_limits``: overrides after the generic merge (``models.limits``)."""
 
+    # -- x-blockdev-change ---------------------------------------------------------------------------
+    #: ``.bdrv_add_child`` / ``.bdrv_del_child`` exist (quorum only)
+    changes_children: ClassVar[bool] = False
+
+    def add_child(self, g: Graph, node: Node, child: Node) -> None:
+        """``.bdrv_add_child``: attach ``child`` (``bdrv_add_child()`` checked the rest)."""
+        raise NotImplementedError(self.name)
+
+    def del_child(self, g: Graph, node: Node, edge: Any) -> None:
+        """``.bdrv_del_child``: detach the edge and drop the reference it held."""
+        raise NotImplementedError(self.name)
+
     # -- filenames ---------------------------------------------------------------------------------
     def gather_child_options(self, n: Node, children: dict[str, Filename], opts: dict,
                              backing_overridden: bool) -> None:
@@ -243,7 +255,17 @@ class BlockDriver:
         return ""
 
     # -- I/O -----------------------------------------------------------------------------------------
+    #: a read can fail on data alone (quorum's vote): qemu-io reads through it are predicted
+    #: only where the model knows the data, pattern or not
+    read_may_fail: ClassVar[bool] = False
+
+    def disk_read_ok(self, g: Graph, n: Node) -> bool:
+        """Whether the read a scsi-hd makes of its first sector when it is realized has no
+        effect the model misses (``disk_read_modelled``, unless the driver knows better)."""
+        return self.disk_read_modelled
+
     def read(self, g: Graph, n: Node, off: int, length: int) -> bytes | None:
+        """The bytes a read returns (None: unknown); raises ``iodata.IoFailed`` for EIO."""
         return None
 
     def known(self, g: Graph, n: Node) -> bool:
