@@ -547,6 +547,38 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 "bus": data.draw(st.sampled_from(fresh_controllers * 2 + controllers + ["scsi9"])) + ".0",
                 "share-rw": data.draw(st.sampled_from([True, True, True, False]))}})
 
+    def overlay_candidates(self) -> list[str]:
+        """Nodes QEMU takes as a snapshot overlay: a format with backing support, no backing
+        child and nobody reading it."""
+        from models.perms import CONSISTENT_READ, Perms
+
+        perms = Perms(self.g, {}, {})
+        return [n for n, node in sorted(self.g.nodes.items())
+                if node.driver.supports_backing and not node.driver.is_filter
+                and self.g.cow_child(node) is None and not perms.node[n][0] & CONSISTENT_READ]
+
+    @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
+    @rule(data=st.data())
+    def snapshot(self, data):
+        """blockdev-snapshot of a node onto an overlay; with no overlay at hand, half the time
+        the overlay is added first (a qcow2 node with ``backing: null``, as iotests 085 and
+        273 add theirs), so that the snapshot itself runs on a later step."""
+        overlays = self.overlay_candidates()
+        if not overlays and data.draw(st.booleans()):
+            used = {n.filename for n in self.g.nodes.values() if n.filename}
+            files = [i.file for i in self.images if i.format == "qcow2"]
+            free = [f for f in files if f not in used] or files
+            name = data.draw(st.sampled_from(["ov0", "ov1"]))
+            self.do({"qmp": "blockdev-add", "args": {
+                "driver": "qcow2", "node-name": name, "backing": None,
+                "file": {"driver": "file", "filename": data.draw(st.sampled_from(free))}}})
+            return
+        nodes = self.named_nodes()
+        node = data.draw(st.sampled_from(
+            [n for n in nodes if not self.g.nodes[n].parents] * 2 + nodes + ["nope"]))
+        overlay = data.draw(st.sampled_from(overlays * 4 + nodes + ["nope"]))
+        self.do({"qmp": "blockdev-snapshot", "args": {"node": node, "overlay": overlay}})
+
     def quorums(self) -> list[str]:
         return sorted(n for n, node in self.g.nodes.items() if node.driver.changes_children)
 

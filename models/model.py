@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from . import blockdev, devices, iodata, jobs, known_bugs, objects, qemuio, reopen
+from . import blockdev, devices, iodata, jobs, known_bugs, objects, qemuio, reopen, snapshot
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
@@ -86,6 +86,7 @@ class Model:
             "job-resume": lambda g: jobs.job_resume(g, args),
             "device_add": lambda g: devices.device_add(g, args),
             "x-blockdev-change": lambda g: blockdev.x_blockdev_change(g, args),
+            "blockdev-snapshot": lambda g: snapshot.blockdev_snapshot(g, args),
         }.get(cmd)
         if handler is None:
             raise NotModeled(f"command {cmd!r}")
