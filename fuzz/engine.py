@@ -22,7 +22,7 @@ from models.values import JOB_COMMANDS
 
 from .errors import (DataMismatch, EventMismatch, ExpectationMismatch, GraphMismatch, QemuFailure,
                      QemuHang, ResultMismatch, first_difference)
-from .trace import expectation_for, get_path
+from .trace import assertion_for, expectation_for, get_path
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +299,7 @@ class Runner:
         return self.model.query_jobs() if side == "model" else self.qemu.query_jobs()
 
     def _assert(self, index: int, step: dict) -> None:
+        step = assertion_for(step, self.profile_name)
         sides = [("model", self.model_graph())]
         if self.qemu is not None:
             sides.insert(0, ("qemu", self.qemu_graph()))

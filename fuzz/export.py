@@ -157,6 +157,8 @@ def plan_trace(tr: T.Trace, profile: VersionProfile, *, origin: str = "", name: 
     model_lost: int | None = None     # the step the model declined: later predictions unknown
     steps: list[PlanStep] = []
     for i, step in enumerate(tr.steps):
+        if "assert" in step:
+            step = T.assertion_for(step, profile.name)
         ps = PlanStep(i + 1, step)
         steps.append(ps)
         if "qmp" not in step:

@@ -579,6 +579,27 @@ class BlockGraphMachine(RuleBasedStateMachine):
         overlay = data.draw(st.sampled_from(overlays * 4 + nodes + ["nope"]))
         self.do({"qmp": "blockdev-snapshot", "args": {"node": node, "overlay": overlay}})
 
+    @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
+    @rule(data=st.data())
+    def resize(self, data):
+        """block_resize: mostly a small grow or shrink around the node's length (sector
+        aligned or not), now and then the boundaries: 0, -1, BDRV_MAX_LENGTH and past it, a
+        device name (never found: no named BlockBackends) beside the node name."""
+        from models.resize import MAX_LENGTH
+
+        nodes = self.named_nodes()
+        name = data.draw(st.sampled_from(nodes * 4 + ["nope"]))
+        n = self.g.nodes.get(name)
+        length = node_length(self.g, n) if n is not None else 1 << 20
+        size = data.draw(st.one_of(
+            st.sampled_from([length + 65536, length + 512, length + 1000, length - 65536,
+                             length - 512, length, 2 * length]),
+            st.sampled_from([0, -1, 512, MAX_LENGTH, MAX_LENGTH + 1, 64 << 20, (64 << 20) + 512])))
+        args: dict = {"node-name": name, "size": size}
+        if data.draw(st.integers(0, 9)) == 0:
+            args["device"] = data.draw(st.sampled_from([name, "nope", ""]))
+        self.do({"qmp": "block_resize", "args": args})
+
     def quorums(self) -> list[str]:
         return sorted(n for n, node in self.g.nodes.items() if node.driver.changes_children)
 

@@ -26,7 +26,7 @@ QMP_COMMANDS = ("blockdev-add", "blockdev-reopen", "blockdev-del", "human-monito
                 "object-add", "object-del", "block-stream", "block-commit", "job-finalize",
                 "job-dismiss", "job-cancel", "block-job-complete", "device_add", "device_del",
                 "x-blockdev-change", "block-job-pause", "block-job-resume", "job-pause",
-                "job-resume", "blockdev-snapshot")
+                "job-resume", "blockdev-snapshot", "block_resize")
 #: QEMU machine types a trace may ask for: ``none`` (default) has no buses; ``pc`` (with
 #: ``-accel tcg -S``) has PCI for virtio-scsi controllers, which the iothread scenarios need.
 MACHINES = ("none", "pc")
@@ -171,6 +171,22 @@ def expectation_for(step: dict, version: str) -> dict | None:
     want = _version_key(version)
     keys = [k for k in exp["by-version"] if _version_key(k) <= want]
     return exp["by-version"][max(keys, key=_version_key)] if keys else None
+
+
+def assertion_for(step: dict, version: str) -> dict:
+    """An ``assert`` step for a profile name: a ``by-version`` map (same rule as ``expect``'s)
+    gives the ``equals`` / ``absent`` / ``status`` of the newest key not newer than the
+    version, where the versions differ (a length 10.0 leaves stale, say)."""
+    cases = step.get("by-version")
+    if not cases:
+        return step
+    want = _version_key(version)
+    keys = [k for k in cases if _version_key(k) <= want]
+    if not keys:
+        return step
+    out = {k: v for k, v in step.items() if k not in ("by-version", "equals", "absent", "status")}
+    out.update(cases[max(keys, key=_version_key)])
+    return out
 
 
 def _version_key(name: str) -> tuple[int, ...]:

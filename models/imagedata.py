@@ -19,6 +19,10 @@ L2_ENTRIES = CLUSTER // 8  # one L2 table maps 8192 clusters (512 MiB)
 SECTOR = 512
 
 
+#: the largest image the model follows through a resize: it holds image data in memory
+MAX_MODELLED_SIZE = 64 << 20
+
+
 @attrs.define
 class Image:
     file: str
@@ -42,6 +46,14 @@ class Image:
     def clone(self) -> "Image":
         return Image(self.file, self.fmt, self.size, bytearray(self.data), set(self.allocated),
                      self.backing_file, self.backing_format, set(self.zero_clusters), self.free_host)
+
+    def resize(self, size: int) -> None:
+        """A raw file truncated or extended (zeros), or a qcow2 image grown."""
+        if size < len(self.data):
+            del self.data[size:]
+        else:
+            self.data.extend(bytes(size - len(self.data)))
+        self.size = size
 
     # -- host view -------------------------------------------------------------------------
     def l1_entries(self) -> int:

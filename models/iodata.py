@@ -11,8 +11,7 @@ these functions again, as ``bdrv_co_preadv()`` does.
 """
 from __future__ import annotations
 
-from .graph import ROLE_FILTERED, Graph, Node
-from .lengths import refreshed_length
+from .graph import Graph, Node
 
 
 class IoFailed(Exception):
@@ -25,17 +24,6 @@ def storage_leaf(g: Graph, n: Node) -> Node:
     while n.driver.storage_transparent:
         n = g.filtered(n)
     return n
-
-
-def resize_filtered_parents(g: Graph, n: Node) -> None:
-    """``bdrv_co_parent_cb_resize()`` -> ``bdrv_child_cb_resize()``: every parent that uses
-    ``n`` as its FILTERED child refreshes its length from its driver, and tells its own
-    parents in turn (VersionProfile.growth_resizes_filtered_parents)."""
-    for edge in list(n.parents):
-        if edge.role == ROLE_FILTERED:
-            parent = g.nodes[edge.parent]
-            parent.cached_length = refreshed_length(g, parent)
-            resize_filtered_parents(g, parent)
 
 
 def read(g: Graph, n: Node, off: int, length: int) -> bytes | None:

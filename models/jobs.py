@@ -474,16 +474,19 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
 
     # bdrv_insert_node(): a copy-on-read filter over bs, freezing bs..base_overlay
     try:
+        # bdrv_new_open_driver_opts(): the filter's open attaches its file child, and the
+        # permissions of that attach are checked there too (a writable filter over a node
+        # whose child is read-only: "Could not create node: Block node is read-only")
         cor = _new_filter(g, "copy-on-read", args.get("filter-node-name"), False)
+        cor.options = {"driver": "copy-on-read", "bottom": base_overlay.name}
+        if "filter-node-name" in args:
+            cor.options["node-name"] = args["filter-node-name"]
+        g.attach(cor, bs, "file", ROLE_FILTERED)
+        L.refresh(g, cor)   # cor_open() attached its file child
+        cor.cached_length = node_length(g, bs)
+        P.refresh(g, [cor.name])
     except QmpFailure as e:
         raise QmpFailure("Could not create node: " + e.desc) from None
-    cor.options = {"driver": "copy-on-read", "bottom": base_overlay.name}
-    if "filter-node-name" in args:
-        cor.options["node-name"] = args["filter-node-name"]
-    g.attach(cor, bs, "file", ROLE_FILTERED)
-    L.refresh(g, cor)   # cor_open() attached its file child
-    cor.cached_length = node_length(g, bs)
-    P.refresh(g, [cor.name])
     freeze_chain(g, job, cor, base_overlay)   # cor_open(): down to 'bottom'; bottom->base stays free
     replace_node(g, bs, cor)
     P.refresh(g, [cor.name])

@@ -7,7 +7,7 @@ reopened and grows only by the node's own writes past its end.
 """
 from __future__ import annotations
 
-from .graph import Graph, Node
+from .graph import ROLE_FILTERED, Graph, Node
 from .imagedata import SECTOR
 
 
@@ -28,3 +28,14 @@ def node_length(g: Graph, n: Node) -> int:
 def refreshed_length(g: Graph, n: Node) -> int:
     """What ``bdrv_refresh_total_sectors()`` sets: the driver's own idea of the length."""
     return n.driver.refresh_length(g, n)
+
+
+def resize_filtered_parents(g: Graph, n: Node) -> None:
+    """``bdrv_co_parent_cb_resize()`` -> ``bdrv_child_cb_resize()``: every parent that uses
+    ``n`` as its FILTERED child refreshes its length from its driver, and tells its own
+    parents in turn (VersionProfile.growth_resizes_filtered_parents)."""
+    for edge in list(n.parents):
+        if edge.role == ROLE_FILTERED:
+            parent = g.nodes[edge.parent]
+            parent.cached_length = refreshed_length(g, parent)
+            resize_filtered_parents(g, parent)

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from . import blockdev, devices, iodata, jobs, known_bugs, objects, qemuio, reopen, snapshot
+from . import blockdev, devices, iodata, jobs, known_bugs, objects, qemuio, reopen, resize, snapshot
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
@@ -87,6 +87,7 @@ class Model:
             "device_add": lambda g: devices.device_add(g, args),
             "x-blockdev-change": lambda g: blockdev.x_blockdev_change(g, args),
             "blockdev-snapshot": lambda g: snapshot.blockdev_snapshot(g, args),
+            "block_resize": lambda g: resize.block_resize(g, args),
         }.get(cmd)
         if handler is None:
             raise NotModeled(f"command {cmd!r}")

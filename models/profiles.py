@@ -92,6 +92,9 @@ class VersionProfile:
     #: (corpus/findings/qemu72-quorum-iothread-child-change-abort.json)
     quorum_iothread_child_change_aborts: bool = False
     throttle_group_del_error: str = "object '{id}' is in use, can not be deleted"
+    #: block_resize of an op-blocked node: 10.0 and 11.1 give the blocker's reason; 7.2 says
+    #: QERR_DEVICE_IN_USE with the ``device`` argument, "(null)" without one (probed)
+    resize_blocked_error: str = "Node '{node}' is busy: {reason}"
 
 
 PROFILES: dict[str, VersionProfile] = {
@@ -102,7 +105,8 @@ PROFILES: dict[str, VersionProfile] = {
                           reopen_detached_entry_asserts=True,
                           active_commit_cancel_restores_ro=False, mirror_bitmap_on_filter=False,
                           write_zeroes_unmap_needs_discard=False, disk_context_move_best_effort=False,
-                          dataplane_op_blocker=True, quorum_iothread_child_change_aborts=True),
+                          dataplane_op_blocker=True, quorum_iothread_child_change_aborts=True,
+                          resize_blocked_error="Device '{device}' is in use"),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, driver_variable_length=False,
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,

@@ -219,6 +219,16 @@ class BlockDriver:
     def refresh_limits(self, g: Graph, n: Node, bl: dict) -> None:
         """``.bdrv_refresh_limits``: overrides after the generic merge (``models.limits``)."""
 
+    # -- block_resize --------------------------------------------------------------------------------
+    #: ``.bdrv_co_truncate`` exists; without it a filter's resize goes to its filtered child
+    #: and any other driver answers "Image format driver does not support resize"
+    can_truncate: ClassVar[bool] = False
+
+    def truncate(self, g: Graph, n: Node, size: int) -> tuple[Node, int] | None:
+        """``.bdrv_co_truncate``: the driver's checks and its own change; a driver that
+        resizes a child returns (child, size) for the generic code to go on with."""
+        raise NotImplementedError(self.name)
+
     # -- x-blockdev-change ---------------------------------------------------------------------------
     #: ``.bdrv_add_child`` / ``.bdrv_del_child`` exist (quorum only)
     changes_children: ClassVar[bool] = False

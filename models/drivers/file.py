@@ -6,6 +6,7 @@ from typing import Any
 from .. import limits
 from ..errors import NotModeled, QmpFailure
 from ..graph import Graph, Node
+from ..imagedata import MAX_MODELLED_SIZE
 from ..lengths import host_sectors, refreshed_length
 from ..options import qemu_opt_str
 from ..profiles import VersionProfile
@@ -57,6 +58,20 @@ class File(BlockDriver):
         for k in PUT_BACK:
             if k in remaining:
                 remaining[k] = qemu_opt_str(remaining.pop(k))
+        return None
+
+    can_truncate = True
+
+    def truncate(self, g: Graph, n: Node, size: int) -> tuple[Node, int] | None:
+        """``raw_co_truncate()`` of a regular file: ftruncate() to the byte (the node's
+        length then rounds up to a sector)."""
+        assert n.filename is not None, "open() sets it"
+        img = g.images[n.filename]
+        if img.fmt != "raw":
+            raise NotModeled("resize of a file node holding a qcow2 image")
+        if size > MAX_MODELLED_SIZE:
+            raise NotModeled("resize beyond 64 MiB (the model holds image data in memory)")
+        img.resize(size)
         return None
 
     def refresh_length(self, g: Graph, n: Node) -> int:

@@ -13,8 +13,8 @@ from .. import iodata
 from ..errors import NotModeled, QmpFailure
 from ..filenames import dirname
 from ..graph import ROLE_STORAGE, Graph, Node
-from ..imagedata import CLUSTER, SECTOR, Image
-from ..lengths import node_length
+from ..imagedata import CLUSTER, L2_ENTRIES, MAX_MODELLED_SIZE, SECTOR, Image
+from ..lengths import node_length, resize_filtered_parents
 from ..options import bool_opt
 from ..profiles import VersionProfile
 from ..qapitypes import BOOL, INT, REF, REF_OR_NULL, UNMODELLED, Member
@@ -231,6 +231,31 @@ class Qcow2(BlockDriver):
         return bool(g.image(node).backing_file)
 
     # -- lengths, info, limits -------------------------------------------------------------------
+    can_truncate = True
+
+    def truncate(self, g: Graph, n: Node, size: int) -> tuple[Node, int] | None:
+        """``qcow2_co_truncate()``: a whole number of sectors; a grow writes the new size into
+        the header and the new area reads as zeros.  What the model leaves out: shrinking
+        (which clusters it frees, and the file's new length), a grow that needs a larger L1
+        table (allocated anew: the file grows), and a grow over a backing file longer than
+        the old size (``bdrv_co_truncate()`` zero-writes the new area)."""
+        if size % SECTOR:
+            raise QmpFailure(f"The new size must be a multiple of {SECTOR}")
+        img = g.image(n)
+        if size < img.size:
+            raise NotModeled("qcow2 shrink")
+        if size > MAX_MODELLED_SIZE:
+            raise NotModeled("resize beyond 64 MiB (the model holds image data in memory)")
+        if any(o is not n and o.drv == "qcow2" and o.filename == n.filename for o in g.nodes.values()):
+            raise NotModeled("resize of a qcow2 image another node has open")
+        if max(1, -(-size // (CLUSTER * L2_ENTRIES))) > img.l1_entries():
+            raise NotModeled("qcow2 grow that needs a larger L1 table")
+        cow = g.cow_child(n)
+        if size > img.size and cow is not None and node_length(g, cow) > img.size:
+            raise NotModeled("qcow2 grow over a longer backing file (the new area is zero-written)")
+        img.resize(size)
+        return None
+
     def getlength(self, g: Graph, n: Node) -> int:
         return g.image(n).size
 
@@ -333,7 +358,7 @@ class Qcow2(BlockDriver):
             fc = g.filtered(fc)
         if g.profile is not None and g.profile.growth_resizes_filtered_parents:
             for fc in reversed(grown):
-                iodata.resize_filtered_parents(g, fc)
+                resize_filtered_parents(g, fc)
 
     def write_compressed(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
         """``qcow2_co_pwritev_compressed_part()``: one whole cluster into an unallocated one

@@ -61,6 +61,15 @@ class Raw(BlockDriver):
     def reopen_commit(self, g: Graph, node: Node, state: Any) -> None:
         node.raw_offset, node.raw_size = state
 
+    can_truncate = True
+
+    def truncate(self, g: Graph, n: Node, size: int) -> tuple[Node, int] | None:
+        """``raw_co_truncate()`` (raw-format): a fixed ``size`` cannot change; otherwise the
+        file becomes ``offset + size``."""
+        if n.raw_size is not None:
+            raise QmpFailure("Cannot resize fixed-size raw disks")
+        return g.nodes[n.edge("file").child], n.raw_offset + size
+
     def refresh_length(self, g: Graph, n: Node) -> int:
         flen = node_length(g, g.nodes[n.edge("file").child])
         if flen < n.raw_offset:
