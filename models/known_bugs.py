@@ -124,6 +124,14 @@ def active_commit_start(g: Graph, device: Node, active: bool) -> None:
         raise KnownQemuBug("known QEMU hang: an active commit of a compress node")
 
 
+def append(g: Graph, top: Node) -> None:
+    """QEMU bug (10.0.2, 10.2.2, 11.1.3): ``bdrv_append()`` onto a compress node deadlocks in
+    ``compress_refresh_limits()`` (VersionProfile.compress_append_hangs;
+    corpus/findings/compress-append-refresh-limits-deadlock.json)."""
+    if g.qemu_profile.compress_append_hangs and top.drv == "compress":
+        raise KnownQemuBug("known QEMU hang: bdrv_append() onto a compress node")
+
+
 def qemu_io_active_commit(g: Graph, node: Node, jobs: dict[str, Job]) -> None:
     """QEMU bug (7.2 and 10.0): qemu-io on an active commit's source while the job is pending
     never returns (corpus/findings/active-commit-pending-qemu-io-hang.json)."""
@@ -158,4 +166,5 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "active-commit-start": active_commit_start,
     "qemu-io-active-commit": qemu_io_active_commit,
     "child-change": child_change,
+    "append": append,
 }

@@ -86,6 +86,14 @@ class VersionProfile:
     #: QEMU bug: an active ``block-commit`` whose device is a compress filter never answers
     #: (10.0.2 and 11.1.3; 7.2.22 starts the job), found by ``blockfuzz diff`` past the model
     compress_active_commit_hangs: bool = False
+    #: QEMU bug (10.0.2, 10.2.2, 11.1.3; not 7.2.22): ``bdrv_append()`` onto a compress node
+    #: deadlocks: it calls ``bdrv_refresh_limits()`` on the node under the graph write lock,
+    #: and ``compress_refresh_limits()`` calls ``bdrv_get_info()``, whose coroutine waits for
+    #: the reader lock (backtrace of the 10.2.2 ASan build).  blockdev-snapshot of a compress
+    #: node never answers, success or not; the active commit hang above is likely the same
+    #: (mirror_start_job() appends its filter the same way)
+    #: (corpus/findings/compress-append-refresh-limits-deadlock.json)
+    compress_append_hangs: bool = False
     #: QEMU bug (7.2.22; 10.0.2 and 11.1.3 answer normally): x-blockdev-change on a quorum in
     #: an iothread dies with SIGABRT ``qemu_mutex_unlock_impl: Operation not permitted`` when it
     #: removes a child, or when the attach of an added one fails; a successful add is fine
@@ -113,7 +121,8 @@ PROFILES: dict[str, VersionProfile] = {
                            reopen_detached_entry_asserts=False,
                            active_commit_cancel_restores_ro=True, mirror_bitmap_on_filter=True,
                            write_zeroes_unmap_needs_discard=True, disk_context_move_best_effort=True,
-                           dataplane_op_blocker=False, compress_active_commit_hangs=True),
+                           dataplane_op_blocker=False, compress_active_commit_hangs=True,
+                           compress_append_hangs=True),
 }
 # 11.1 starts as 10.0 plus what it is seen or read to do differently; each flag's docstring
 # names its source (QEMU commit or a probe of 11.1.3).

@@ -48,6 +48,7 @@ def _append(g: Graph, overlay: Any, node: Any) -> None:
     """``bdrv_append()``: ``node`` becomes the overlay's backing, then every parent of
     ``node`` (but job links and the overlay's own subtree) moves to the overlay; the new
     permissions are checked last."""
+    g.guard("append", top=node)   # its error path refreshes node's limits too
     if g.has_child_recursive(node, overlay.name):
         raise QmpFailure(f"Making '{node.name}' a backing child of '{overlay.name}' would create a cycle")
     reconcile_attach(g, overlay, node)
