@@ -60,8 +60,9 @@ from fuzz import sandbox
 from fuzz.errors import (HarnessError, QemuCrash, QemuFailure, QemuHang, QmpGone, QmpTimeout,
                          QmpTransportError, ResetFailed, UnsafeStep, sanitizer_report)
 from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpSync
-from models.values import (JOB_COMMANDS, JOB_EVENTS, JOB_PAUSE_COMMANDS, JOB_UNPAUSE_COMMANDS,
-                           Outcome, QmpError, canonicalize_text, fold_job_events, job_event_text)
+from models.values import (JOB_COMMANDS, JOB_COMPLETE_COMMANDS, JOB_EVENTS, JOB_PAUSE_COMMANDS,
+                           JOB_UNPAUSE_COMMANDS, Outcome, QmpError, canonicalize_text,
+                           fold_job_events, job_event_text)
 
 __all__ = [
     "QemuBinaries", "QemuProcess", "binaries_env",
@@ -144,6 +145,9 @@ SETTLED_JOB_STATES = frozenset({"ready", "pending", "concluded"})
 #: ... and a job the user paused (block-job-pause, job-pause): at its pause point.  With an
 #: iothread it gets there after the command's reply (probed: within ~2 ms)
 USER_PAUSED_JOB_STATES = frozenset({"standby", "paused"})
+#: ... and a job told to complete: once it has left ``ready`` (block-job-complete's reply can
+#: come before the job wakes)
+COMPLETING_JOB_STATES = frozenset({"pending", "concluded"})
 # ... and a sanitizer build's reports (ASan, UBSan): UBSan's QEMU goes on running, ASan's exits
 # with status 1; both are crashes (fuzz.errors.sanitizer_report)
 _FATAL_STDERR = re.compile(r"Assertion|assertion failed|code should not be reached|Aborted|core dumped"
@@ -389,6 +393,7 @@ class QemuProcess:
         self._version: tuple[int, int, int] | None = None
         self._jobs_possible = False  # a job command succeeded and query-jobs was not yet empty
         self._user_paused: set[str] = set()   # real ids of jobs the user paused (_settle_jobs)
+        self._completing: set[str] = set()    # real ids of jobs told to complete (_settle_jobs)
         self._jobs_seen: list | None = []   # query-jobs' reply, if no command came since
         self._reset_failed: ResetFailed | None = None
         self._confined = False
@@ -596,6 +601,9 @@ class QemuProcess:
             key = JOB_UNPAUSE_COMMANDS.get(cmd)
             if key is not None:
                 self._user_paused.discard(wire[key])
+            key = JOB_COMPLETE_COMMANDS.get(cmd)
+            if key is not None:
+                self._completing.add(wire[key])
         if cmd not in ("query-jobs", "query-named-block-nodes"):
             self._jobs_seen = None
             if self._jobs_possible:
@@ -649,9 +657,14 @@ class QemuProcess:
                 self._jobs_possible = False
                 self._jobs_seen = []
                 self._user_paused.clear()
+                self._completing.clear()
                 return
-            self._user_paused &= {j.get("id") for j in jobs}
+            ids = {j.get("id") for j in jobs}
+            self._user_paused &= ids
+            self._completing &= ids
+            self._completing -= {j.get("id") for j in jobs if j.get("status") in ("pending", "concluded")}
             if all(j.get("status") in (USER_PAUSED_JOB_STATES if j.get("id") in self._user_paused
+                                       else COMPLETING_JOB_STATES if j.get("id") in self._completing
                                        else SETTLED_JOB_STATES) for j in jobs):
                 self._jobs_seen = jobs
                 return
@@ -756,6 +769,7 @@ class QemuProcess:
         self._names_fresh = True
         self._jobs_possible = False
         self._user_paused.clear()
+        self._completing.clear()
         self._jobs_seen = []
         self.resets += 1
         return offset

@@ -501,15 +501,50 @@ class BlockGraphMachine(RuleBasedStateMachine):
             args["auto-dismiss"] = False
         self.do({"qmp": "block-stream" if stream else "block-commit", "args": args})
 
+    @precondition(lambda self: self.runner is not None and len(self.g.nodes) >= 2)
+    @rule(data=st.data())
+    def mirror(self, data):
+        """blockdev-mirror: mostly a root node into another root of the same length (the
+        size check is inside the job), sync full, top or none; now and then the checks before
+        that (replaces, granularity, buf-size, speed, the job id, mirroring into itself)."""
+        names = self.named_nodes()
+        roots = [n for n in names if not self.g.nodes[n].parents and not self.g.job_parents(n)]
+        device = data.draw(st.sampled_from(roots * 4 + names + ["nope"]))
+        dev = self.g.nodes.get(device)
+        length = node_length(self.g, dev) if dev is not None else -1
+        same = [n for n in roots if n != device and node_length(self.g, self.g.nodes[n]) == length]
+        target = data.draw(st.sampled_from(same * 6 + roots + names + ["nope"]))
+        args: dict = {"device": device, "target": target,
+                      "sync": data.draw(st.sampled_from(["full", "full", "top", "none", "bitmap"]))}
+        if data.draw(st.integers(0, 9)):
+            args["job-id"] = data.draw(st.sampled_from(["job0", "job0", "job1", "1bad"]))
+        if data.draw(st.integers(0, 5)) == 0:
+            below = self.chain_below(device) if dev is not None else []
+            args["replaces"] = data.draw(st.sampled_from([device, *below, *names[:2], "nope"]))
+        if data.draw(st.integers(0, 7)) == 0:
+            args["granularity"] = data.draw(st.sampled_from([65536, 512, 1000, 256, 1 << 27]))
+        if data.draw(st.integers(0, 15)) == 0:
+            args[data.draw(st.sampled_from(["buf-size", "speed"]))] = -1
+        if data.draw(st.integers(0, 3)) == 0:
+            args["filter-node-name"] = data.draw(st.sampled_from(["jf0", "jf1", "hd0", "#x"]))
+        args["auto-finalize"] = data.draw(st.sampled_from([False, True, True]))
+        if data.draw(st.integers(0, 5)) == 0:
+            args["auto-dismiss"] = False
+        self.do({"qmp": "blockdev-mirror", "args": args})
+
     @precondition(lambda self: self.runner is not None and bool(self.g.jobs))
     @rule(data=st.data())
     def job_verb(self, data):
         jid = data.draw(st.sampled_from(sorted(self.g.jobs) + ["nope"]))
         verb = data.draw(st.sampled_from(["job-finalize", "job-finalize", "job-cancel",
                                           "job-dismiss", "block-job-complete", "block-job-pause",
-                                          "job-pause", "block-job-resume", "job-resume"]))
+                                          "job-pause", "block-job-resume", "job-resume",
+                                          "job-complete", "block-job-cancel"]))
         key = "device" if verb.startswith("block-job-") else "id"
-        self.do({"qmp": verb, "args": {key: jid}})
+        args: dict = {key: jid}
+        if verb == "block-job-cancel" and data.draw(st.booleans()):
+            args["force"] = data.draw(st.booleans())
+        self.do({"qmp": verb, "args": args})
 
     @precondition(lambda self: self.runner is not None and self.machine == "pc" and bool(self.g.nodes))
     @rule(data=st.data())

@@ -67,6 +67,12 @@ class Job:
     #: block-job-complete of a user-paused job: mirror_complete() set should_complete, and the
     #: job completes when it is resumed
     complete_requested: bool = False
+    #: blockdev-mirror: the node the target replaces at completion (None: the device)
+    replaces: str | None = None
+    #: a ready mirror's completion pivots to the target (False after a soft block-job-cancel)
+    pivot: bool = True
+    #: the mirror's dirty bitmap granularity (query-named-block-nodes' dirty-bitmaps)
+    granularity: int = CLUSTER
     parents: list = attrs.field(factory=list)   # JobParent
     blocks: dict = attrs.field(factory=dict)    # node -> seq of its op blocker
     frozen: list = attrs.field(factory=list)    # (parent, child name)
@@ -89,10 +95,12 @@ def _transition(g: Graph, job: Job, status: str) -> None:
     job.status = status
 
 
-def _block_job_event(g: Graph, job: Job, event: str) -> None:
-    """The notifiers of ``block_job_create()``: BLOCK_JOB_READY, _PENDING, _COMPLETED and
-    _CANCELLED (``block_job_event_*_locked()``)."""
-    data = {"type": job.type, "device": job.id, "id": job.id}
+def _block_job_event(g: Graph, job: Job, event: str, error: str | None = None) -> None:
+    """The notifiers of ``block_job_create()``: BLOCK_JOB_READY, _PENDING, _COMPLETED (with
+    the job's error when it failed) and _CANCELLED (``block_job_event_*_locked()``)."""
+    data: dict[str, Any] = {"type": job.type, "device": job.id, "id": job.id}
+    if error is not None:
+        data["error"] = error
     g.job_events.append(job_event_text(event, data))
 
 
@@ -662,6 +670,163 @@ def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]
     _block_job_event(g, job, "BLOCK_JOB_READY")
 
 
+# --------------------------------------------------------------------------------------------
+# blockdev-mirror
+
+_MIRROR_MEMBERS = {
+    "job-id": _STR, "device": _STR, "target": _STR, "replaces": _STR, "sync": "enum",
+    "speed": "int", "granularity": "uint32", "buf-size": "int", "on-source-error": "enum",
+    "on-target-error": "enum", "filter-node-name": _STR, "copy-mode": "enum",
+    "auto-finalize": _BOOL, "auto-dismiss": _BOOL, "target-is-zero": _BOOL}
+_ENUMS = {"sync": ("top", "full", "none", "incremental", "bitmap"),
+          "on-source-error": ("report", "ignore", "enospc", "stop", "auto"),
+          "on-target-error": ("report", "ignore", "enospc", "stop", "auto"),
+          "copy-mode": ("background", "write-blocking")}
+_QAPI_TYPE = {_STR: "string", _BOOL: "boolean", "int": "integer", "uint32": "integer", "enum": "string"}
+
+
+def _visit_mirror(g: Graph, args: Any) -> dict:
+    """The QAPI visit of ``blockdev-mirror`` in schema order (``target-is-zero`` since 10.1)."""
+    members = dict(_MIRROR_MEMBERS)
+    if not g.qemu_profile.mirror_target_is_zero:
+        del members["target-is-zero"]
+    for name, kind in members.items():
+        if name not in args:
+            if name in ("device", "target", "sync"):
+                raise QmpFailure(f"Parameter '{name}' is missing")
+            continue
+        v = args[name]
+        ok = {_STR: isinstance(v, str), _BOOL: isinstance(v, bool), "enum": isinstance(v, str)}.get(
+            kind, isinstance(v, int) and not isinstance(v, bool))
+        if not ok:
+            raise QmpFailure(f"Invalid parameter type for '{name}', expected: {_QAPI_TYPE[kind]}")
+        if kind == "enum" and v not in _ENUMS[name]:
+            raise QmpFailure(f"Parameter '{name}' does not accept value '{v}'")
+        if kind == "uint32" and not 0 <= v < 1 << 32:
+            raise QmpFailure(f"Parameter '{name}' expects uint32_t")
+    check_struct(args, set(members), "")
+    return args
+
+
+def _can_replace(g: Graph, bs: Node, to_replace: Node) -> bool:
+    """``bdrv_recurse_can_replace()``: the node itself; a quorum child that has no other
+    parent; either child of blkverify; through a filter's filtered child; nothing else (raw
+    is no filter)."""
+    if bs is to_replace:
+        return True
+    if bs.drv == "quorum":
+        return any(g.nodes[c.child] is to_replace and len(to_replace.parents) == 1 for c in bs.children)
+    if bs.drv == "blkverify":
+        return any(_can_replace(g, g.nodes[c.child], to_replace) for c in bs.children)
+    f = g.filter_child(bs)
+    return f is not None and _can_replace(g, f, to_replace)
+
+
+def _mirror_data(g: Graph, job: Job, src: Node, target: Node, sync: str, granularity: int) -> None:
+    """``mirror_run()``'s copy.  sync=none copies nothing; sync=top the clusters allocated in
+    the top qcow2 node (its backing chain stays the target's business); sync=full the whole
+    chain.  What the model leaves out: areas the source reads as zeros (pre-zeroing and
+    skipping differ by version), and dirty granularities other than a qcow2 cluster."""
+    if sync == "none" or target.drv == "null-co":
+        return
+    if granularity not in (0, CLUSTER):
+        raise NotModeled("mirror granularity other than 64 KiB")
+    if not iodata.known(g, src) or not iodata.can_write(g, target):
+        raise NotModeled("mirror of data the model does not know, or into a target it cannot write")
+    size = node_length(g, src)
+    top_only = sync == "top" and g.cow_child(skip_filters(g, src)) is not None
+    if top_only and skip_filters(g, src).drv != "qcow2":
+        raise NotModeled("sync=top from a top that is not qcow2")
+    for c in range(-(-size // CLUSTER)):
+        lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
+        if top_only:
+            top = skip_filters(g, src)
+            img = g.image(top)
+            if c in img.zero_clusters:
+                raise NotModeled("sync=top over zeroed clusters")
+            if c not in img.allocated:
+                continue
+        data = iodata.read(g, src, lo, hi - lo)
+        assert data is not None, "known() said the data is known"
+        if not data.strip(b"\0"):
+            raise NotModeled("mirror of areas the source reads as zeros")
+        iodata.write(g, target, lo, data)
+
+
+@_restoring
+def blockdev_mirror(g: Graph, args: Any, ctx: dict) -> None:
+    """``qmp_blockdev_mirror()`` -> ``blockdev_mirror_common()`` -> ``mirror_start_job()``
+    (probed on 7.2.22, 10.0.2 and 11.1.3; iotest 041's blockdev seeds).  Failures after the
+    filter was created have used up its auto name; failures after ``job_create()`` emit the
+    job's created and null events."""
+    args = _visit_mirror(g, args)
+    _refuse_iothreads(g)
+    bs = g.lookup_bs(args["device"])
+    if not _is_root(g, bs):
+        raise QmpFailure("Need a root block node")
+    target = g.lookup_bs(args["target"])
+    granularity = args.get("granularity", 0)
+    if granularity and not 512 <= granularity <= 64 << 20:
+        raise QmpFailure("Parameter 'granularity' expects a value in range [512B, 64MB]")
+    if granularity & (granularity - 1):
+        raise QmpFailure("Parameter 'granularity' expects a power of 2")
+    for node in (bs, target):   # MIRROR_SOURCE, MIRROR_TARGET
+        reason = op_blocker(g, node)
+        if reason is not None:
+            raise QmpFailure(f"Node '{node.name}' is busy: {reason}")
+    if "replaces" in args:
+        # check_to_replace_node()
+        rep = g.get(args["replaces"])
+        if rep is None:
+            raise QmpFailure(f"Failed to find node with node-name='{args['replaces']}'")
+        reason = op_blocker(g, rep)
+        if reason is not None:
+            raise QmpFailure(f"Node '{rep.name}' is busy: {reason}")
+        if not _can_replace(g, bs, rep):
+            raise QmpFailure(f"Cannot replace '{rep.name}' by a node mirrored from '{bs.name}', because "
+                             "it cannot be guaranteed that doing so would not lead to an abrupt change of "
+                             "visible data")
+        if node_length(g, rep) != node_length(g, bs):
+            raise QmpFailure("cannot replace image with a mirror image of different size")
+    sync = args["sync"]
+    if sync in ("incremental", "bitmap"):
+        raise QmpFailure(f"Sync mode '{sync}' not supported")
+    if args.get("buf-size", 0) < 0:
+        raise QmpFailure("Invalid parameter 'buf-size'")
+    if skip_filters(g, bs) is skip_filters(g, target):
+        raise QmpFailure("Can't mirror node into itself")
+    job = Job("", "mirror", "created", args.get("auto-finalize", True), args.get("auto-dismiss", True),
+              active=True, device=bs.name, top=bs.name, base=target.name, replaces=args.get("replaces"),
+              granularity=granularity or CLUSTER)
+    mt = _append_filter(g, "mirror_top", args.get("filter-node-name"), False, bs)
+    job.filter = mt.name
+    job.id = _job_id(g, args.get("job-id"))   # the filter's BlockBackend name: '' for nodes
+    _register(g, job)
+    add_parent(g, job, mt, "main node", READ, READ | WU | WRITE)
+    if args.get("speed", 0) < 0:
+        raise QmpFailure("Parameter 'speed' expects a non-negative value")
+    if chain_contains(g, bs, skip_filters(g, target)):
+        raise QmpFailure("Cannot mirror to a filter on top of a node in the source's backing chain")
+    add_parent(g, job, target, "root", WRITE, WU, blk=True, block=False, desc="an unnamed block device")
+    add_parent(g, job, bs, "source", 0, WU | WRITE | READ)
+    add_parent(g, job, target, "target", 0, ALL)
+    _start(g, job)
+    if node_length(g, bs) != node_length(g, target):
+        # mirror_run(): the job fails before it copies anything
+        _transition(g, job, "aborting")
+        _drop_filter(g, job)
+        _release_all(g, job)
+        job.error = "Source and target image have different sizes"
+        _block_job_event(g, job, "BLOCK_JOB_COMPLETED", job.error)
+        _transition(g, job, "concluded")
+        if job.auto_dismiss:
+            _dismiss(g, job)
+        return
+    _mirror_data(g, job, bs, target, sync, granularity)
+    _transition(g, job, "ready")   # job_transition_to_ready()
+    _block_job_event(g, job, "BLOCK_JOB_READY")
+
+
 def _commit_prepare(g: Graph, job: Job) -> None:
     """``commit_prepare()`` -> ``bdrv_drop_intermediate()``: the overlay's backing becomes the
     base and its image header names the base."""
@@ -693,22 +858,34 @@ def _commit_prepare(g: Graph, job: Job) -> None:
         g.unref(ct)   # the filter had only its parents' references; top lives while the job does
 
 
-def _mirror_complete(g: Graph, job: Job) -> None:
+def _mirror_complete(g: Graph, job: Job) -> str | None:
     """``mirror_exit_common()``: the job lets go of every node (``block_job_remove_all_bdrv()``)
     and the filter is replaced by its child and freed.  With no parent above the device,
-    nothing else changes."""
+    nothing else changes.  A pivot the new permissions refuse leaves the graph as it was and
+    fails the job with EPERM: the error it returns (041 test_failing_permission_in_complete)."""
     job.parents = [p for p in job.parents if not p.blk]   # s->target is gone by now
     assert job.base is not None, "a commit job has its base"
-    src, base = g.nodes[job.device], g.get(job.base)
-    if base is not None and src.read_only != base.read_only:
-        # mirror_exit_common(): the target gets the read-only state of what it replaces
-        _try_set_read_only(g, base, src.read_only)
-    if base is not None:
-        # bdrv_replace_node(src, target): src's parents -- the filter's backing link among
-        # them, so the filter's own parents end on the target too -- now use the base
-        replace_node(g, g.nodes[job.device], g.nodes[job.base])
+    failed = None
+    src, base = g.nodes.get(job.replaces or job.device), g.get(job.base)
+    if job.pivot and src is not None and base is not None:
+        if src.read_only != base.read_only:
+            # the target gets the read-only state of what it replaces
+            _try_set_read_only(g, base, src.read_only)
+        # bdrv_replace_node(to_replace, target): its parents -- the filter's backing link
+        # among them, so the filter's own parents end on the target too -- now use the target
+        trial = g.clone()
+        try:
+            replace_node(trial, trial.nodes[src.name], trial.nodes[base.name])
+            P.refresh(trial, [base.name])
+        except QmpFailure:
+            failed = "Operation not permitted"
+        else:
+            replace_node(g, src, base)
+            if job.replaces and g.refcount(src) == 0:
+                g.unref(src)   # the moved links held its only references
     _drop_filter(g, job)
     _release_all(g, job)
+    return failed
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,15 +904,20 @@ def _settle(g: Graph, job: Job) -> None:
 
 def _finalize(g: Graph, job: Job) -> None:
     g.guard("job-finalize", job=job)
+    failed = None
     if job.type == "stream":
         _stream_prepare(g, job)
     elif job.active:
-        _mirror_complete(g, job)
+        failed = _mirror_complete(g, job)
     else:
         _commit_prepare(g, job)
     _clean(g, job, restore=not job.active)
+    if failed is not None:
+        # job_prepare_locked() failed: job_update_rc_locked() -> aborting
+        _transition(g, job, "aborting")
+        job.error = failed
     # job_finalize_single_locked(): the event, then job_conclude_locked()
-    _block_job_event(g, job, "BLOCK_JOB_COMPLETED")
+    _block_job_event(g, job, "BLOCK_JOB_COMPLETED", failed)
     _transition(g, job, "concluded")
     if job.auto_dismiss:
         _dismiss(g, job)
@@ -846,8 +1028,8 @@ def job_cancel(g: Graph, args: Any) -> None:
         _dismiss(g, job)
 
 
-def block_job_complete(g: Graph, args: Any) -> None:
-    job = _get_job(g, args, "device")
+def block_job_complete(g: Graph, args: Any, key: str = "device") -> None:
+    job = _get_job(g, args, key)
     _verb(job, "complete", ("ready", "standby"))
     if not job.active:
         raise NotModeled("complete of a job that is not an active commit")
@@ -856,6 +1038,34 @@ def block_job_complete(g: Graph, args: Any) -> None:
         job.complete_requested = True
         return
     _settle(g, job)
+
+
+def job_complete(g: Graph, args: Any) -> None:
+    """``job-complete``: ``block-job-complete`` by job id."""
+    block_job_complete(g, args, "id")
+
+
+def block_job_cancel(g: Graph, args: Any) -> None:
+    """``qmp_block_job_cancel()``: a paused job refuses a soft cancel; a soft cancel of a
+    ready mirror completes it without the pivot (``mirror_cancel()``, since 6.2: the event
+    is BLOCK_JOB_COMPLETED); otherwise it is ``job-cancel``."""
+    if not isinstance(args, dict) or "device" not in args:
+        raise QmpFailure("Parameter 'device' is missing")
+    force = args.get("force", False)
+    if not isinstance(force, bool):
+        raise QmpFailure("Invalid parameter type for 'force', expected: boolean")
+    job = _get_job(g, {"device": args["device"]}, "device")
+    check_struct(args, {"device", "force"}, "")
+    if job.user_paused and not force:
+        raise QmpFailure(f"The block job for device '{job.id}' is currently paused")
+    if not force and job.status == "ready":
+        _verb(job, "cancel", ("ready",))
+        if job.type != "mirror":
+            raise NotModeled("soft cancel of a ready active commit")
+        job.pivot = False
+        _settle(g, job)
+        return
+    job_cancel(g, {"id": job.id})
 
 
 #: JobVerbTable (job.c): the states that take pause and resume
@@ -932,6 +1142,8 @@ def active_commit_nodes(g: Graph) -> dict[str, "Job"]:
                 n = chain_next(g, n)
             if job.filter:
                 out[job.filter] = job
+            if job.type == "mirror" and job.base:
+                out[job.base] = job   # the target
     return out
 
 

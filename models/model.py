@@ -88,6 +88,9 @@ class Model:
             "x-blockdev-change": lambda g: blockdev.x_blockdev_change(g, args),
             "blockdev-snapshot": lambda g: snapshot.blockdev_snapshot(g, args),
             "block_resize": lambda g: resize.block_resize(g, args),
+            "blockdev-mirror": lambda g: jobs.blockdev_mirror(g, args),
+            "job-complete": lambda g: jobs.job_complete(g, args),
+            "block-job-cancel": lambda g: jobs.block_job_cancel(g, args),
         }.get(cmd)
         if handler is None:
             raise NotModeled(f"command {cmd!r}")

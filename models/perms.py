@@ -95,6 +95,7 @@ class Perms:
             n = g.nodes[name]
             for c in n.children:
                 cp, cs = n.driver.child_perm(c.role, self.is_writable(n), p, s)
+                cp, cs = n.driver.adjust_child_perm(n, cp, cs)
                 if g.nodes[c.child].force_share:
                     cs = ALL  # bdrv_child_perm(): a force-share child shares everything
                 self.edge[id(c)] = (cp, cs)

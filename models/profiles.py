@@ -103,6 +103,9 @@ class VersionProfile:
     #: block_resize of an op-blocked node: 10.0 and 11.1 give the blocker's reason; 7.2 says
     #: QERR_DEVICE_IN_USE with the ``device`` argument, "(null)" without one (probed)
     resize_blocked_error: str = "Node '{node}' is busy: {reason}"
+    #: blockdev-mirror takes ``target-is-zero`` (10.1+; 7.2.22 and 10.0.2: "Parameter
+    #: 'target-is-zero' is unexpected", probed)
+    mirror_target_is_zero: bool = False
 
 
 PROFILES: dict[str, VersionProfile] = {
@@ -128,6 +131,7 @@ PROFILES: dict[str, VersionProfile] = {
 # names its source (QEMU commit or a probe of 11.1.3).
 PROFILES["11.1"] = attrs.evolve(PROFILES["10.0"], name="11.1", version=(11, 1),
                                 node_children_field=True, image_limits_field=True,
+                                mirror_target_is_zero=True,
                                 dropped_filter_keeps_child=True,
                                 growth_resizes_filtered_parents=True,
                                 # fixed: the duplicate-node reopen no longer leaves the node

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from .filenames import refresh_filename
 from .graph import Graph, Node
-from .imagedata import CLUSTER
 from .lengths import node_length
 from .limits import block_limits
 from .profiles import VersionProfile
@@ -71,10 +70,10 @@ def node_info(g: Graph, n: Node, profile: VersionProfile, cache: dict) -> dict:
         # (the fuzzer does not write while an active commit runs).  7.2 records writes into it
         # (enabled bitmap on the source); 10.0 disables it and marks it from mirror_top's
         # write path (same profile flag)
-        info["dirty-bitmaps"] = [{"busy": False, "count": 0, "granularity": CLUSTER,
+        info["dirty-bitmaps"] = [{"busy": False, "count": 0, "granularity": j.granularity,
                                   "persistent": False,
                                   "recording": not profile.mirror_bitmap_on_filter}
-                                 for _ in bitmaps]
+                                 for j in bitmaps]
     if profile.node_active_field:
         info["active"] = True
     if profile.node_children_field:

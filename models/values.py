@@ -176,11 +176,16 @@ class ImageSpec:
 #: look at the jobs (the harness waits for them to settle, the engine compares query-jobs)
 JOB_COMMANDS = frozenset({"block-stream", "block-commit", "job-finalize", "job-dismiss",
                           "job-cancel", "block-job-complete", "block-job-pause", "block-job-resume",
-                          "job-pause", "job-resume"})
+                          "job-pause", "job-resume", "blockdev-mirror", "job-complete",
+                          "block-job-cancel"})
 #: the commands that pause a job at the user's request, and those that end that pause; the
 #: harness counts a job the user paused as settled only once it is paused (``standby``)
 JOB_PAUSE_COMMANDS = {"block-job-pause": "device", "job-pause": "id"}
 JOB_UNPAUSE_COMMANDS = {"block-job-resume": "device", "job-resume": "id", "job-cancel": "id"}
+#: the commands that make a ready job finish: it may still show ``ready`` for a moment after
+#: the reply (it wakes and copies what is dirty first), so the harness waits until it left it
+JOB_COMPLETE_COMMANDS = {"block-job-complete": "device", "job-complete": "id",
+                         "block-job-cancel": "device"}
 
 
 # --------------------------------------------------------------------------------------------

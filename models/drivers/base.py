@@ -208,6 +208,11 @@ class BlockDriver:
         """``.bdrv_child_perm``: ``bdrv_default_perms()`` unless the driver has its own."""
         return perms.default_perms(role, parent_writable, perm, shared)
 
+    def adjust_child_perm(self, n: Node, perm: int, shared: int) -> tuple[int, int]:
+        """What the node's own options add to ``child_perm`` (blkdebug's take-child-perms and
+        unshare-child-perms)."""
+        return perm, shared
+
     def request_alignment(self, g: Graph, n: Node) -> int:
         """``bs->bl.request_alignment`` where it is not 1."""
         return 1

@@ -1,10 +1,11 @@
 """``block/blkdebug.c``: the blkdebug protocol filter (``image`` via ``bdrv_open_file_child()``)."""
 from __future__ import annotations
 
+from .. import perms
 from ..errors import NotModeled, QmpFailure
 from ..graph import ROLE_FILTERED, Graph, Node
 from ..profiles import VersionProfile
-from ..qapitypes import INT, REF, STR, UNMODELLED, Member
+from ..qapitypes import INT, REF, STR, UNMODELLED, Member, enum, list_of
 from .base import CHILD, NODE, Draw, Gen, Opener, PassThroughFilter
 
 #: blkdebug_refresh_limits(): option -> the limit it overrides when non-zero
@@ -44,8 +45,8 @@ class Blkdebug(PassThroughFilter):
             ("max-transfer", UNMODELLED, False), ("opt-write-zero", UNMODELLED, False),
             ("max-write-zero", UNMODELLED, False), ("opt-discard", UNMODELLED, False),
             ("max-discard", UNMODELLED, False), ("inject-error", UNMODELLED, False),
-            ("set-state", UNMODELLED, False), ("take-child-perms", UNMODELLED, False),
-            ("unshare-child-perms", UNMODELLED, False),
+            ("set-state", UNMODELLED, False), ("take-child-perms", list_of(PERMISSION), False),
+            ("unshare-child-perms", list_of(PERMISSION), False),
         )
 
     def open(self, op: Opener, node: Node, options: dict, file: Node | None) -> None:
@@ -60,6 +61,11 @@ class Blkdebug(PassThroughFilter):
         if align > 512:
             raise NotModeled("blkdebug align > 512 (request alignment rules)")
         super().open(op, node, options, file)
+
+    def adjust_child_perm(self, n: Node, perm: int, shared: int) -> tuple[int, int]:
+        """``blkdebug_child_perm()``: the default permissions, plus take-child-perms, minus
+        unshare-child-perms from what is shared."""
+        return perm | _perm_list(n, "take-child-perms"), shared & ~_perm_list(n, "unshare-child-perms")
 
     def request_alignment(self, g: Graph, n: Node) -> int:
         return n.options.get("align", 0) or 1
@@ -79,3 +85,17 @@ class Blkdebug(PassThroughFilter):
         if img.exact and all(k in ("config", "image", "x-image", "driver") for k in opts):
             return f"blkdebug:{n.options.get('config', '')}:{img.exact}"
         return ""
+
+
+#: BlockPermission (qapi/block-core.json) -> BLK_PERM_*
+_PERMS = {"consistent-read": perms.CONSISTENT_READ, "write": perms.WRITE,
+          "write-unchanged": perms.WRITE_UNCHANGED, "resize": perms.RESIZE}
+PERMISSION = enum(*_PERMS)
+
+
+def _perm_list(n: Node, key: str) -> int:
+    out, i = 0, 0
+    while f"{key}.{i}" in n.options:
+        out |= _PERMS[n.options[f"{key}.{i}"]]
+        i += 1
+    return out
