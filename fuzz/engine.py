@@ -311,6 +311,9 @@ class Runner:
                         raise ExpectationMismatch(index, step, "absent", job, f"{side}: job {step['id']}")
                 elif job is None or job["status"] != step["status"]:
                     raise ExpectationMismatch(index, step, step["status"], job, f"{side}: job {step['id']}")
+                elif "error" in step and job.get("error") != step["error"]:
+                    raise ExpectationMismatch(index, step, step["error"], job.get("error"),
+                                              f"{side}: job {step['id']} error")
             return
         for side, graph in sides:
             if step["assert"] == "graph-equals":

@@ -27,7 +27,7 @@ QMP_COMMANDS = ("blockdev-add", "blockdev-reopen", "blockdev-del", "human-monito
                 "job-dismiss", "job-cancel", "block-job-complete", "device_add", "device_del",
                 "x-blockdev-change", "block-job-pause", "block-job-resume", "job-pause",
                 "job-resume", "blockdev-snapshot", "block_resize", "blockdev-mirror",
-                "job-complete", "block-job-cancel")
+                "job-complete", "block-job-cancel", "blockdev-create")
 #: QEMU machine types a trace may ask for: ``none`` (default) has no buses; ``pc`` (with
 #: ``-accel tcg -S``) has PCI for virtio-scsi controllers, which the iothread scenarios need.
 MACHINES = ("none", "pc")

@@ -20,7 +20,7 @@ SECTOR = 512
 
 
 #: the largest image the model follows through a resize: it holds image data in memory
-MAX_MODELLED_SIZE = 64 << 20
+MAX_MODELLED_SIZE = 128 << 20
 
 
 @attrs.define

@@ -983,6 +983,8 @@ def _get_job(g: Graph, args: Any, key: str = "id") -> Job:
         raise QmpFailure(f"Invalid parameter type for '{key}', expected: string")
     check_struct(args, {key}, "")
     job = g.jobs.get(jid)
+    if key == "device" and job is not None and job.type == "create":
+        job = None   # a create job is no block job (query-block-jobs does not list it)
     if job is None:
         if key == "device":
             raise QmpFailure(f"Block job '{jid}' not found", "DeviceNotActive")

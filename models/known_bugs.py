@@ -132,6 +132,14 @@ def append(g: Graph, top: Node) -> None:
         raise KnownQemuBug("known QEMU hang: bdrv_append() onto a compress node")
 
 
+def qcow2_create(g: Graph, file: Node) -> None:
+    """QEMU bug (7.2 SIGABRT, 10.0 a hang half the time): blockdev-create of qcow2 over a file
+    node in an iothread (VersionProfile.qcow2_create_over_iothread_fails;
+    corpus/findings/qcow2-create-over-iothread-node.json)."""
+    if g.qemu_profile.qcow2_create_over_iothread_fails and file.ctx != "main":
+        raise KnownQemuBug("known QEMU crash or hang: a qcow2 create over a node in an iothread")
+
+
 def qemu_io_active_commit(g: Graph, node: Node, jobs: dict[str, Job]) -> None:
     """QEMU bug (7.2 and 10.0): qemu-io on an active commit's source while the job is pending
     never returns (corpus/findings/active-commit-pending-qemu-io-hang.json)."""
@@ -167,4 +175,5 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "qemu-io-active-commit": qemu_io_active_commit,
     "child-change": child_change,
     "append": append,
+    "qcow2-create": qcow2_create,
 }

@@ -19,7 +19,8 @@ from typing import Any
 
 import attrs
 
-from . import blockdev, devices, iodata, jobs, known_bugs, objects, qemuio, reopen, resize, snapshot
+from . import (blockdev, create, devices, iodata, jobs, known_bugs, objects, qemuio, reopen, resize,
+               snapshot)
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
@@ -89,6 +90,7 @@ class Model:
             "blockdev-snapshot": lambda g: snapshot.blockdev_snapshot(g, args),
             "block_resize": lambda g: resize.block_resize(g, args),
             "blockdev-mirror": lambda g: jobs.blockdev_mirror(g, args),
+            "blockdev-create": lambda g: create.blockdev_create(g, args),
             "job-complete": lambda g: jobs.job_complete(g, args),
             "block-job-cancel": lambda g: jobs.block_job_cancel(g, args),
         }.get(cmd)

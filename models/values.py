@@ -177,7 +177,7 @@ class ImageSpec:
 JOB_COMMANDS = frozenset({"block-stream", "block-commit", "job-finalize", "job-dismiss",
                           "job-cancel", "block-job-complete", "block-job-pause", "block-job-resume",
                           "job-pause", "job-resume", "blockdev-mirror", "job-complete",
-                          "block-job-cancel"})
+                          "block-job-cancel", "blockdev-create"})
 #: the commands that pause a job at the user's request, and those that end that pause; the
 #: harness counts a job the user paused as settled only once it is paused (``standby``)
 JOB_PAUSE_COMMANDS = {"block-job-pause": "device", "job-pause": "id"}

@@ -224,6 +224,15 @@ class BlockDriver:
     def refresh_limits(self, g: Graph, n: Node, bl: dict) -> None:
         """``.bdrv_refresh_limits``: overrides after the generic merge (``models.limits``)."""
 
+    # -- blockdev-create ------------------------------------------------------------------------------
+    #: ``.bdrv_co_create`` exists (file and qcow2)
+    can_create: ClassVar[bool] = False
+
+    def create(self, g: Graph, opts: dict) -> None:
+        """``.bdrv_co_create`` inside the create job: raises ``QmpFailure`` for the job's
+        error (the command itself has succeeded by then)."""
+        raise NotImplementedError(self.name)
+
     # -- block_resize --------------------------------------------------------------------------------
     #: ``.bdrv_co_truncate`` exists; without it a filter's resize goes to its filtered child
     #: and any other driver answers "Image format driver does not support resize"

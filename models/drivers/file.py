@@ -6,7 +6,8 @@ from typing import Any
 from .. import limits
 from ..errors import NotModeled, QmpFailure
 from ..graph import Graph, Node
-from ..imagedata import MAX_MODELLED_SIZE
+from .. import perms
+from ..imagedata import MAX_MODELLED_SIZE, Image
 from ..lengths import host_sectors, refreshed_length
 from ..options import qemu_opt_str
 from ..profiles import VersionProfile
@@ -60,6 +61,35 @@ class File(BlockDriver):
                 remaining[k] = qemu_opt_str(remaining.pop(k))
         return None
 
+    can_create = True
+
+    def create(self, g: Graph, opts: dict) -> None:
+        """``raw_co_create()`` (file-posix): the file is opened without O_TRUNC, locked for
+        write and resize, truncated to 0, then to ``size``; an error after the first truncate
+        leaves an empty file."""
+        name, size = opts["filename"], opts["size"]
+        if opts.get("extent-size-hint", 0) > 0xFFFFFFFF:
+            raise QmpFailure("Extent size hint is too large")
+        if "/" in name:   # the work directory has no subdirectories
+            raise QmpFailure(f"Could not create '{name}': No such file or directory")
+        # raw_check_lock_bytes(): perm WRITE|RESIZE, shared ALL & ~RESIZE, against every
+        # other holder's lock bytes (this QEMU's own nodes included)
+        held = [g.locks.get(n.name, (0, 0)) for n in g.nodes.values()
+                if n.filename == name and n.driver is self and n.locking]
+        for bit, text in ((perms.WRITE, "write"), (perms.RESIZE, "resize")):
+            if any(unshared & bit for _perm, unshared in held):
+                raise QmpFailure(f'Failed to get "{text}" lock')
+        if any(perm & perms.RESIZE for perm, _unshared in held):
+            raise QmpFailure('Failed to get shared "resize" lock')
+        g.images[name] = Image.create(name, "raw", 0)
+        if opts.get("preallocation", "off") == "metadata":
+            raise QmpFailure("Unsupported preallocation mode: metadata")
+        if size >= 1 << 63:
+            raise QmpFailure("Could not resize file: Invalid argument")
+        if size > MAX_MODELLED_SIZE:
+            raise NotModeled("images over 128 MiB (the model holds image data in memory)")
+        g.images[name].resize(size)
+
     can_truncate = True
 
     def truncate(self, g: Graph, n: Node, size: int) -> tuple[Node, int] | None:
@@ -70,7 +100,7 @@ class File(BlockDriver):
         if img.fmt != "raw":
             raise NotModeled("resize of a file node holding a qcow2 image")
         if size > MAX_MODELLED_SIZE:
-            raise NotModeled("resize beyond 64 MiB (the model holds image data in memory)")
+            raise NotModeled("resize beyond 128 MiB (the model holds image data in memory)")
         img.resize(size)
         return None
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import iodata
+from .. import iodata, perms
 from ..errors import NotModeled, QmpFailure
 from ..filenames import dirname
 from ..graph import ROLE_STORAGE, Graph, Node
 from ..imagedata import CLUSTER, L2_ENTRIES, MAX_MODELLED_SIZE, SECTOR, Image
-from ..lengths import node_length, resize_filtered_parents
+from ..lengths import node_length, refreshed_length, resize_filtered_parents
 from ..options import bool_opt
 from ..profiles import VersionProfile
 from ..qapitypes import BOOL, INT, REF, REF_OR_NULL, UNMODELLED, Member
@@ -231,6 +231,90 @@ class Qcow2(BlockDriver):
         return bool(g.image(node).backing_file)
 
     # -- lengths, info, limits -------------------------------------------------------------------
+    can_create = True
+
+    def create(self, g: Graph, opts: dict) -> None:
+        """``qcow2_co_create()``: the option checks in QEMU's order, the permission check of a
+        BlockBackend on the file node (WRITE and RESIZE), then the new header.  The model
+        writes images of the default layout only: 64 KiB clusters, v3, 16-bit refcounts, zlib,
+        no extended L2, no preallocation or data file, over a file node nothing else uses."""
+        ref = opts["file"]
+        if not isinstance(ref, str):
+            raise NotModeled("blockdev-create of qcow2 over an inline file (opened as a new node)")
+        file = g.lookup_bs(ref)
+        size = opts["size"]
+        v2 = opts.get("version", "v3") == "v2"
+        ext = opts.get("extended-l2", False)
+        cs = opts.get("cluster-size", CLUSTER)
+        prealloc = opts.get("preallocation", "off")
+        if size % 512:
+            raise QmpFailure("Image size must be a multiple of 512 bytes")
+        if ext and v2:
+            raise QmpFailure("Extended L2 entries are only supported with compatibility level 1.1 "
+                             "and above (use version=v3 or greater)")
+        if not 512 <= cs <= 2 << 20 or cs & (cs - 1):
+            raise QmpFailure("Cluster size must be a power of two between 512 and 2048k")
+        if ext and cs < 16384:
+            raise QmpFailure("Extended L2 entries are only supported with cluster sizes of at "
+                             "least 16384 bytes")
+        if "backing-file" in opts and prealloc != "off" and not ext:
+            raise QmpFailure("Backing file and preallocation can only be used at the same time "
+                             "if extended_l2 is on")
+        if "backing-fmt" in opts and "backing-file" not in opts:
+            raise QmpFailure("Backing format cannot be used without backing file")
+        if opts.get("lazy-refcounts", False) and v2:
+            raise QmpFailure("Lazy refcounts only supported with compatibility level 1.1 and "
+                             "above (use version=v3 or greater)")
+        bits = opts.get("refcount-bits", 16)
+        if bits > 64 or bits <= 0 or bits & (bits - 1):
+            raise QmpFailure("Refcount width must be a power of two and may not exceed 64 bits")
+        if bits != 16 and v2:
+            raise QmpFailure("Different refcount widths than 16 bits require compatibility level "
+                             "1.1 or above (use version=v3 or greater)")
+        raw_data = opts.get("data-file-raw", False)
+        if raw_data and "data-file" not in opts:
+            raise QmpFailure("data-file-raw requires data-file")
+        if raw_data and "backing-file" in opts:
+            raise QmpFailure("Backing file and data-file-raw cannot be used at the same time")
+        if "data-file" in opts and v2:
+            raise QmpFailure("External data files are only supported with compatibility level "
+                             "1.1 and above (use version=v3 or greater)")
+        if "data-file" in opts:
+            raise NotModeled("blockdev-create of qcow2 with a data file")
+        if opts.get("compression-type", "zlib") == "zstd" and v2:
+            raise QmpFailure("Non-zlib compression type is only supported with compatibility "
+                             "level 1.1 and above (use version=v3 or greater)")
+        bb = perms.ExternalParent("an unnamed block device", "root", perms.WRITE | perms.RESIZE, perms.ALL)
+        perms.refresh(g.clone(), [file.name], external={file.name: [bb]})
+        if (cs != CLUSTER or v2 or ext or bits != 16 or opts.get("lazy-refcounts", False)
+                or opts.get("compression-type", "zlib") != "zlib" or prealloc != "off"):
+            raise NotModeled("blockdev-create of qcow2 with a layout other than the default")
+        if file.drv != "file" or file.parents or any(not p.blk or p.child_name != "root"
+                                                     or not p.desc.startswith("block device")
+                                                     for p in g.job_parents(file.name)):
+            raise NotModeled("blockdev-create of qcow2 over anything but a file node without "
+                             "parents other than guest disks")
+        assert file.filename is not None, "a file node holds its file"
+        if any(n is not file and n.filename == file.filename for n in g.nodes.values()):
+            raise NotModeled("blockdev-create of qcow2 over a file another node has open")
+        if not 0 < size <= MAX_MODELLED_SIZE:
+            raise NotModeled("blockdev-create of qcow2 of size 0 (no L1 table) or over 128 MiB")
+        img = Image.create(file.filename, "qcow2", size, opts.get("backing-file"), opts.get("backing-fmt"))
+        if g.images[file.filename].host_length() > img.host_length():
+            raise NotModeled("blockdev-create of qcow2 over a longer file (it is not truncated)")
+        g.guard("qcow2-create", file=file)
+        # blk_co_new_open(): a temporary qcow2 node (an auto name) over the file, writable: its
+        # file child takes WRITE and RESIZE and shares neither (a guest disk that holds WRITE
+        # conflicts; one that shares WRITE and holds none does not)
+        temp = f"#block{g.auto_counter}"
+        g.auto_counter += 1
+        tmp = perms.ExternalParent(f"node '{temp}'", "file", perms.CONSISTENT_READ | perms.WRITE
+                                   | perms.RESIZE, perms.CONSISTENT_READ | perms.WRITE_UNCHANGED)
+        perms.refresh(g.clone(), [file.name], external={file.name: [tmp]})
+        g.images[file.filename] = img
+        file.cached_length = max(file.cached_length, refreshed_length(g, file))
+        g.auto_counter += 1   # the second temporary node, reopened to flush
+
     can_truncate = True
 
     def truncate(self, g: Graph, n: Node, size: int) -> tuple[Node, int] | None:
@@ -245,7 +329,7 @@ class Qcow2(BlockDriver):
         if size < img.size:
             raise NotModeled("qcow2 shrink")
         if size > MAX_MODELLED_SIZE:
-            raise NotModeled("resize beyond 64 MiB (the model holds image data in memory)")
+            raise NotModeled("resize beyond 128 MiB (the model holds image data in memory)")
         if any(o is not n and o.drv == "qcow2" and o.filename == n.filename for o in g.nodes.values()):
             raise NotModeled("resize of a qcow2 image another node has open")
         if max(1, -(-size // (CLUSTER * L2_ENTRIES))) > img.l1_entries():
