@@ -84,6 +84,7 @@ class Node:
     throttle_group: str | None = None  # throttle: the group it is a member of
     read_zeroes: bool = False        # null-co
     next_child_index: int = 0        # quorum: s->next_child_index (x-blockdev-change)
+    mirror_is_commit: bool = True    # mirror_top: MirrorBDSOpaque.is_commit (False for blockdev-mirror)
     seq: int = 0                     # name-assignment order (query-named-block-nodes)
     implicit: bool = False           # bs->implicit: a job filter nobody named
     ctx: str = "main"                # AioContext: "main" or an iothread id (models.devices)
@@ -152,6 +153,10 @@ class Graph:
     #: (parent, child name) of every edge the current command's bdrv_replace_node() calls moved,
     #: in order (a clone starts empty; see ``undo_moves()``)
     moved: list = attrs.field(factory=list)
+    #: nodes whose limits the current command refreshed outside any transaction
+    #: (``bdrv_append()``'s ``bdrv_refresh_limits(bs_top, NULL, NULL)``): a failed command
+    #: keeps these (a clone starts empty)
+    limits_kept: list = attrs.field(factory=list)
     #: the job events the current command emitted (``models.values.job_event_text``): one list
     #: per command, shared by every clone made during it, because QEMU's events are out on the
     #: wire even when the command then fails (a job start's ``job_early_fail()``)

@@ -307,14 +307,18 @@ def _new_filter(g: Graph, drv: str, name: str | None, read_only: bool) -> Node:
     return n
 
 
-def _append_filter(g: Graph, drv: str, name: str | None, read_only: bool, below: Node) -> Node:
+def _append_filter(g: Graph, drv: str, name: str | None, read_only: bool, below: Node,
+                   commit: bool = True) -> Node:
     """``bdrv_append()`` of a new job filter: it takes ``below`` as its backing, then
     ``below``'s parents."""
     f = _new_filter(g, drv, name, read_only)
+    f.mirror_is_commit = commit
     g.attach(f, below, "backing", ROLE_FILTERED)
     f.cached_length = node_length(g, below)
     replace_node(g, below, f)
     P.refresh(g, [f.name])
+    L.refresh(g, below)   # bdrv_append() ends with bdrv_refresh_limits(bs_top), no transaction
+    g.limits_kept.append(below.name)
     return f
 
 
@@ -795,10 +799,11 @@ def blockdev_mirror(g: Graph, args: Any, ctx: dict) -> None:
         raise QmpFailure("Invalid parameter 'buf-size'")
     if skip_filters(g, bs) is skip_filters(g, target):
         raise QmpFailure("Can't mirror node into itself")
+    g.guard("job-start", nodes=[bs, target])
     job = Job("", "mirror", "created", args.get("auto-finalize", True), args.get("auto-dismiss", True),
               active=True, device=bs.name, top=bs.name, base=target.name, replaces=args.get("replaces"),
               granularity=granularity or CLUSTER)
-    mt = _append_filter(g, "mirror_top", args.get("filter-node-name"), False, bs)
+    mt = _append_filter(g, "mirror_top", args.get("filter-node-name"), False, bs, commit=False)
     job.filter = mt.name
     job.id = _job_id(g, args.get("job-id"))   # the filter's BlockBackend name: '' for nodes
     _register(g, job)

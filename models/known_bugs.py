@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import lengths
 from .errors import KnownQemuBug
 from .graph import Graph, Node
 from .jobs import Job, job_nodes
@@ -140,6 +141,15 @@ def qcow2_create(g: Graph, file: Node) -> None:
         raise KnownQemuBug("known QEMU crash or hang: a qcow2 create over a node in an iothread")
 
 
+def truncate(g: Graph, node: Node, size: int) -> None:
+    """QEMU bug (7.2, 10.0, 11.1): a resize through blkverify refreshes its length from the
+    test child, which did not grow, and ``bdrv_co_write_req_finish()`` then gets a negative
+    offset once the new size is more than twice that length: SIGABRT in
+    ``bdrv_check_qiov_request()`` (corpus/findings/blkverify-resize-negative-offset-abort.json)."""
+    if node.drv == "blkverify" and size > 2 * lengths.node_length(g, node):
+        raise KnownQemuBug("known QEMU crash: a blkverify resize to more than twice its length")
+
+
 def qemu_io_active_commit(g: Graph, node: Node, jobs: dict[str, Job]) -> None:
     """QEMU bug (7.2 and 10.0): qemu-io on an active commit's source while the job is pending
     never returns (corpus/findings/active-commit-pending-qemu-io-hang.json)."""
@@ -176,4 +186,5 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "child-change": child_change,
     "append": append,
     "qcow2-create": qcow2_create,
+    "truncate": truncate,
 }

@@ -109,6 +109,9 @@ class Model:
             state = getattr(e, "state", None)
             if state is not None:
                 # a failure that QEMU does not roll back completely (models.jobs._restoring)
+                for name in g.limits_kept:
+                    if name in state.nodes and name in g.nodes:
+                        state.nodes[name].bl = g.nodes[name].bl
                 settle_locks(state)
                 self.graph = state
                 return attrs.evolve(Outcome.failure(e.desc, e.cls), events=tuple(events))
@@ -121,6 +124,9 @@ class Model:
             self.graph.dangling_data_file |= g.dangling_data_file & set(self.graph.nodes)
             # the abort re-attaches removed children at the head of their lists
             self.graph.restore_removed(g.removed)
+            for name in g.limits_kept:   # refreshed outside the transaction
+                if name in self.graph.nodes and name in g.nodes:
+                    self.graph.nodes[name].bl = g.nodes[name].bl
             self.graph.undo_moves(g.moved)
             return attrs.evolve(Outcome.failure(e.desc, e.cls), events=tuple(events))
         settle_locks(g)

@@ -62,6 +62,7 @@ def truncate(g: Graph, n: Node, size: int) -> None:
         raise QmpFailure(f"offset({size}) exceeds maximum({MAX_LENGTH})")
     if n.read_only:
         raise QmpFailure("Image is read-only")
+    g.guard("truncate", node=n, size=size)
     d = n.driver
     if d.can_truncate:
         below = d.truncate(g, n, size)

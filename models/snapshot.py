@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import limits as L
 from . import perms as P
 from .aio import reconcile_attach
 from .blockdev import _visit_args
-from .errors import QmpFailure
-from .graph import ROLE_COW, Graph, op_blocker
+from .errors import NotModeled, QmpFailure
+from .graph import ROLE_COW, ROLE_STORAGE, Graph, op_blocker
 from .jobs import _try_set_read_only, replace_node
 
 
@@ -37,6 +38,10 @@ def blockdev_snapshot(g: Graph, args: Any) -> None:
         raise QmpFailure("The overlay already has a backing image")
     if not overlay.driver.supports_backing:
         raise QmpFailure("The overlay does not support backing images")
+    if any(c.role == ROLE_STORAGE and c.parent != overlay.name for c in node.parents):
+        # a format node's file moves onto the overlay: its metadata is then read and written
+        # through another format node, which the model does not follow
+        raise NotModeled("a snapshot of a node that holds a format node's metadata")
     _append(g, overlay, node)
     # external_snapshot_commit(): the old top becomes read-only (errors ignored), unless it
     # is a copy-on-read node
@@ -55,3 +60,5 @@ def _append(g: Graph, overlay: Any, node: Any) -> None:
     g.attach(overlay, node, "backing", ROLE_COW)
     replace_node(g, node, overlay)
     P.refresh(g, [overlay.name])
+    L.refresh(g, node)   # bdrv_refresh_limits(bs_top), no transaction
+    g.limits_kept.append(node.name)

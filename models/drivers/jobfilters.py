@@ -30,6 +30,11 @@ class MirrorTop(_JobFilter):
     name = "mirror_top"
 
     def child_perm(self, role: str, parent_writable: bool, perm: int, shared: int) -> tuple[int, int]:
-        """``bdrv_mirror_top_child_perm()`` of a commit job: no consistent read, share write."""
-        nperm, nshared = perm & ALL, shared & ALL
-        return nperm & ~CONSISTENT_READ, nshared | WRITE
+        """``bdrv_mirror_top_child_perm()``: the default (filter) permissions ..."""
+        return perm & ALL, shared & ALL
+
+    def adjust_child_perm(self, n: Node, perm: int, shared: int) -> tuple[int, int]:
+        """... and for a commit job no consistent read, and write shared (``s->is_commit``)."""
+        if n.mirror_is_commit:
+            return perm & ~CONSISTENT_READ, shared | WRITE
+        return perm, shared

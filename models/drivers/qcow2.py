@@ -325,6 +325,9 @@ class Qcow2(BlockDriver):
         the old size (``bdrv_co_truncate()`` zero-writes the new area)."""
         if size % SECTOR:
             raise QmpFailure(f"The new size must be a multiple of {SECTOR}")
+        if n.name in g.dangling_data_file:
+            # qcow2_co_truncate() resizes s->data_file, a freed BdrvChild (known QEMU bug)
+            raise NotModeled("resize of a qcow2 node with a dangling data_file (known QEMU bug)")
         img = g.image(n)
         if size < img.size:
             raise NotModeled("qcow2 shrink")
