@@ -8,7 +8,10 @@ top level or a nested child, and breaks one thing there the way a QAPI input vis
 * an enum value outside the enum;
 * a required member left out;
 * one member the schema does not have (two would be reported in GHashTable order, which the
-  model declines on purpose).
+  model declines on purpose);
+* a string member well typed but at its boundary: empty, longer than any name QEMU keeps
+  (node names stop at 31 characters, file names at 255 per component), or with characters
+  no identifier takes.
 
 The members come from ``BlockDriver.members()`` and ``models.qapi.BASE_MEMBERS``, the same table
 the model validates against, so a new driver gets its boundaries without an edit here.  The
@@ -32,6 +35,10 @@ from models.qapitypes import Member
 #: newest profile lists every member any version has, and an older one rejects the extra
 #: member with its own exact error
 _PROFILE = PROFILES[max(PROFILES, key=lambda v: PROFILES[v].version)]
+
+#: well-typed strings at the edges: empty, 32 characters (one past a node name's 31), 300
+#: (past NAME_MAX), and characters id_wellformed() refuses
+_STRINGS = ("", "n" * 32, "f" * 300, "a b", "a,b", "\u00e9t\u00e9", "-x")
 
 #: JSON values a QAPI input visitor refuses for each kind, with QEMU's "expected: ..." word
 _WRONG: dict[str, tuple[Any, ...]] = {
@@ -77,9 +84,12 @@ def qapi_boundary(draw: Any, options: dict) -> dict:
     out = copy.deepcopy(options)
     target = draw(st.sampled_from(_targets(out, members)))
     tmembers = members_of(target) or ()
-    kind = draw(st.sampled_from(["type", "type", "enum", "missing", "unknown"]))
+    kind = draw(st.sampled_from(["type", "type", "enum", "missing", "unknown", "string"]))
     present = [(n, t, r) for n, t, r in tmembers if n in target and t.kind in _WRONG]
-    if kind == "type" and present:
+    strings = [n for n, t, _r in tmembers if n in target and t.kind == "str"]
+    if kind == "string" and strings:
+        target[draw(st.sampled_from(strings))] = draw(st.sampled_from(_STRINGS))
+    elif kind == "type" and present:
         name, t, _ = draw(st.sampled_from(present))
         target[name] = draw(st.sampled_from(_WRONG[t.kind]))
     elif kind == "enum" and (enums := [(n, t) for n, t, _ in tmembers if t.kind == "enum"]):

@@ -44,6 +44,11 @@ class File(BlockDriver):
         """``raw_open_common()``."""
         g = op.g
         fn = options["filename"]
+        if fn == "":
+            # bdrv_open_common(): bdrv_needs_filename and an empty name (probed, all versions)
+            raise QmpFailure("The 'file' block driver requires a file name")
+        if any(len(part.encode()) > 255 for part in fn.split("/")):
+            raise QmpFailure(f"Could not open '{fn}': File name too long")   # ENAMETOOLONG
         if fn not in g.images:
             raise QmpFailure(f"Could not open '{fn}': No such file or directory")
         if options.get("aio") in ("native", "io_uring") or options.get("pr-manager") is not None:
