@@ -88,7 +88,8 @@ def qapi_boundary(draw: Any, options: dict) -> dict:
     present = [(n, t, r) for n, t, r in tmembers if n in target and t.kind in _WRONG]
     strings = [n for n, t, _r in tmembers if n in target and t.kind == "str"]
     if kind == "string" and strings:
-        target[draw(st.sampled_from(strings))] = draw(st.sampled_from(_STRINGS))
+        name = draw(st.sampled_from(strings))
+        target[name] = draw(st.sampled_from([v for v in _STRINGS if v != target[name]]))
     elif kind == "type" and present:
         name, t, _ = draw(st.sampled_from(present))
         target[name] = draw(st.sampled_from(_WRONG[t.kind]))

@@ -37,7 +37,7 @@ def test_a_boundary_value_is_refused_by_the_qapi_layer(data):
     after = _answer(broken)
     if after is None:
         return   # a second unknown key: GHashTable order, declined on purpose
-    if _string_boundary(args, broken):
+    if broken == args or _string_boundary(args, broken):
         return   # well typed: the driver's own answer (test_string_boundaries_... below)
     assert after.error is not None and QAPI_ERROR.fullmatch(after.error.desc), (broken, after)
 
