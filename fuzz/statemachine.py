@@ -657,6 +657,51 @@ class BlockGraphMachine(RuleBasedStateMachine):
             args["node"] = data.draw(st.sampled_from(free * 4 + self.named_nodes() + ["nope"]))
         self.do({"qmp": "x-blockdev-change", "args": args})
 
+    @precondition(lambda self: self.runner is not None and self.machine == "pc"
+                  and len([n for n in self.g.nodes.values() if not n.parents]) >= 2)
+    @rule(data=st.data())
+    def aio_pair(self, data):
+        """Two guest disks in two iothreads, then a link from one's node to the other's: each
+        call takes the next step this recipe still lacks (two iothreads, a controller on each,
+        a disk on each), so that an example gets there in a few calls; the last step is
+        iotest 245's iothread error ("Cannot change iothread of active block backend")."""
+        from models.devices import Controller, Disk
+
+        iothreads = sorted(k for k, o in self.g.objects.items() if o.qom_type == "iothread")
+        ctrls = {k: d for k, d in self.g.devices.items() if isinstance(d, Controller)}
+        disks = [d for d in self.g.devices.values() if isinstance(d, Disk) and d.node in self.g.nodes]
+        ctx_of_bus = {f"{k}.0": d.iothread for k, d in ctrls.items()}
+        disk_ctx = {d.node: ctx_of_bus.get(d.bus) for d in disks}
+        if len(iothreads) < 2:
+            name = next(i for i in ("iothread0", "iothread1") if i not in iothreads)
+            self.do({"qmp": "object-add", "args": {"qom-type": "iothread", "id": name}})
+            return
+        used = {d.iothread for d in ctrls.values()}
+        if len(used - {None}) < 2:
+            it = next(i for i in iothreads if i not in used)
+            cid = next(c for c in ("scsi0", "scsi1", "scsi2") if c not in ctrls)
+            self.do({"qmp": "device_add", "args": {"driver": "virtio-scsi", "id": cid, "iothread": it}})
+            return
+        if len({c for c in disk_ctx.values() if c}) < 2:
+            free = [n for n, node in sorted(self.g.nodes.items()) if not node.parents and n not in disk_ctx]
+            buses = [b for b, c in sorted(ctx_of_bus.items()) if c and c not in disk_ctx.values()]
+            if not free or not buses:
+                return
+            self.do({"qmp": "device_add", "args": {
+                "driver": "scsi-hd", "drive": data.draw(st.sampled_from(free)),
+                "bus": data.draw(st.sampled_from(buses)), "share-rw": True}})
+            return
+        pairs = [(a, b) for a in sorted(disk_ctx) for b in sorted(disk_ctx)
+                 if disk_ctx[a] and disk_ctx[b] and disk_ctx[a] != disk_ctx[b]
+                 and self.g.nodes[a].driver.supports_backing and self.g.nodes[a].driver.can_reopen
+                 and not self.g.nodes[a].auto_named]
+        if not pairs:
+            return
+        a, b = data.draw(st.sampled_from(pairs))
+        opts = self.options_of(a)
+        opts["backing"] = b
+        self.do({"qmp": "blockdev-reopen", "args": {"options": [opts]}})
+
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
     def blockdev_del(self, data):
