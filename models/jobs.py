@@ -311,6 +311,7 @@ def _append_filter(g: Graph, drv: str, name: str | None, read_only: bool, below:
                    commit: bool = True) -> Node:
     """``bdrv_append()`` of a new job filter: it takes ``below`` as its backing, then
     ``below``'s parents."""
+    g.guard("append", top=below)
     f = _new_filter(g, drv, name, read_only)
     f.mirror_is_commit = commit
     g.attach(f, below, "backing", ROLE_FILTERED)
