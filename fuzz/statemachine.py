@@ -485,6 +485,13 @@ class BlockGraphMachine(RuleBasedStateMachine):
         if stream:
             if below and data.draw(st.integers(0, 2)) == 0:
                 args["base-node"] = data.draw(st.sampled_from(below + names[:1]))
+            if below and data.draw(st.integers(0, 3)) == 0:
+                # the newer interface: the last node streamed from (now and then together
+                # with base-node, base or backing-file: QEMU refuses those combinations first)
+                args["bottom"] = data.draw(st.sampled_from(below + [device, *names[:1]]))
+            if data.draw(st.integers(0, 11)) == 0:
+                args[data.draw(st.sampled_from(["base", "backing-file"]))] = data.draw(
+                    st.sampled_from([i.file for i in self.images][:2]))
         else:
             # mostly a top above the bottom of the chain and a base below the top
             tops = [device] + below[:-1] if below else [device]

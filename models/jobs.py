@@ -431,16 +431,22 @@ def _make_writable(g: Graph, job: Job, node: Node, ctx: dict) -> None:
 
 @_restoring
 def block_stream(g: Graph, args: Any, ctx: dict) -> None:
-    members = dict(_JOB_MEMBERS, **{"base-node": _STR})
-    args = _visit(args, members, ("device",),
-                  ("base", "backing-file", "bottom", "speed", "on-error", "backing-mask-protocol"))
+    members = dict(_JOB_MEMBERS, **{"base": _STR, "base-node": _STR, "backing-file": _STR,
+                                    "bottom": _STR})
+    args = _visit(args, members, ("device",), ("speed", "on-error", "backing-mask-protocol"))
     # the known concluded-stream crash comes before the model's own limits: diff mode sends a
     # declined step to both builds, and a stream of any node crashes 7.2 and 10.0 once it
     # concludes
     g.guard("stream-start", args=args, checked=False)
-    _refuse_iothreads(g)
+    # qmp_block_stream(): the combinations first, before the device is looked up
+    for a, b in (("base", "base-node"), ("base", "bottom"), ("bottom", "base-node")):
+        if a in args and b in args:
+            raise QmpFailure(f"'{a}' and '{b}' cannot be specified at the same time")
     device = args["device"]
     bs = g.lookup_bs(device)
+    if "base" in args:
+        # bdrv_find_backing_image(): a file name matched against the chain's backing names
+        raise NotModeled("job argument 'base'")
     base = None
     if "base-node" in args:
         ref = args["base-node"]
@@ -449,19 +455,36 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
             raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
         if base is bs or not chain_contains(g, bs, base):
             raise QmpFailure(f"Node '{ref}' is not a backing image of '{device}'")
+    bottom = None
+    if "bottom" in args:
+        ref = args["bottom"]
+        bottom = g.get(ref)
+        if bottom is None:
+            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
+        if bottom.driver.is_filter:
+            raise QmpFailure(f"Node '{ref}' is a filter, use a non-filter node as 'bottom'")
+        if not chain_contains(g, bs, bottom):
+            raise QmpFailure(f"Node '{ref}' is not in a chain starting from '{device}'")
+        base = chain_next(g, bottom)   # the stream ends below bottom: nothing below it changes
     it: Node | None = bs
     while it is not None and it is not base:
         _busy(g, it)
         it = chain_next(g, it)
+    if "backing-file" in args:
+        if base is None:
+            raise QmpFailure("backing file specified, but streaming the entire chain")
+        raise NotModeled("job argument 'backing-file'")
+    _refuse_iothreads(g)
     g.guard("stream-start", args=args, checked=True)
-    base_overlay = find_overlay(g, bs, base)
+    # stream_start(): with bottom, base_overlay and above_base are bottom itself
+    base_overlay = bottom if bottom is not None else find_overlay(g, bs, base)
     if base_overlay is None:
         assert base is not None, "the bottom of a chain is its own overlay of nothing"
         raise QmpFailure(f"'{base.name}' is not in the backing chain of '{bs.name}'")
     # the node directly above base: base_overlay's COW child, then filters down to base
     above_base = base_overlay
     cow = g.cow_child(above_base)
-    if cow is not base:
+    if bottom is None and cow is not base:
         assert cow is not None, "base_overlay's next COW node is base"
         above_base = cow
         while g.filter_child(above_base) is not base:
