@@ -565,8 +565,10 @@ def _stream_prepare(g: Graph, job: Job) -> None:
         set_backing(g, bs, base)
         img = g.image(bs)
         if base is not None:
-            img.backing_file = refresh_filename(g, base).filename
-            img.backing_format = base.drv
+            # the header names the base below any filters (stream_prepare(): unfiltered_base)
+            unfiltered = skip_filters(g, base)
+            img.backing_file = refresh_filename(g, unfiltered).filename
+            img.backing_format = unfiltered.drv
         else:
             img.backing_file = None
             img.backing_format = None

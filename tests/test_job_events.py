@@ -120,3 +120,4 @@ def test_event_disagreements_are_told_apart_by_the_first_differing_event():
     other = EventMismatch(3, step, [sc("k", "aborting"), "BLOCK_JOB_CANCELLED commit k"],
                           [sc("k", "aborting"), "BLOCK_JOB_COMPLETED commit k"])
     assert other.signature() == one.signature()
+
