@@ -31,7 +31,7 @@ import attrs
 from . import iodata
 from . import perms as P
 from . import limits as L
-from .aio import uses_iothreads
+from .aio import component
 from .drivers import DRIVERS
 from .drivers.qcow2 import qcow2_image
 from .errors import NotModeled, QmpFailure
@@ -323,9 +323,11 @@ def _append_filter(g: Graph, drv: str, name: str | None, read_only: bool, below:
     return f
 
 
-def _qcow2_chain(g: Graph, top: Node, stop: Node | None) -> list[Node]:
+def _qcow2_chain(g: Graph, top: Node, stop: Node | None, into_stop: bool = False) -> list[Node]:
     """The nodes from ``top`` down to (excluding) ``stop``; all must be qcow2 of one size with
-    data the model knows."""
+    data the model knows.  The base may be any node of that length (a raw or null-co one,
+    say): a stream only reads through it, and a commit (``into_stop``) writes into it, which
+    the model must be able to follow."""
     out = []
     n: Node | None = top
     while n is not None and n is not stop:
@@ -333,9 +335,8 @@ def _qcow2_chain(g: Graph, top: Node, stop: Node | None) -> list[Node]:
             raise NotModeled("jobs over non-qcow2 chains")
         out.append(n)
         n = chain_next(g, n)
-    sizes = {g.image(x).size for x in out + ([stop] if stop is not None else [])
-             if x.drv == "qcow2"}
-    if stop is not None and stop.drv != "qcow2":
+    sizes = {node_length(g, x) for x in out + ([stop] if stop is not None else [])}
+    if into_stop and stop is not None and stop.drv != "qcow2" and not iodata.can_write(g, stop):
         raise NotModeled("jobs with a non-qcow2 base")
     if len(sizes) > 1:
         raise NotModeled("jobs over images of different sizes")
@@ -361,8 +362,15 @@ def _has_cow_link(g: Graph, top: Node, stop: Node | None) -> bool:
     return any((c := chain_edge(g, n)) is not None and c.role == ROLE_COW for n in _walk(g, top, stop))
 
 
-def _refuse_iothreads(g: Graph) -> None:
-    if uses_iothreads(g) or g.devices:
+def _refuse_iothreads(g: Graph, nodes: list[Node]) -> None:
+    """Jobs are modelled in the main loop with no guest disk in reach: whatever is connected to
+    the job's nodes (any edge, either way) must be in the main AioContext and carry no disk.
+    Disks and iothreads elsewhere in the graph do not matter."""
+    reach: set[str] = set()
+    for n in nodes:
+        reach |= component(g, n)
+    if any(g.nodes[name].ctx != "main" for name in reach) or any(
+            getattr(d, "node", None) in reach for d in g.devices.values()):
         raise NotModeled("block jobs with guest disks or iothreads")
 
 
@@ -474,7 +482,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
         if base is None:
             raise QmpFailure("backing file specified, but streaming the entire chain")
         raise NotModeled("job argument 'backing-file'")
-    _refuse_iothreads(g)
+    _refuse_iothreads(g, [bs])
     g.guard("stream-start", args=args, checked=True)
     # stream_start(): with bottom, base_overlay and above_base are bottom itself
     base_overlay = bottom if bottom is not None else find_overlay(g, bs, base)
@@ -598,11 +606,11 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     members = dict(_JOB_MEMBERS, **{"top-node": _STR, "base-node": _STR})
     args = _visit(args, members, ("device",),
                   ("base", "top", "backing-file", "speed", "on-error", "backing-mask-protocol"))
-    _refuse_iothreads(g)
     device = args["device"]
     bs = g.get(device)
     if bs is None:
         raise QmpFailure(f"Device '{device}' not found", "DeviceNotFound")
+    _refuse_iothreads(g, [bs])
     if not _is_root(g, bs):
         raise QmpFailure("Need a root block node")
     reason = op_blocker(g, bs)   # COMMIT_SOURCE: blocked by any blocker
@@ -630,7 +638,7 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     # before the model's own limits, so that diff mode, which sends declined steps to the
     # builds, does not find a known bug of an active commit again and again
     g.guard("active-commit-start", device=bs, active=skip_filters(g, top) is skip_filters(g, bs))
-    chain = _qcow2_chain(g, top, base)
+    chain = _qcow2_chain(g, top, base, into_stop=True)
     g.guard("job-start", nodes=[n for n in [bs] + chain + [base] if n is not None])
     perms = P.Perms(g, {}, {})
     if perms.node[top.name][0] & WRITE or skip_filters(g, top) is skip_filters(g, bs):
@@ -667,7 +675,7 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
 
 def _copy_into_base(g: Graph, top: Node, base: Node, chain: list[Node]) -> None:
     """``commit_run()`` / mirror's copy: what is allocated above the base is written into it."""
-    size = g.image(base).size
+    size = node_length(g, base)
     for c in range(-(-size // CLUSTER)):
         if any(_allocated(g, n, c) for n in chain):
             lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
@@ -790,11 +798,11 @@ def blockdev_mirror(g: Graph, args: Any, ctx: dict) -> None:
     filter was created have used up its auto name; failures after ``job_create()`` emit the
     job's created and null events."""
     args = _visit_mirror(g, args)
-    _refuse_iothreads(g)
     bs = g.lookup_bs(args["device"])
     if not _is_root(g, bs):
         raise QmpFailure("Need a root block node")
     target = g.lookup_bs(args["target"])
+    _refuse_iothreads(g, [bs, target])
     granularity = args.get("granularity", 0)
     if granularity and not 512 <= granularity <= 64 << 20:
         raise QmpFailure("Parameter 'granularity' expects a value in range [512B, 64MB]")
