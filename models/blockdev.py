@@ -109,6 +109,9 @@ class _Opener:
                 file_inline = True
 
         discard, detect, force_share = check_generic_flags(options, read_only)
+        if d.needs_filename and not options.get("filename"):
+            # bdrv_open_common(), before bdrv_open_driver() names the node
+            raise QmpFailure(f"The '{drv}' block driver requires a file name")
         name, auto = assign_node_name(g, options.get("node-name"))
         g.seq += 1
         node = Node(name=name, auto_named=auto, drv=drv, driver=d, options={}, explicit={},

@@ -224,6 +224,9 @@ class BlockDriver:
     def refresh_limits(self, g: Graph, n: Node, bl: dict) -> None:
         """``.bdrv_refresh_limits``: overrides after the generic merge (``models.limits``)."""
 
+    #: ``.bdrv_needs_filename``
+    needs_filename: ClassVar[bool] = False
+
     # -- blockdev-create ------------------------------------------------------------------------------
     #: ``.bdrv_co_create`` exists (file and qcow2)
     can_create: ClassVar[bool] = False

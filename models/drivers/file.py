@@ -44,9 +44,6 @@ class File(BlockDriver):
         """``raw_open_common()``."""
         g = op.g
         fn = options["filename"]
-        if fn == "":
-            # bdrv_open_common(): bdrv_needs_filename and an empty name (probed, all versions)
-            raise QmpFailure("The 'file' block driver requires a file name")
         if any(len(part.encode()) > 255 for part in fn.split("/")):
             raise QmpFailure(f"Could not open '{fn}': File name too long")   # ENAMETOOLONG
         if fn not in g.images:
@@ -66,6 +63,8 @@ class File(BlockDriver):
                 remaining[k] = qemu_opt_str(remaining.pop(k))
         return None
 
+    #: ``.bdrv_needs_filename``: an empty 'filename' is refused before the node is named
+    needs_filename = True
     can_create = True
 
     def create(self, g: Graph, opts: dict) -> None:
