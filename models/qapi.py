@@ -88,7 +88,11 @@ def _visit(value: Any, t: T, name: str, path: str, profile: VersionProfile) -> N
         if not isinstance(value, list):
             raise QmpFailure(f"Invalid parameter type for '{path}', expected: array")
         for i, element in enumerate(value):
-            _visit(element, t.members[0], f"{name}[{i}]", f"{path}[{i}]", profile)
+            # a list element has no name of its own: the messages that print the member's
+            # name rather than its path (an alternate's type, an enum's value) print 'null'
+            # (probed: "Invalid parameter type for 'null', expected: BlockdevRef" for any
+            # wrong element of a quorum's children, on 7.2, 10.0 and 11.1)
+            _visit(element, t.members[0], "null", f"{path}[{i}]", profile)
         return
     if t.kind == "unmodelled":
         raise NotModeled(f"option '{path}' is not modelled")
