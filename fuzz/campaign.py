@@ -287,7 +287,8 @@ def worker_main(spec: CampaignSpec, index: int, send: Callable[[tuple], None],
                     import traceback
                     if os.environ.get("BLOCKFUZZ_DEBUG"):
                         traceback.print_exception(e)
-                    send(("harness", index, f"{type(e).__name__}: {e}".splitlines()[0]))
+                    bad = _first_non_finding(e)
+                    send(("harness", index, f"{type(bad).__name__}: {bad}".splitlines()[0]))
                     break
             if spec.mode == "repro":
                 break
@@ -299,6 +300,14 @@ def worker_main(spec: CampaignSpec, index: int, send: Callable[[tuple], None],
         if pool is not None:
             pool.close()
         send(("done", index, coverage.to_json(), Session.unknown_fields(), examples, rounds))
+
+
+def _first_non_finding(e: BaseException) -> BaseException:
+    """The exception that made a group more than findings (named in the one-line error, not
+    the group: "Hypothesis found 4 distinct failures" says nothing about what broke)."""
+    if isinstance(e, BaseExceptionGroup):
+        return next(_first_non_finding(x) for x in e.exceptions if not _only_findings(x))
+    return e
 
 
 def _only_findings(e: BaseException) -> bool:
