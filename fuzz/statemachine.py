@@ -518,8 +518,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
         roots = [n for n in names if not self.g.nodes[n].parents and not self.g.job_parents(n)]
         device = data.draw(st.sampled_from(roots * 4 + names + ["nope"]))
         dev = self.g.nodes.get(device)
-        length = node_length(self.g, dev) if dev is not None else -1
-        same = [n for n in roots if n != device and node_length(self.g, self.g.nodes[n]) == length]
+        length = self.length_of(device)
+        same = [n for n in roots if n != device and self.length_of(n) == length]
         target = data.draw(st.sampled_from(same * 6 + roots + names + ["nope"]))
         args: dict = {"device": device, "target": target,
                       "sync": data.draw(st.sampled_from(["full", "full", "top", "none", "bitmap"]))}
@@ -632,7 +632,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         nodes = self.named_nodes()
         name = data.draw(st.sampled_from(nodes * 4 + ["nope"]))
         n = self.g.nodes.get(name)
-        length = node_length(self.g, n) if n is not None else 1 << 20
+        length = self.length_of(name) or 1 << 20
         size = data.draw(st.one_of(
             st.sampled_from([length + 65536, length + 512, length + 1000, length - 65536,
                              length - 512, length, 2 * length]),
@@ -641,6 +641,17 @@ class BlockGraphMachine(RuleBasedStateMachine):
         if data.draw(st.integers(0, 9)) == 0:
             args["device"] = data.draw(st.sampled_from([name, "nope", ""]))
         self.do({"qmp": "block_resize", "args": args})
+
+    def length_of(self, name: str) -> int | None:
+        """A node's length as the model sees it, or None (no such node, or a length the model
+        does not know: generation must never raise where the model declines)."""
+        n = self.g.nodes.get(name)
+        if n is None:
+            return None
+        try:
+            return node_length(self.g, n)
+        except NotModeled:
+            return None
 
     def quorums(self) -> list[str]:
         return sorted(n for n, node in self.g.nodes.items() if node.driver.changes_children)
@@ -680,14 +691,16 @@ class BlockGraphMachine(RuleBasedStateMachine):
         ctx_of_bus = {f"{k}.0": d.iothread for k, d in ctrls.items()}
         disk_ctx = {d.node: ctx_of_bus.get(d.bus) for d in disks}
         if len(iothreads) < 2:
-            name = next(i for i in ("iothread0", "iothread1") if i not in iothreads)
-            self.do({"qmp": "object-add", "args": {"qom-type": "iothread", "id": name}})
+            name = next((i for i in ("iothread0", "iothread1") if i not in iothreads), None)
+            if name is not None:
+                self.do({"qmp": "object-add", "args": {"qom-type": "iothread", "id": name}})
             return
         used = {d.iothread for d in ctrls.values()}
         if len(used - {None}) < 2:
-            it = next(i for i in iothreads if i not in used)
-            cid = next(c for c in ("scsi0", "scsi1", "scsi2") if c not in ctrls)
-            self.do({"qmp": "device_add", "args": {"driver": "virtio-scsi", "id": cid, "iothread": it}})
+            it = next((i for i in iothreads if i not in used), None)
+            cid = next((c for c in ("scsi0", "scsi1", "scsi2") if c not in ctrls), None)
+            if it is not None and cid is not None:
+                self.do({"qmp": "device_add", "args": {"driver": "virtio-scsi", "id": cid, "iothread": it}})
             return
         if len({c for c in disk_ctx.values() if c}) < 2:
             free = [n for n, node in sorted(self.g.nodes.items()) if not node.parents and n not in disk_ctx]

@@ -316,10 +316,14 @@ def _append_filter(g: Graph, drv: str, name: str | None, read_only: bool, below:
     f.mirror_is_commit = commit
     g.attach(f, below, "backing", ROLE_FILTERED)
     f.cached_length = node_length(g, below)
-    replace_node(g, below, f)
-    P.refresh(g, [f.name])
-    L.refresh(g, below)   # bdrv_append() ends with bdrv_refresh_limits(bs_top), no transaction
-    g.limits_kept.append(below.name)
+    try:
+        replace_node(g, below, f)
+        P.refresh(g, [f.name])
+    finally:
+        # bdrv_append() ends with bdrv_refresh_limits(bs_top), outside the transaction and
+        # on its error path too
+        L.refresh(g, below)
+        g.limits_kept.append(below.name)
     return f
 
 

@@ -54,11 +54,15 @@ def _append(g: Graph, overlay: Any, node: Any) -> None:
     ``node`` (but job links and the overlay's own subtree) moves to the overlay; the new
     permissions are checked last."""
     g.guard("append", top=node)   # its error path refreshes node's limits too
-    if g.has_child_recursive(node, overlay.name):
-        raise QmpFailure(f"Making '{node.name}' a backing child of '{overlay.name}' would create a cycle")
-    reconcile_attach(g, overlay, node)
-    g.attach(overlay, node, "backing", ROLE_COW)
-    replace_node(g, node, overlay)
-    P.refresh(g, [overlay.name])
-    L.refresh(g, node)   # bdrv_refresh_limits(bs_top), no transaction
-    g.limits_kept.append(node.name)
+    try:
+        if g.has_child_recursive(node, overlay.name):
+            raise QmpFailure(f"Making '{node.name}' a backing child of '{overlay.name}' would create a cycle")
+        reconcile_attach(g, overlay, node)
+        g.attach(overlay, node, "backing", ROLE_COW)
+        replace_node(g, node, overlay)
+        P.refresh(g, [overlay.name])
+    finally:
+        # bdrv_append() ends with bdrv_refresh_limits(bs_top), outside the transaction and
+        # on its error path too: a failed snapshot keeps the node's refreshed limits
+        L.refresh(g, node)
+        g.limits_kept.append(node.name)
