@@ -631,7 +631,6 @@ class BlockGraphMachine(RuleBasedStateMachine):
 
         nodes = self.named_nodes()
         name = data.draw(st.sampled_from(nodes * 4 + ["nope"]))
-        n = self.g.nodes.get(name)
         length = self.length_of(name) or 1 << 20
         size = data.draw(st.one_of(
             st.sampled_from([length + 65536, length + 512, length + 1000, length - 65536,
