@@ -208,6 +208,13 @@ class Graph:
             raise QmpFailure(f"Cannot find device='{ref}' nor node-name='{ref}'")
         return n
 
+    def lookup_node(self, ref: str) -> Node:
+        """``bdrv_lookup_bs(NULL, ref)``: a node name only."""
+        n = self.nodes.get(ref)
+        if n is None:
+            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
+        return n
+
     def get(self, name: str) -> Node | None:
         return self.nodes.get(name)
 

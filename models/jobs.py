@@ -462,17 +462,13 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     base = None
     if "base-node" in args:
         ref = args["base-node"]
-        base = g.get(ref)
-        if base is None:
-            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
+        base = g.lookup_node(ref)
         if base is bs or not chain_contains(g, bs, base):
             raise QmpFailure(f"Node '{ref}' is not a backing image of '{device}'")
     bottom = None
     if "bottom" in args:
         ref = args["bottom"]
-        bottom = g.get(ref)
-        if bottom is None:
-            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
+        bottom = g.lookup_node(ref)
         if bottom.driver.is_filter:
             raise QmpFailure(f"Node '{ref}' is a filter, use a non-filter node as 'bottom'")
         if not chain_contains(g, bs, bottom):
@@ -622,9 +618,7 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
         raise QmpFailure(f"Node '{bs.name}' is busy: {reason}")
     def in_chain(key: str, above: Node) -> Node:
         ref = args[key]
-        n = g.get(ref)
-        if n is None:
-            raise QmpFailure(f"Cannot find device='' nor node-name='{ref}'")
+        n = g.lookup_node(ref)
         if not chain_contains(g, above, n):
             raise QmpFailure(f"'{ref}' is not in this backing file chain")
         return n

@@ -101,9 +101,7 @@ def _parse_file_or_backing(g: Graph, e: _Entry, is_backing: bool) -> None:
     if value is None:
         new = None
     else:
-        new = g.get(value)
-        if new is None:
-            raise QmpFailure(f"Cannot find device='' nor node-name='{value}'")
+        new = g.lookup_node(value)
         if g.has_child_recursive(new, bs.name):
             raise QmpFailure(f"Making '{value}' a {child_name} child of '{bs.name}' would create a cycle")
     d = bs.driver
