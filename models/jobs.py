@@ -842,6 +842,11 @@ def blockdev_mirror(g: Graph, args: Any, ctx: dict) -> None:
     add_parent(g, job, mt, "main node", READ, READ | WU | WRITE)
     if args.get("speed", 0) < 0:
         raise QmpFailure("Parameter 'speed' expects a non-negative value")
+    if chain_contains(g, bs, target):
+        # target_is_backing: mirror_start_job() then works like an active commit (other
+        # target permissions, intermediate nodes, a frozen chain); reached when the target is
+        # below a filter in the source's chain (a backing node itself is op-blocked)
+        raise NotModeled("blockdev-mirror into the source's own backing chain")
     if chain_contains(g, bs, skip_filters(g, target)):
         raise QmpFailure("Cannot mirror to a filter on top of a node in the source's backing chain")
     add_parent(g, job, target, "root", WRITE, WU, blk=True, block=False, desc="an unnamed block device")
