@@ -18,7 +18,7 @@ from typing import Any
 from . import lengths
 from .errors import KnownQemuBug
 from .graph import Graph, Node
-from .jobs import Job, job_nodes
+from .jobs import Job, active_commit_nodes, job_nodes
 from .reopen import _Entry
 
 
@@ -80,9 +80,12 @@ def close_node(g: Graph, node: Node) -> None:
 
 
 def device_add(g: Graph, node: Node) -> None:
-    """A disk on a node a known bug left drained hangs ``device_add``."""
+    """A disk on a node a known bug left drained hangs ``device_add``; so does one on a
+    pending active commit's source: the disk reads its first sector, as qemu-io would
+    (corpus/findings/active-commit-pending-qemu-io-hang.json; seen on 7.2, 10.0 and 11.1)."""
     if g.reaches_stuck(node):
         raise KnownQemuBug("known QEMU bug: a disk on a node left drained hangs device_add")
+    qemu_io_active_commit(g, node, active_commit_nodes(g))
 
 
 def job_start(g: Graph, nodes: Iterable[Node]) -> None:
