@@ -639,7 +639,7 @@ class QemuProcess:
         (DEVICE_DELETED, QUORUM_*) are dropped."""
         assert self._qmp is not None
         lines = [job_event_text(e["event"], _canon(e.get("data", {}), self._names.offset))
-                 for e in self._qmp.take_events() if e.get("event") in JOB_EVENTS]
+                 for e in self._qmp.take_events(JOB_EVENTS)]
         return fold_job_events(lines) if lines else ()
 
     def _settle_jobs(self, cmd: str) -> None:

@@ -82,6 +82,7 @@ class QmpSync:
         self._loop = asyncio.new_event_loop()
         self._client = _Client()
         self._closed = False
+        self._kept: list[dict] = []   # events take_events() left for drain_events()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,21 +152,25 @@ class QmpSync:
         timeout). Events that precede a command's reply are always collected by :meth:`cmd`.
         """
         listener = self._client.events
+        kept, self._kept = self._kept, []
         if self._client.runstate is Runstate.RUNNING:
             self._pump()
-            if listener.empty() and wait > 0:
+            if listener.empty() and wait > 0 and not kept:
                 try:
                     first = self._loop.run_until_complete(asyncio.wait_for(listener.get(), wait))
                 except TimeoutError:
                     return []
                 self._pump()  # whatever arrived together with it
                 return [dict(first)] + [dict(m) for m in listener.clear()]
-        return [dict(m) for m in listener.clear()]
+        return kept + [dict(m) for m in listener.clear()]
 
-    def take_events(self) -> list[dict]:
-        """The events already received, oldest first, without reading the socket again: right
-        after a command, every event QEMU emitted before its reply is here (:meth:`cmd`)."""
-        return [dict(m) for m in self._client.events.clear()]
+    def take_events(self, names: frozenset[str] | set[str]) -> list[dict]:
+        """The events named ``names`` already received, oldest first, without reading the
+        socket again: right after a command, every event QEMU emitted before its reply is here
+        (:meth:`cmd`).  Other events stay for :meth:`drain_events`."""
+        got = [dict(m) for m in self._client.events.clear()]
+        self._kept += [e for e in got if e.get("event") not in names]
+        return [e for e in got if e.get("event") in names]
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -363,13 +363,14 @@ def test_planted_profile_divergence_is_caught_in_a_campaign(pair, tmp_path):
 
 
 def stream_then_disk():
-    """A stream job on a node of a -M pc example (declined by the model: jobs with devices),
-    then a disk on that node.  profiles.dataplane_op_blocker: 7.2 checks the node's op
+    """A stream job on a node of a -M pc example (declined by the model: a ``speed``
+    argument), then a disk on that node.  profiles.dataplane_op_blocker: 7.2 checks the node's op
     blockers when a scsi-hd is plugged (the job blocks it), 10.0 does not."""
     return T.Trace("stream-then-disk", list(SEED_IMAGES), [
         {"qmp": "blockdev-add", "args": hd(1, backing=hd(0))},
         {"qmp": "device_add", "args": {"driver": "virtio-scsi", "id": "scsi0"}},
-        {"qmp": "block-stream", "args": {"device": "hd1", "job-id": "job0", "auto-finalize": False}},
+        {"qmp": "block-stream", "args": {"device": "hd1", "job-id": "job0", "auto-finalize": False,
+                                         "speed": 0}},
         {"qmp": "device_add", "args": {"driver": "scsi-hd", "drive": "hd1", "bus": "scsi0.0",
                                        "share-rw": True}},
     ], extra={"machine": "pc"})
