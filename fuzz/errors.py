@@ -69,7 +69,7 @@ from typing import Any
 
 __all__ = [
     "Finding", "Disagreement", "ResultMismatch", "GraphMismatch", "DataMismatch", "EventMismatch",
-    "ExpectationMismatch", "BuildMismatch", "QemuFailure", "QemuCrash", "QemuHang",
+    "ExpectationMismatch", "BuildMismatch", "QemuFailure", "QemuCrash", "QemuHang", "QemuQueryFailed",
     "HarnessError", "UnsafeStep", "ResetFailed",
     "QmpTransportError", "QmpTimeout", "QmpGone",
     "CliError", "UsageError", "DatabaseError", "ExportError", "TraceError", "QemuNotFound",
@@ -308,6 +308,25 @@ class QemuCrash(QemuFailure):
         how = death_of(self)
         text = abort_text(self.stderr_tail or "")
         return f"crash:{how}:{text}" if text else f"crash:{how}:{_command_of(self._step())}"
+
+
+class QemuQueryFailed(QemuFailure):
+    """A state query the harness runs after every step (``query-named-block-nodes``,
+    ``query-jobs``) answered with an error: QEMU's state is broken (seen on 7.2.22:
+    "Block device r0 is ejected").  A finding, not a harness error: the query itself is fine."""
+
+    kind = "query"
+    _what = "failed a state query"
+
+    def __init__(self, command: str, error: str):
+        self.error = error
+        super().__init__(command)
+
+    def describe(self) -> str:
+        return f"{self.command} answered {self.error}"
+
+    def signature(self) -> str:
+        return f"query:{self.command}:{generalise(self.error)}"
 
 
 class QemuHang(QemuFailure):

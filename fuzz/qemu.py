@@ -57,8 +57,8 @@ from typing import Any, Mapping, NoReturn, Protocol, Sequence
 import attrs
 
 from fuzz import sandbox
-from fuzz.errors import (HarnessError, QemuCrash, QemuFailure, QemuHang, QmpGone, QmpTimeout,
-                         QmpTransportError, ResetFailed, UnsafeStep, sanitizer_report)
+from fuzz.errors import (HarnessError, QemuCrash, QemuFailure, QemuHang, QemuQueryFailed, QmpGone,
+                         QmpTimeout, QmpTransportError, ResetFailed, UnsafeStep, sanitizer_report)
 from fuzz.qmpsync import DEFAULT_TIMEOUT, QmpSync
 from models.values import (JOB_COMMANDS, JOB_COMPLETE_COMMANDS, JOB_EVENTS, JOB_PAUSE_COMMANDS,
                            JOB_UNPAUSE_COMMANDS, Outcome, QmpError, canonicalize_text,
@@ -682,7 +682,7 @@ class QemuProcess:
         if jobs is None:
             outcome = self.execute("query-jobs")
             if outcome.error is not None:
-                raise HarnessError(f"query-jobs failed: {outcome.error}")
+                self._fail(QemuQueryFailed("query-jobs", outcome.error.desc))
             jobs = outcome.ret
         # the settle loop's last reply is reused when no command came since (one round trip less);
         # it is raw, so canonicalise here (a job's default id is its node's name)
@@ -696,13 +696,13 @@ class QemuProcess:
             self._fail(nodes)
         if nodes is not None:
             if "error" in nodes:
-                raise HarnessError(f"query-named-block-nodes failed: {nodes['error']}")
+                self._fail(QemuQueryFailed("query-named-block-nodes", _error_text(nodes["error"])))
             self._names.learn(nodes["return"])
             self._names_fresh = True
             return _canon(nodes["return"], self._names.offset)
         outcome = self.execute("query-named-block-nodes")
         if outcome.error is not None:
-            raise HarnessError(f"query-named-block-nodes failed: {outcome.error}")
+            self._fail(QemuQueryFailed("query-named-block-nodes", outcome.error.desc))
         return outcome.ret
 
     def version(self) -> tuple[int, int, int]:
@@ -1118,6 +1118,10 @@ async def _reply_of(client: Any, cmd: str, args: Any) -> dict:
         return {"return": await client.execute_msg(msg)}
     except ExecuteError as e:
         return {"error": dict(e.received["error"])}
+
+
+def _error_text(err: Any) -> str:
+    return err.get("desc", str(err)) if isinstance(err, dict) else str(err)
 
 
 def _read_from(fd: int, offset: int) -> str:

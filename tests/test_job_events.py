@@ -121,3 +121,16 @@ def test_event_disagreements_are_told_apart_by_the_first_differing_event():
                           [sc("k", "aborting"), "BLOCK_JOB_COMPLETED commit k"])
     assert other.signature() == one.signature()
 
+
+
+def test_a_state_query_that_fails_is_a_finding_with_its_own_signature():
+    # 7.2.22 once answered query-named-block-nodes with "Block device r0 is ejected" in a
+    # campaign: a QEMU failure (kind "query"), not a harness error
+    from fuzz.errors import Finding, HarnessError, QemuQueryFailed
+
+    e = QemuQueryFailed("query-named-block-nodes", "Block device r0 is ejected")
+    assert isinstance(e, Finding) and not isinstance(e, HarnessError)
+    e.at_step(4, {"qmp": "blockdev-reopen"})
+    assert str(e) == ("step 5 (blockdev-reopen): QEMU failed a state query: "
+                      "query-named-block-nodes answered Block device r0 is ejected")
+    assert e.signature() == QemuQueryFailed("query-named-block-nodes", "Block device r9 is ejected").signature()
