@@ -177,9 +177,17 @@ def _prepare(g: Graph, e: _Entry) -> None:
     # backing is missing
     if d.supports_backing and e.backing_missing and (bs.child("backing") or d.has_header_backing(g, bs)):
         raise QmpFailure(f"backing is missing for '{bs.name}'")
-    _parse_file_or_backing(g, e, True)
-    remaining.pop("backing", None)
-    _parse_file_or_backing(g, e, False)
+    try:
+        _parse_file_or_backing(g, e, True)
+        remaining.pop("backing", None)
+        _parse_file_or_backing(g, e, False)
+    except QmpFailure:
+        # bdrv_reopen_prepare()'s error path aborts the driver's prepare too; a file child
+        # already taken away (the new one staged, or its attach refused: the AioContext, say)
+        # leaves qcow2's s->data_file on it (the known dangling data_file bug; seen on 7.2.22
+        # with "Cannot change iothread of active block backend")
+        d.reopen_abort(g, bs, file_replaced=e.old_file is not None)
+        raise
     remaining.pop("file", None)
     # leftover options must be unchanged
     for key in qdict_order(remaining):
