@@ -501,6 +501,10 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 top = args.get("top-node", device)
                 under = self.chain_below(top) if top in self.g.nodes else []
                 args["base-node"] = data.draw(st.sampled_from(under if under and data.draw(st.integers(0, 4)) else below + [device]))
+            if data.draw(st.integers(0, 7)) == 0:
+                # by file name, as QEMU's job iotests give them (bdrv_find_backing_image())
+                args[data.draw(st.sampled_from(["top", "base"]))] = data.draw(
+                    st.sampled_from([i.file for i in self.images]))
         if data.draw(st.integers(0, 3)) == 0:
             args["filter-node-name"] = data.draw(st.sampled_from(["jf0", "jf1", "hd0", "#x"]))
         args["auto-finalize"] = data.draw(st.sampled_from([False, False, True]))

@@ -35,7 +35,7 @@ from .aio import component
 from .drivers import DRIVERS
 from .drivers.qcow2 import qcow2_image
 from .errors import NotModeled, QmpFailure
-from .filenames import refresh_filename
+from .filenames import backing_overridden, refresh_filename
 from .graph import (ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assign_node_name,
                     id_wellformed, op_blocker)
 from .lengths import node_length
@@ -181,6 +181,24 @@ def backing_chain_next(g: Graph, n: Node) -> Node | None:
     """``bdrv_backing_chain_next()``: the next COW node, filters skipped on both sides."""
     cow = g.cow_child(skip_filters(g, n))
     return skip_filters(g, cow) if cow is not None else None
+
+
+def find_backing_image(g: Graph, bs: Node, name: str) -> Node | None:
+    """``bdrv_find_backing_image()`` for plain file names in the work directory: down the
+    COW chain (filters skipped), a node whose backing was set by its header is matched by the
+    header's name (which must name an existing file: QEMU compares realpath()s), one whose
+    backing was overridden by the backing node's file name."""
+    cur = skip_filters(g, bs)
+    while g.cow_child(cur) is not None:
+        below = backing_chain_next(g, cur)
+        assert below is not None, "a COW child is the next node of the chain"
+        if backing_overridden(g, cur, {}):
+            if refresh_filename(g, below).filename == name:
+                return below
+        elif name == g.image(cur).backing_file and name in g.images:
+            return below
+        cur = below
+    return None
 
 
 def find_overlay(g: Graph, active: Node | None, bs: Node | None) -> Node | None:
@@ -456,10 +474,11 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
             raise QmpFailure(f"'{a}' and '{b}' cannot be specified at the same time")
     device = args["device"]
     bs = g.lookup_bs(device)
-    if "base" in args:
-        # bdrv_find_backing_image(): a file name matched against the chain's backing names
-        raise NotModeled("job argument 'base'")
     base = None
+    if "base" in args:
+        base = find_backing_image(g, bs, args["base"])
+        if base is None:
+            raise QmpFailure(f"Can't find '{args['base']}' in the backing chain")
     if "base-node" in args:
         ref = args["base-node"]
         base = g.lookup_node(ref)
@@ -603,14 +622,13 @@ def _drop_filter(g: Graph, job: Job) -> None:
 
 @_restoring
 def block_commit(g: Graph, args: Any, ctx: dict) -> None:
-    members = dict(_JOB_MEMBERS, **{"top-node": _STR, "base-node": _STR})
+    members = dict(_JOB_MEMBERS, **{"top-node": _STR, "top": _STR, "base-node": _STR, "base": _STR})
     args = _visit(args, members, ("device",),
-                  ("base", "top", "backing-file", "speed", "on-error", "backing-mask-protocol"))
+                  ("backing-file", "speed", "on-error", "backing-mask-protocol"))
     device = args["device"]
     bs = g.get(device)
     if bs is None:
         raise QmpFailure(f"Device '{device}' not found", "DeviceNotFound")
-    _refuse_iothreads(g, [bs])
     if not _is_root(g, bs):
         raise QmpFailure("Need a root block node")
     reason = op_blocker(g, bs)   # COMMIT_SOURCE: blocked by any blocker
@@ -623,9 +641,29 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
             raise QmpFailure(f"'{ref}' is not in this backing file chain")
         return n
 
-    top = in_chain("top-node", bs) if "top-node" in args else bs
-    base = in_chain("base-node", top) if "base-node" in args else find_overlay(g, top, None)
-    assert base is not None, "find_overlay(top, None) is the bottom of top's chain"
+    if "top-node" in args and "top" in args:
+        raise QmpFailure("'top-node' and 'top' are mutually exclusive")
+    top: Node | None = bs
+    if "top-node" in args:
+        top = in_chain("top-node", bs)
+    elif "top" in args and refresh_filename(g, bs).filename != args["top"]:
+        top = find_backing_image(g, bs, args["top"])
+    if top is None:
+        raise QmpFailure(f"Top image file {args['top']} not found")
+    if "base-node" in args and "base" in args:
+        raise QmpFailure("'base-node' and 'base' are mutually exclusive")
+    if "base-node" in args:
+        base = in_chain("base-node", top)
+    elif "base" in args:
+        found = find_backing_image(g, top, args["base"])
+        if found is None:
+            raise QmpFailure(f"Can't find '{args['base']}' in the backing chain")
+        base = found
+    else:
+        bottom = find_overlay(g, top, None)
+        assert bottom is not None, "find_overlay(top, None) is the bottom of top's chain"
+        base = bottom
+    _refuse_iothreads(g, [bs])
     stop = chain_next(g, base)
     it: Node | None = top
     while it is not None and it is not stop:
