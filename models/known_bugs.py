@@ -153,6 +153,15 @@ def truncate(g: Graph, node: Node, size: int) -> None:
         raise KnownQemuBug("known QEMU crash: a blkverify resize to more than twice its length")
 
 
+def job_filter_orphaned(g: Graph, node: Node) -> None:
+    """QEMU bug (7.2, 10.0, 11.1): a reopen that takes a job filter's only parent link away
+    (a non-active commit's overlay given ``backing: null``) closes the filter, whose child
+    link the job froze: SIGABRT ``bdrv_replace_child_noperm: Assertion '!child->frozen'``
+    (corpus/findings/reopen-drops-commit-filter-frozen-abort.json)."""
+    if g.jobs:
+        raise KnownQemuBug("known QEMU crash: a reopen drops a job filter's last parent")
+
+
 def qemu_io_active_commit(g: Graph, node: Node, jobs: dict[str, Job]) -> None:
     """QEMU bug (7.2 and 10.0): qemu-io on an active commit's source while the job is pending
     never returns (corpus/findings/active-commit-pending-qemu-io-hang.json)."""
@@ -190,4 +199,5 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "append": append,
     "qcow2-create": qcow2_create,
     "truncate": truncate,
+    "job-filter-orphaned": job_filter_orphaned,
 }

@@ -140,6 +140,8 @@ def _parse_file_or_backing(g: Graph, e: _Entry, is_backing: bool) -> None:
             e.old_file = old_edge.child
         g.unset_inherits_from(bs.name, old_edge)
         g.remove_child(old_edge)
+        if old is not None and old.driver.job_filter and not old.parents:
+            g.guard("job-filter-orphaned", node=old)
     if new is not None:
         reconcile_attach(g, bs, new)
         g.attach(bs, new, child_name, role)
