@@ -118,7 +118,7 @@ def _add_disk(g: Graph, args: dict) -> None:
     if g.qemu_profile.dataplane_op_blocker:
         # 7.2 checks the op blockers when a scsi-hd is plugged (observed with and without an
         # iothread on the controller, for backing parents and for jobs); the newest is reported
-        reason = op_blocker(g, node)
+        reason = op_blocker(g, node, dataplane=True)
         if reason is not None:
             raise QmpFailure(f"Node '{node.name}' is busy: {reason}")
     # virtio_scsi_hotplug(): into the controller's context (VersionProfile.

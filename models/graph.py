@@ -411,14 +411,18 @@ def assign_node_name(g: Graph, explicit: str | None) -> tuple[str, bool]:
     return explicit, False
 
 
-def op_blocker(g: Graph, node: Node) -> str | None:
+def op_blocker(g: Graph, node: Node, dataplane: bool = False) -> str | None:
     """The reason of the newest op blocker on ``node`` (``bdrv_op_is_blocked()`` reports
     ``QLIST_FIRST``): a COW parent's "node is used as backing hd of ..." (``bdrv_backing_attach()``)
-    or a job's "block device is in use by block job: ..." (``block_job_add_bdrv()``)."""
+    or a job's "block device is in use by block job: ..." (``block_job_add_bdrv()``).
+    ``dataplane``: BLOCK_OP_TYPE_DATAPLANE, which ``block_job_create()`` unblocks on the job's
+    main node (and only there)."""
     reasons = [(c.seq, f"node is used as backing hd of '{c.parent}'")
                for c in node.parents if c.role == ROLE_COW]
     for j in g.jobs.values():
         seq = j.blocks.get(node.name)
+        if dataplane and any(p.node == node.name and p.child_name == "main node" for p in j.parents):
+            continue
         if seq is not None:
             reasons.append((seq, f"block device is in use by block job: {j.type}"))
     return max(reasons)[1] if reasons else None
