@@ -1051,7 +1051,9 @@ def _abort(g: Graph, job: Job) -> None:
         g.detach(c)
         if g.refcount(ct) == 0:
             del g.nodes[ct.name]
-        job.parents = [p for p in job.parents if not p.blk]
+        # block_job_remove_all_bdrv(): an aborted commit holds no node and no blocker any
+        # more (a completed one keeps them until it is dismissed)
+        _release_all(g, job)
         _clean(g, job)
 
 
