@@ -384,6 +384,17 @@ def _has_cow_link(g: Graph, top: Node, stop: Node | None) -> bool:
     return any((c := chain_edge(g, n)) is not None and c.role == ROLE_COW for n in _walk(g, top, stop))
 
 
+def _refuse_nested_metadata(g: Graph, nodes: list[Node]) -> None:
+    """A job rewrites image headers (the overlay's backing name) and allocates in the
+    chain's images; where a qcow2 node's file is itself a format node (a reopen can make it
+    so), those writes go through that format, which allocates as it likes."""
+    for n in nodes:
+        f = n.child("file")
+        if n.driver.metadata_in_file and f is not None and \
+                iodata.storage_leaf(g, g.nodes[f.child]).driver.metadata_in_file:
+            raise NotModeled("a job over a node whose metadata lives in a format node")
+
+
 def _refuse_iothreads(g: Graph, nodes: list[Node]) -> None:
     """Jobs are modelled in the main loop with no guest disk in reach: whatever is connected to
     the job's nodes (any edge, either way) must be in the main AioContext and carry no disk.
@@ -984,6 +995,12 @@ def _settle(g: Graph, job: Job) -> None:
 
 def _finalize(g: Graph, job: Job) -> None:
     g.guard("job-finalize", job=job)
+    # the prepare rewrites an image header: the streamed node's, or the overlay's above a
+    # commit's filter (a reopen may have moved its file onto a format node since the start)
+    if job.type == "stream":
+        _refuse_nested_metadata(g, [g.nodes[job.device]])
+    elif not job.active and job.filter in g.nodes:
+        _refuse_nested_metadata(g, [g.nodes[c.parent] for c in g.nodes[job.filter].parents])
     failed = None
     if job.type == "stream":
         _stream_prepare(g, job)
