@@ -656,6 +656,32 @@ class BlockGraphMachine(RuleBasedStateMachine):
         except NotModeled:
             return None
 
+    @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
+    @rule(data=st.data())
+    def create(self, data):
+        """blockdev-create: a file (over one of the trace's images, or in a directory that
+        does not exist), a qcow2 image over a file node (now and then with an option check
+        that fails), or a driver without a create."""
+        files = [i.file for i in self.images]
+        kind = data.draw(st.sampled_from(["file", "qcow2", "qcow2", "qcow2", "raw"]))
+        if kind == "file":
+            opts: dict = {"driver": "file", "filename": data.draw(st.sampled_from(files + ["nodir/x.img"])),
+                          "size": data.draw(st.sampled_from([1 << 20, 3 << 20, 1000, 0, -1]))}
+        elif kind == "qcow2":
+            file_nodes = [n for n, node in sorted(self.g.nodes.items()) if node.drv == "file"]
+            opts = {"driver": "qcow2",
+                    "file": data.draw(st.sampled_from(file_nodes * 4 + self.named_nodes() + ["nope"])),
+                    "size": data.draw(st.sampled_from([1 << 20, 3 << 20, 1 << 20, 1000, 0]))}
+            if data.draw(st.integers(0, 4)) == 0:
+                key, values = data.draw(st.sampled_from([
+                    ("cluster-size", [1234, 512, 4 << 20]), ("version", ["v2", "v1"]),
+                    ("refcount-bits", [7, 128]), ("backing-fmt", ["qcow2"]), ("lazy-refcounts", [True])]))
+                opts[key] = data.draw(st.sampled_from(values))
+        else:
+            opts = {"driver": "raw"}
+        self.do({"qmp": "blockdev-create", "args": {
+            "job-id": data.draw(st.sampled_from(["c0", "c0", "c1", "1bad"])), "options": opts}})
+
     def quorums(self) -> list[str]:
         return sorted(n for n, node in self.g.nodes.items() if node.driver.changes_children)
 
