@@ -330,7 +330,7 @@ def test_known_bug_is_known_on_its_version_and_a_regression_elsewhere(qemu10, tm
     """The planted bug's finding, listed as a known bug of 10.0: the campaign counts it as
     known and exits 0; listed for 7.2 only, it is a regression on 10.0 and exits 1."""
     # 6 steps an example (the planted bug needs 2): a third less shrinking than the default
-    first = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--examples", "40", "--steps", "6",
+    first = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--examples", "150", "--steps", "6",
                     "--workers", "1", "--seed", "2", "--out", str(tmp_path / "a"), mutant=True)
     assert first.returncode == 1, (first.stdout, first.stderr)
     [minimal] = glob.glob(str(tmp_path / "a" / "result-*" / "minimal.json"))
@@ -342,7 +342,7 @@ def test_known_bug_is_known_on_its_version_and_a_regression_elsewhere(qemu10, tm
         T.save(T.Trace("planted-mutant", tr.images, tr.steps, "",
                        {"affects": affects, "signature": {v: sig for v in affects}}),
                str(bugs / "planted-mutant.json"))
-        r = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--examples", "40", "--steps", "6",
+        r = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--examples", "150", "--steps", "6",
                     "--workers", "1", "--seed", "2", "--out", str(tmp_path / f"o{status}"),
                     "--known-bugs", str(bugs), "--junit", str(tmp_path / f"{status}.xml"),
                     mutant=True)
