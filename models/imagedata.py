@@ -83,5 +83,9 @@ class Image:
         return None  # qcow2 metadata: opaque
 
     def write_host(self, off: int, payload: bytes) -> None:
+        """pwrite(): a write past the end extends the file (with zeros up to ``off``)."""
         assert self.fmt == "raw", "writes to the host bytes of a qcow2 file are not modelled"
+        if off > len(self.data):
+            self.data.extend(bytes(off - len(self.data)))
         self.data[off:off + len(payload)] = payload
+        self.size = max(self.size, len(self.data))

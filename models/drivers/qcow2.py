@@ -409,6 +409,12 @@ class Qcow2(BlockDriver):
             pos = stop
         return bytes(out)
 
+    def disk_read_ok(self, g: Graph, n: Node) -> bool:
+        """A disk's first-sector read through metadata the model cannot follow (its file
+        moved onto another format node, say) may find the image corrupt: QEMU then marks the
+        node unusable (corpus/findings/qcow2-corrupt-node-breaks-node-query.json)."""
+        return qcow2_image(g, n) is not None
+
     def known(self, g: Graph, n: Node) -> bool:
         if qcow2_image(g, n) is None:
             return False
