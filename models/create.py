@@ -15,69 +15,42 @@ from .drivers import DRIVERS
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .jobs import Job, _register, _start, _transition, _job_id
-from .qapi import MODELLED_DRIVERS, OTHER_DRIVERS, check_struct
+from .profiles import VersionProfile
+from .qapi import MODELLED_DRIVERS, OTHER_DRIVERS, check_struct, visit_members
+from .qapitypes import BOOL, INT, REF, SIZE, STR, UNMODELLED, Member, enum
 
-#: BlockdevCreateOptions' variants: member -> (QAPI type, required), in schema order; the
-#: other drivers have empty variants
-_FILE = {"filename": ("str", True), "size": ("size", True),
-         "preallocation": (("off", "metadata", "falloc", "full"), False),
-         "nocow": ("bool", False), "extent-size-hint": ("size", False)}
-_QCOW2 = {"file": ("ref", True), "data-file": ("ref", False), "data-file-raw": ("bool", False),
-          "extended-l2": ("bool", False), "size": ("size", True),
-          "version": (("v2", "v3"), False), "backing-file": ("str", False),
-          "backing-fmt": (tuple(MODELLED_DRIVERS) + OTHER_DRIVERS, False), "encrypt": ("struct", False),
-          "cluster-size": ("size", False),
-          "preallocation": (("off", "metadata", "falloc", "full"), False),
-          "lazy-refcounts": ("bool", False), "refcount-bits": ("int", False),
-          "compression-type": (("zlib", "zstd"), False)}
-_VARIANTS: dict[str, dict[str, tuple[Any, bool]]] = {"file": _FILE, "qcow2": _QCOW2}
+#: BlockdevCreateOptions: the union base, then the variant of each driver the model creates
+#: (the others' variants are empty), in schema order
+_BASE: tuple[Member, ...] = (("driver", enum(*MODELLED_DRIVERS, *OTHER_DRIVERS), True),)
+_PREALLOC = enum("off", "metadata", "falloc", "full")
+_FILE: tuple[Member, ...] = (
+    ("filename", STR, True), ("size", SIZE, True), ("preallocation", _PREALLOC, False),
+    ("nocow", BOOL, False), ("extent-size-hint", SIZE, False))
+_QCOW2: tuple[Member, ...] = (
+    ("file", REF, True), ("data-file", REF, False), ("data-file-raw", BOOL, False),
+    ("extended-l2", BOOL, False), ("size", SIZE, True), ("version", enum("v2", "v3"), False),
+    ("backing-file", STR, False), ("backing-fmt", enum(*MODELLED_DRIVERS, *OTHER_DRIVERS), False),
+    ("encrypt", UNMODELLED, False), ("cluster-size", SIZE, False),
+    ("preallocation", _PREALLOC, False), ("lazy-refcounts", BOOL, False),
+    ("refcount-bits", INT, False), ("compression-type", enum("zlib", "zstd"), False))
+_VARIANTS: dict[str, tuple[Member, ...]] = {"file": _FILE, "qcow2": _QCOW2}
 
 
-def _visit_options(opts: Any) -> dict:
-    """``BlockdevCreateOptions``: the discriminator, then the variant's members in order.
-    Paths carry ``options.``, except an enum's value error (``visit_type_enum()`` names the
-    member alone); a ``size`` takes a negative JSON integer as 2^64 + n."""
+def _visit_options(opts: Any, profile: VersionProfile) -> dict:
+    """``visit_type_BlockdevCreateOptions()`` with the shared member visitor (``models.qapi``):
+    paths carry ``options.``; returns the options with each ``size`` as the uint64 QEMU
+    reads (a negative JSON integer is 2^64 + n)."""
     if not isinstance(opts, dict):
         raise QmpFailure("Invalid parameter type for 'options', expected: object")
-    if "driver" not in opts:
-        raise QmpFailure("Parameter 'options.driver' is missing")
+    visit_members(opts, _BASE, "options.", profile)
     drv = opts["driver"]
-    if not isinstance(drv, str):
-        raise QmpFailure("Invalid parameter type for 'options.driver', expected: string")
-    if drv not in MODELLED_DRIVERS and drv not in OTHER_DRIVERS:
-        raise QmpFailure(f"Parameter 'driver' does not accept value '{drv}'")
     if drv not in DRIVERS:
         raise NotModeled(f"blockdev-create for driver {drv!r}")
-    members = _VARIANTS.get(drv, {})
-    out = dict(opts)
-    for name, (kind, required) in members.items():
-        if name not in opts:
-            if required:
-                raise QmpFailure(f"Parameter 'options.{name}' is missing")
-            continue
-        v = opts[name]
-        if kind == "size":
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise QmpFailure(f"Parameter 'options.{name}' expects uint64")
-            out[name] = v % (1 << 64)
-        elif kind == "ref":
-            if not isinstance(v, (str, dict)):
-                raise NotModeled(f"blockdev-create {name} of type {type(v).__name__}")
-        elif kind == "struct":
-            raise NotModeled(f"blockdev-create option {name!r}")
-        elif isinstance(kind, tuple):
-            if not isinstance(v, str):
-                raise QmpFailure(f"Invalid parameter type for 'options.{name}', expected: string")
-            if v not in kind:
-                raise QmpFailure(f"Parameter '{name}' does not accept value '{v}'")
-        else:
-            assert isinstance(kind, str)
-            t = {"str": str, "bool": bool, "int": int}[kind]
-            if not isinstance(v, t) or (t is int and isinstance(v, bool)):
-                expected = {"str": "string", "bool": "boolean", "int": "integer"}[kind]
-                raise QmpFailure(f"Invalid parameter type for 'options.{name}', expected: {expected}")
-    check_struct(opts, {"driver", *members}, "options.")
-    return out
+    members = _VARIANTS.get(drv, ())
+    visit_members(opts, members, "options.", profile)
+    check_struct(opts, {"driver", *(m[0] for m in members)}, "options.")
+    sizes = {m[0] for m in members if m[1] is SIZE}
+    return {k: v % (1 << 64) if k in sizes else v for k, v in opts.items()}
 
 
 def blockdev_create(g: Graph, args: Any) -> None:
@@ -87,7 +60,8 @@ def blockdev_create(g: Graph, args: Any) -> None:
         raise QmpFailure("Invalid parameter type for 'job-id', expected: string")
     if "options" not in args:
         raise QmpFailure("Parameter 'options' is missing")
-    opts = _visit_options(args["options"])
+    assert g.profile is not None   # the Model's graph always has one
+    opts = _visit_options(args["options"], g.profile)
     check_struct(args, {"job-id", "options"}, "")
     d = DRIVERS[opts["driver"]]
     if not d.can_create:

@@ -69,6 +69,11 @@ def _visit(value: Any, t: T, name: str, path: str, profile: VersionProfile) -> N
         if t.kind == "int" and not (-(2**63) <= value < 2**63):
             raise QmpFailure(f"Invalid parameter type for '{path}', expected: integer")
         return
+    if t.kind == "size":
+        # past int64/uint64 QEMU's JSON parser makes a double, which no integer visitor takes
+        if not (_json_type_ok("int", value) and -(2**63) <= value < 2**64):
+            raise QmpFailure(f"Parameter '{path}' expects uint64")
+        return
     if t.kind in ("ref", "refornull"):
         if isinstance(value, str):
             return
@@ -81,7 +86,7 @@ def _visit(value: Any, t: T, name: str, path: str, profile: VersionProfile) -> N
     if t.kind == "struct":
         if not isinstance(value, dict):
             raise QmpFailure(f"Invalid parameter type for '{path}', expected: object")
-        _visit_members(value, t.members, path + ".", profile)
+        visit_members(value, t.members, path + ".", profile)
         check_struct(value, {m[0] for m in t.members}, path + ".")
         return
     if t.kind == "list":
@@ -99,7 +104,9 @@ def _visit(value: Any, t: T, name: str, path: str, profile: VersionProfile) -> N
     raise AssertionError(t.kind)
 
 
-def _visit_members(d: dict, members: tuple, prefix: str, profile: VersionProfile) -> None:
+def visit_members(d: dict, members: tuple, prefix: str, profile: VersionProfile) -> None:
+    """The generated ``visit_type_*_members()``: each member in schema order; ``prefix`` is
+    the path of the struct (``'options.'``) or ``''``."""
     for name, t, required in members:
         if name not in d:
             if required:
@@ -126,13 +133,14 @@ def variant_members(driver: str, profile: VersionProfile) -> tuple[Member, ...]:
     return d.members(profile)
 
 
-def visit_blockdev_options(d: Any, prefix: str, profile: VersionProfile, name: str = "") -> None:
+def visit_blockdev_options(d: Any, prefix: str, profile: VersionProfile,
+                           name: str = "") -> None:
     """Validate one ``BlockdevOptions`` object; ``prefix`` is ``''``, ``'options[0].'``, ..."""
     if not isinstance(d, dict):
         raise QmpFailure(f"Invalid parameter type for '{prefix[:-1] or name}', expected: object")
-    _visit_members(d, BASE_MEMBERS, prefix, profile)
+    visit_members(d, BASE_MEMBERS, prefix, profile)
     members = variant_members(d["driver"], profile)
-    _visit_members(d, members, prefix, profile)
+    visit_members(d, members, prefix, profile)
     check_struct(d, {m[0] for m in BASE_MEMBERS} | {m[0] for m in members}, prefix)
 
 

@@ -11,7 +11,7 @@ import attrs
 
 @attrs.frozen
 class T:
-    """A QAPI type: kind is one of str/bool/int/enum/struct/list/ref/refornull/unmodelled."""
+    """A QAPI type: kind is one of str/bool/int/size/enum/struct/list/ref/refornull/unmodelled."""
 
     kind: str
     values: tuple = ()
@@ -23,6 +23,9 @@ class T:
 Member = tuple[str, T, bool]
 
 STR, BOOL, INT = T("str"), T("bool"), T("int")
+#: ``size`` (uint64): ``qobject_input_type_uint64()`` takes any JSON integer QEMU's parser keeps
+#: exact, a negative one as 2^64 + n ("for backward compatibility")
+SIZE = T("size")
 REF = T("ref", name="BlockdevRef")
 REF_OR_NULL = T("refornull", name="BlockdevRefOrNull")
 CACHE = T("struct", members=(("direct", BOOL, False), ("no-flush", BOOL, False)))
