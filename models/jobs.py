@@ -39,7 +39,8 @@ from .filenames import backing_overridden, refresh_filename
 from .graph import (ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assign_node_name,
                     id_wellformed, op_blocker)
 from .lengths import node_length
-from .qapi import check_struct
+from .qapi import check_struct, visit_members
+from .qapitypes import BOOL, INT, STR, UINT32, Member, enum
 from .values import job_event_text
 from .reopen import reopen_set_read_only
 from .imagedata import CLUSTER
@@ -758,38 +759,23 @@ def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]
 # --------------------------------------------------------------------------------------------
 # blockdev-mirror
 
-_MIRROR_MEMBERS = {
-    "job-id": _STR, "device": _STR, "target": _STR, "replaces": _STR, "sync": "enum",
-    "speed": "int", "granularity": "uint32", "buf-size": "int", "on-source-error": "enum",
-    "on-target-error": "enum", "filter-node-name": _STR, "copy-mode": "enum",
-    "auto-finalize": _BOOL, "auto-dismiss": _BOOL, "target-is-zero": _BOOL}
-_ENUMS = {"sync": ("top", "full", "none", "incremental", "bitmap"),
-          "on-source-error": ("report", "ignore", "enospc", "stop", "auto"),
-          "on-target-error": ("report", "ignore", "enospc", "stop", "auto"),
-          "copy-mode": ("background", "write-blocking")}
-_QAPI_TYPE = {_STR: "string", _BOOL: "boolean", "int": "integer", "uint32": "integer", "enum": "string"}
+_ERROR_ACTION = enum("report", "ignore", "enospc", "stop", "auto")
+#: blockdev-mirror's arguments in schema order (``target-is-zero`` since 10.1)
+_MIRROR_MEMBERS: tuple[Member, ...] = (
+    ("job-id", STR, False), ("device", STR, True), ("target", STR, True),
+    ("replaces", STR, False), ("sync", enum("top", "full", "none", "incremental", "bitmap"), True),
+    ("speed", INT, False), ("granularity", UINT32, False), ("buf-size", INT, False),
+    ("on-source-error", _ERROR_ACTION, False), ("on-target-error", _ERROR_ACTION, False),
+    ("filter-node-name", STR, False), ("copy-mode", enum("background", "write-blocking"), False),
+    ("auto-finalize", BOOL, False), ("auto-dismiss", BOOL, False), ("target-is-zero", BOOL, False))
 
 
 def _visit_mirror(g: Graph, args: Any) -> dict:
-    """The QAPI visit of ``blockdev-mirror`` in schema order (``target-is-zero`` since 10.1)."""
-    members = dict(_MIRROR_MEMBERS)
-    if not g.qemu_profile.mirror_target_is_zero:
-        del members["target-is-zero"]
-    for name, kind in members.items():
-        if name not in args:
-            if name in ("device", "target", "sync"):
-                raise QmpFailure(f"Parameter '{name}' is missing")
-            continue
-        v = args[name]
-        ok = {_STR: isinstance(v, str), _BOOL: isinstance(v, bool), "enum": isinstance(v, str)}.get(
-            kind, isinstance(v, int) and not isinstance(v, bool))
-        if not ok:
-            raise QmpFailure(f"Invalid parameter type for '{name}', expected: {_QAPI_TYPE[kind]}")
-        if kind == "enum" and v not in _ENUMS[name]:
-            raise QmpFailure(f"Parameter '{name}' does not accept value '{v}'")
-        if kind == "uint32" and not 0 <= v < 1 << 32:
-            raise QmpFailure(f"Parameter '{name}' expects uint32_t")
-    check_struct(args, set(members), "")
+    """The QAPI visit of ``blockdev-mirror`` (``models.qapi.visit_members``)."""
+    members = tuple(m for m in _MIRROR_MEMBERS
+                    if m[0] != "target-is-zero" or g.qemu_profile.mirror_target_is_zero)
+    visit_members(args, members, "", g.qemu_profile)
+    check_struct(args, {m[0] for m in members}, "")
     return args
 
 

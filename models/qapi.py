@@ -69,10 +69,14 @@ def _visit(value: Any, t: T, name: str, path: str, profile: VersionProfile) -> N
         if t.kind == "int" and not (-(2**63) <= value < 2**63):
             raise QmpFailure(f"Invalid parameter type for '{path}', expected: integer")
         return
-    if t.kind == "size":
-        # past int64/uint64 QEMU's JSON parser makes a double, which no integer visitor takes
+    if t.kind in ("size", "uint32"):
+        # qobject_input_type_uint64(): past int64/uint64 QEMU's JSON parser makes a double,
+        # which no integer visitor takes; a negative integer is 2^64 + n
         if not (_json_type_ok("int", value) and -(2**63) <= value < 2**64):
             raise QmpFailure(f"Parameter '{path}' expects uint64")
+        if t.kind == "uint32" and value % (1 << 64) >= 1 << 32:
+            # visit_type_uintN() names the member, not its path
+            raise QmpFailure(f"Parameter '{name}' expects uint32_t")
         return
     if t.kind in ("ref", "refornull"):
         if isinstance(value, str):

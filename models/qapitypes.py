@@ -11,7 +11,7 @@ import attrs
 
 @attrs.frozen
 class T:
-    """A QAPI type: kind is one of str/bool/int/size/enum/struct/list/ref/refornull/unmodelled."""
+    """A QAPI type: kind is one of str/bool/int/size/uint32/enum/struct/list/ref/refornull/unmodelled."""
 
     kind: str
     values: tuple = ()
@@ -26,6 +26,8 @@ STR, BOOL, INT = T("str"), T("bool"), T("int")
 #: ``size`` (uint64): ``qobject_input_type_uint64()`` takes any JSON integer QEMU's parser keeps
 #: exact, a negative one as 2^64 + n ("for backward compatibility")
 SIZE = T("size")
+#: ``uint32``: visited as uint64, then ``visit_type_uintN()`` checks the maximum
+UINT32 = T("uint32")
 REF = T("ref", name="BlockdevRef")
 REF_OR_NULL = T("refornull", name="BlockdevRefOrNull")
 CACHE = T("struct", members=(("direct", BOOL, False), ("no-flush", BOOL, False)))

@@ -16,27 +16,26 @@ from . import perms as P
 from .errors import QmpFailure
 from .graph import Graph, Node, op_blocker
 from .lengths import refreshed_length, resize_filtered_parents
-from .qapi import check_struct
+from .qapi import check_struct, visit_members
+from .qapitypes import INT, STR, Member
 
 #: BDRV_MAX_LENGTH: INT64_MAX rounded down to a multiple of 1 GiB (bdrv_check_request())
 MAX_LENGTH = 9223372035781033984
 
 
-def _visit(args: Any) -> dict:
-    """The QAPI members in schema order: ``*device``, ``*node-name``, ``size``."""
-    for name in ("device", "node-name"):
-        if name in args and not isinstance(args[name], str):
-            raise QmpFailure(f"Invalid parameter type for '{name}', expected: string")
-    if "size" not in args:
-        raise QmpFailure("Parameter 'size' is missing")
-    if not isinstance(args["size"], int) or isinstance(args["size"], bool):
-        raise QmpFailure("Invalid parameter type for 'size', expected: integer")
-    check_struct(args, {"device", "node-name", "size"}, "")
+#: block_resize's arguments in schema order
+_MEMBERS: tuple[Member, ...] = (("device", STR, False), ("node-name", STR, False), ("size", INT, True))
+
+
+def _visit(g: Graph, args: Any) -> dict:
+    """The QAPI visit (``models.qapi.visit_members``)."""
+    visit_members(args, _MEMBERS, "", g.qemu_profile)
+    check_struct(args, {m[0] for m in _MEMBERS}, "")
     return args
 
 
 def block_resize(g: Graph, args: Any) -> None:
-    args = _visit(args)
+    args = _visit(g, args)
     device, name, size = args.get("device"), args.get("node-name"), args["size"]
     # bdrv_lookup_bs(device, node_name): device names are named BlockBackends (-drive), which
     # blockfuzz never makes, so only node-name can match
