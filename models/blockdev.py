@@ -23,7 +23,8 @@ from .graph import ROLE_COW, Graph, Node, assign_node_name, op_blocker
 from .imagedata import Image
 from .options import bool_opt, extract
 from .profiles import VersionProfile
-from .qapi import check_struct, flatten, validate_blockdev_add, validate_blockdev_del
+from .qapi import flatten, validate_blockdev_add, validate_blockdev_del, visit_arguments
+from .qapitypes import STR
 
 __all__ = ["QmpFailure", "ROLE_COW", "blockdev_add", "blockdev_del", "inherit_options", "x_blockdev_change"]
 
@@ -243,20 +244,6 @@ def blockdev_del(g: Graph, args: Any) -> None:
 # --------------------------------------------------------------------------------------------
 # x-blockdev-change
 
-def _visit_args(args: Any, members: tuple[tuple[str, bool], ...]) -> dict:
-    """A command's QAPI visit for string members ``(name, required)``: each member in schema
-    order (missing, then type), then the leftovers (``visit_check_struct()``)."""
-    for name, required in members:
-        if name not in args:
-            if required:
-                raise QmpFailure(f"Parameter '{name}' is missing")
-            continue
-        if not isinstance(args[name], str):
-            raise QmpFailure(f"Invalid parameter type for '{name}', expected: string")
-    check_struct(args, {m[0] for m in members}, "")
-    return args
-
-
 def x_blockdev_change(g: Graph, args: Any) -> None:
     """``qmp_x_blockdev_change()``: add a node as a new child of ``parent`` (``node``) or
     remove the child edge named ``child`` (``bdrv_add_child()`` / ``bdrv_del_child()`` in
@@ -266,7 +253,8 @@ def x_blockdev_change(g: Graph, args: Any) -> None:
     member combination is checked; ``child`` is an edge name (``children.1``), looked up
     before the driver's support; a node to add must have no parent at all, BlockBackends of
     devices and jobs included."""
-    args = _visit_args(args, (("parent", True), ("child", False), ("node", False)))
+    args = visit_arguments(args, (("parent", STR, True), ("child", STR, False), ("node", STR, False)),
+                           g.qemu_profile)
     parent = g.lookup_bs(args["parent"])
     if "child" in args and "node" in args:
         raise QmpFailure("The parameters child and node are in conflict")

@@ -39,7 +39,7 @@ from .filenames import backing_overridden, refresh_filename
 from .graph import (ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assign_node_name,
                     id_wellformed, op_blocker)
 from .lengths import node_length
-from .qapi import check_struct, visit_members
+from .qapi import check_struct, visit_arguments
 from .qapitypes import BOOL, INT, STR, UINT32, Member, enum
 from .values import job_event_text
 from .reopen import reopen_set_read_only
@@ -771,12 +771,10 @@ _MIRROR_MEMBERS: tuple[Member, ...] = (
 
 
 def _visit_mirror(g: Graph, args: Any) -> dict:
-    """The QAPI visit of ``blockdev-mirror`` (``models.qapi.visit_members``)."""
+    """The QAPI visit of ``blockdev-mirror`` (``models.qapi.visit_arguments``)."""
     members = tuple(m for m in _MIRROR_MEMBERS
                     if m[0] != "target-is-zero" or g.qemu_profile.mirror_target_is_zero)
-    visit_members(args, members, "", g.qemu_profile)
-    check_struct(args, {m[0] for m in members}, "")
-    return args
+    return visit_arguments(args, members, g.qemu_profile)
 
 
 def _can_replace(g: Graph, bs: Node, to_replace: Node) -> bool:

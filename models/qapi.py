@@ -119,6 +119,14 @@ def visit_members(d: dict, members: tuple, prefix: str, profile: VersionProfile)
         _visit(d[name], t, name, _path(prefix, name), profile)
 
 
+def visit_arguments(args: dict, members: tuple[Member, ...], profile: VersionProfile) -> dict:
+    """A command's arguments as its generated ``qmp_marshal_*()`` visits them: the members in
+    schema order (missing, then type), then the leftovers (``visit_check_struct()``)."""
+    visit_members(args, members, "", profile)
+    check_struct(args, {m[0] for m in members}, "")
+    return args
+
+
 def check_struct(d: dict, known: set[str], prefix: str) -> None:
     """``visitcheck_struct()``: it reports the first key left in a GLib hash table, whose
     iteration order the model does not reproduce; with two or more leftovers it declines."""

@@ -16,7 +16,7 @@ from . import perms as P
 from .errors import QmpFailure
 from .graph import Graph, Node, op_blocker
 from .lengths import refreshed_length, resize_filtered_parents
-from .qapi import check_struct, visit_members
+from .qapi import visit_arguments
 from .qapitypes import INT, STR, Member
 
 #: BDRV_MAX_LENGTH: INT64_MAX rounded down to a multiple of 1 GiB (bdrv_check_request())
@@ -27,15 +27,8 @@ MAX_LENGTH = 9223372035781033984
 _MEMBERS: tuple[Member, ...] = (("device", STR, False), ("node-name", STR, False), ("size", INT, True))
 
 
-def _visit(g: Graph, args: Any) -> dict:
-    """The QAPI visit (``models.qapi.visit_members``)."""
-    visit_members(args, _MEMBERS, "", g.qemu_profile)
-    check_struct(args, {m[0] for m in _MEMBERS}, "")
-    return args
-
-
 def block_resize(g: Graph, args: Any) -> None:
-    args = _visit(g, args)
+    args = visit_arguments(args, _MEMBERS, g.qemu_profile)
     device, name, size = args.get("device"), args.get("node-name"), args["size"]
     # bdrv_lookup_bs(device, node_name): device names are named BlockBackends (-drive), which
     # blockfuzz never makes, so only node-name can match

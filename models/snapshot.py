@@ -13,16 +13,17 @@ from typing import Any
 from . import limits as L
 from . import perms as P
 from .aio import reconcile_attach
-from .blockdev import _visit_args
 from .errors import NotModeled, QmpFailure
 from .graph import ROLE_COW, ROLE_STORAGE, Graph, op_blocker
 from .jobs import _try_set_read_only, replace_node
+from .qapi import visit_arguments
+from .qapitypes import STR
 
 
 def blockdev_snapshot(g: Graph, args: Any) -> None:
     """The node is looked up and its op blockers (BLOCK_OP_TYPE_EXTERNAL_SNAPSHOT: a backing
     parent's and every job's) are checked before the overlay is even looked up."""
-    args = _visit_args(args, (("node", True), ("overlay", True)))
+    args = visit_arguments(args, (("node", STR, True), ("overlay", STR, True)), g.qemu_profile)
     node = g.lookup_bs(args["node"])
     reason = op_blocker(g, node)
     if reason is not None:
