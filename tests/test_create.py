@@ -4,7 +4,9 @@ and block/qcow2.c of 10.2 as probed on 7.2.22, 10.0.2 and 11.1.3; the iotest 206
 them on real QEMU."""
 from __future__ import annotations
 
-from models import PROFILES, ImageSpec, Model
+import pytest
+
+from models import PROFILES, ImageSpec, Model, NotModeled
 
 M = 1 << 20
 
@@ -70,3 +72,21 @@ def test_qcow2_create_over_a_file_node():
     assert m.execute("blockdev-add", {"driver": "raw", "node-name": "r", "file": {
         "driver": "file", "filename": "e.img", "locking": "off", "read-only": True}}).ok
     assert "#block2" in {n["node-name"] for n in m.query_named_block_nodes()}
+
+
+def test_a_file_create_under_an_open_qcow2_header_is_declined():
+    # found by a 60 s campaign on 11.1.3: after a reopen moved ov1's file child to hd2.img,
+    # a file create truncated hd0.img; QEMU's ov1 keeps the 512-byte virtual size it read
+    # from hd0.img's header, the model's qcow2 length came from the truncated file (0)
+    m = Model(PROFILES["11.1"], [ImageSpec("hd0.img", "qcow2", 512), ImageSpec("hd2.img", "qcow2", 512)])
+    assert m.execute("blockdev-add", {"driver": "raw", "node-name": "hd1",
+                                      "file": {"driver": "file", "filename": "hd2.img"}}).ok
+    assert m.execute("blockdev-add", {"driver": "qcow2", "node-name": "ov1",
+                                      "file": {"driver": "file", "filename": "hd0.img"}}).ok
+    assert m.execute("blockdev-reopen", {"options": [
+        {"driver": "qcow2", "node-name": "ov1", "file": "#block0"}]}).ok
+    with pytest.raises(NotModeled, match="an open qcow2 node holds its header from"):
+        create(m, driver="file", filename="hd0.img", size=0)
+    # nothing changed: the decline came before the truncate
+    size = {n["node-name"]: n["image"]["virtual-size"] for n in m.query_named_block_nodes()}["ov1"]
+    assert size == 512

@@ -85,6 +85,11 @@ class File(BlockDriver):
                 raise QmpFailure(f'Failed to get "{text}" lock')
         if any(perm & perms.RESIZE for perm, _unshared in held):
             raise QmpFailure('Failed to get shared "resize" lock')
+        if any(n.drv == "qcow2" and n.filename == name for n in g.nodes.values()):
+            # a qcow2 node keeps the header it read from this file (BDRVQcow2State: its size
+            # and L1 table) while the file is truncated under it, e.g. after a reopen moved its
+            # file child elsewhere; the model keeps that header in the file's Image
+            raise NotModeled("file create over an image an open qcow2 node holds its header from")
         g.images[name] = Image.create(name, "raw", 0)
         if opts.get("preallocation", "off") == "metadata":
             raise QmpFailure("Unsupported preallocation mode: metadata")
