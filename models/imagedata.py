@@ -37,6 +37,9 @@ class Image:
     zero_clusters: set[int] = attrs.field(factory=set)
     #: host clusters freed by discards, reused by the next allocations (lowest first)
     free_host: int = 0
+    #: ``data`` is shared with a clone: copy-on-write, the first of them to write copies it
+    #: (a job command's transaction clones every image, and most of them are never written)
+    shared: bool = attrs.field(default=False, eq=False, repr=False)
 
     @classmethod
     def create(cls, file: str, fmt: str, size: int, backing_file: str | None = None,
@@ -44,15 +47,25 @@ class Image:
         return cls(file, fmt, size, bytearray(size), set(), backing_file, backing_format)
 
     def clone(self) -> "Image":
-        return Image(self.file, self.fmt, self.size, bytearray(self.data), set(self.allocated),
-                     self.backing_file, self.backing_format, set(self.zero_clusters), self.free_host)
+        self.shared = True
+        return Image(self.file, self.fmt, self.size, self.data, set(self.allocated),
+                     self.backing_file, self.backing_format, set(self.zero_clusters), self.free_host,
+                     shared=True)
+
+    def writable(self) -> bytearray:
+        """``data``, to be written: its own copy first if a clone shares it."""
+        if self.shared:
+            self.data = bytearray(self.data)
+            self.shared = False
+        return self.data
 
     def resize(self, size: int) -> None:
         """A raw file truncated or extended (zeros), or a qcow2 image grown."""
-        if size < len(self.data):
-            del self.data[size:]
+        data = self.writable()
+        if size < len(data):
+            del data[size:]
         else:
-            self.data.extend(bytes(size - len(self.data)))
+            data.extend(bytes(size - len(data)))
         self.size = size
 
     # -- host view -------------------------------------------------------------------------
@@ -85,7 +98,8 @@ class Image:
     def write_host(self, off: int, payload: bytes) -> None:
         """pwrite(): a write past the end extends the file (with zeros up to ``off``)."""
         assert self.fmt == "raw", "writes to the host bytes of a qcow2 file are not modelled"
-        if off > len(self.data):
-            self.data.extend(bytes(off - len(self.data)))
-        self.data[off:off + len(payload)] = payload
+        data = self.writable()
+        if off > len(data):
+            data.extend(bytes(off - len(data)))
+        data[off:off + len(payload)] = payload
         self.size = max(self.size, len(self.data))

@@ -437,9 +437,9 @@ class Qcow2(BlockDriver):
                 lo, hi = c * CLUSTER, min((c + 1) * CLUSTER, img.size)
                 visible = iodata.read(g, n, lo, hi - lo)
                 assert visible is not None
-                img.data[lo:hi] = visible
+                img.writable()[lo:hi] = visible
                 img.allocate(c)
-        img.data[off:end] = payload
+        img.writable()[off:end] = payload
         # the qcow2 driver grew the host file through its current file child: every node on
         # the way down sees the write past its end (bdrv_co_write_req_finish())
         host = -(-img.host_length() // SECTOR) * SECTOR
@@ -469,7 +469,7 @@ class Qcow2(BlockDriver):
             raise iodata.IoFailed()
         if not img.free_host:
             raise NotModeled("where a compressed cluster lands at the end of the file")
-        img.data[off:off + len(payload)] = payload
+        img.writable()[off:off + len(payload)] = payload
         img.allocate(c)
 
     def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
@@ -484,4 +484,4 @@ class Qcow2(BlockDriver):
                 img.free_host += 1
             if c not in img.allocated:
                 img.zero_clusters.add(c)
-        img.data[off:off + length] = bytes(length)
+        img.writable()[off:off + length] = bytes(length)
