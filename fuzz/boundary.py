@@ -26,6 +26,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from models.arguments import COMMAND_ARGUMENTS
 from models.drivers import DRIVERS
 from models.profiles import PROFILES
 from models.qapi import BASE_MEMBERS, SAME_MEMBERS
@@ -43,6 +44,8 @@ _STRINGS = ("", "n" * 32, "f" * 300, "a b", "a,b", "\u00e9t\u00e9", "-x")
 #: JSON values a QAPI input visitor refuses for each kind, with QEMU's "expected: ..." word
 _WRONG: dict[str, tuple[Any, ...]] = {
     "int": ("1", True, 1.5, 2**63, -(2**63) - 1),
+    "size": ("1", 1.5, 2**64),
+    "uint32": ("1", True, 2**64),
     "str": (7, True),
     "enum": (3, False),
     "bool": ("on", 1),
@@ -100,5 +103,47 @@ def qapi_boundary(draw: Any, options: dict) -> dict:
         del target[draw(st.sampled_from(required))]
     else:
         target[draw(st.sampled_from(["bogus", "x-unknown", "Driver"]))] = draw(
+            st.sampled_from([1, "x", None, {}]))
+    return out
+
+
+#: well-typed integers at the edges of an int64 / uint32 member: zero, -1, the type's limits
+#: and one past a uint32's (the model answers each: a command's own range checks, or the
+#: visitor's ``expects uint32_t``)
+_INTEGERS: dict[str, tuple[int, ...]] = {
+    "int": (0, -1, 2**63 - 1, -(2**63)),
+    "uint32": (0, -1, 2**32 - 1, 2**32),
+}
+
+
+@st.composite
+def argument_boundary(draw: Any, command: str, args: dict) -> dict:
+    """A command's ``args`` with one member broken at the QAPI layer, or a well-typed integer
+    member at its type's edge; the members are ``models.arguments.COMMAND_ARGUMENTS`` (schema
+    order), the table the model validates against."""
+    members = COMMAND_ARGUMENTS.get(command)
+    if members is None:
+        return args
+    out = dict(args)
+    kind = draw(st.sampled_from(["type", "type", "enum", "missing", "unknown", "string",
+                                 "integer"]))
+    present = [(n, t) for n, t, _r in members if n in out and t.kind in _WRONG]
+    strings = [n for n, t, _r in members if n in out and t.kind == "str"]
+    integers = [(n, t) for n, t, _r in members if t.kind in _INTEGERS]
+    if kind == "string" and strings:
+        name = draw(st.sampled_from(strings))
+        out[name] = draw(st.sampled_from([v for v in _STRINGS if v != out[name]]))
+    elif kind == "integer" and integers:
+        name, t = draw(st.sampled_from(integers))
+        out[name] = draw(st.sampled_from(_INTEGERS[t.kind]))
+    elif kind == "type" and present:
+        name, t = draw(st.sampled_from(present))
+        out[name] = draw(st.sampled_from(_WRONG[t.kind]))
+    elif kind == "enum" and (enums := [n for n, t, _r in members if t.kind == "enum"]):
+        out[draw(st.sampled_from(enums))] = draw(st.sampled_from(["bogus", "", "ON"]))
+    elif kind == "missing" and (required := [n for n, _t, r in members if r and n in out]):
+        del out[draw(st.sampled_from(required))]
+    else:
+        out[draw(st.sampled_from(["bogus", "x-unknown", "Device"]))] = draw(
             st.sampled_from([1, "x", None, {}]))
     return out

@@ -42,7 +42,7 @@ from models.drivers.base import (CHILD, CHILDREN, FILE, FILE_CHILD, FORMAT_NAMES
 from models.lengths import node_length
 
 from . import trace as T
-from .boundary import qapi_boundary
+from .boundary import argument_boundary, qapi_boundary
 from .engine import Events, Runner
 from .errors import BlockfuzzBug, CampaignStop, Finding, HarnessError, HarnessStop
 from .findings import FailureSeen, KnownBugs, distinct, internal_signature
@@ -211,6 +211,13 @@ class BlockGraphMachine(RuleBasedStateMachine):
         differential mode both models' (a bug of build B must be avoided too)."""
         guards = getattr(self.runner, "guard_graphs", None)
         return guards() if guards is not None else [self.g]
+
+    def command(self, data, cmd: str, args: dict) -> None:
+        """One QMP command whose arguments are a plain struct: now and then one member is
+        broken at the QAPI layer or set to its integer type's edge (``argument_boundary``)."""
+        if data.draw(st.integers(0, 11)) == 0:
+            args = data.draw(argument_boundary(cmd, args))
+        self.do({"qmp": cmd, "args": args})
 
     def do(self, step: dict) -> None:
 
@@ -510,7 +517,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         args["auto-finalize"] = data.draw(st.sampled_from([False, False, True]))
         if data.draw(st.integers(0, 5)) == 0:
             args["auto-dismiss"] = False
-        self.do({"qmp": "block-stream" if stream else "block-commit", "args": args})
+        self.command(data, "block-stream" if stream else "block-commit", args)
 
     @precondition(lambda self: self.runner is not None and len(self.g.nodes) >= 2)
     @rule(data=st.data())
@@ -541,7 +548,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         args["auto-finalize"] = data.draw(st.sampled_from([False, True, True]))
         if data.draw(st.integers(0, 5)) == 0:
             args["auto-dismiss"] = False
-        self.do({"qmp": "blockdev-mirror", "args": args})
+        self.command(data, "blockdev-mirror", args)
 
     @precondition(lambda self: self.runner is not None and bool(self.g.jobs))
     @rule(data=st.data())
@@ -623,7 +630,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         node = data.draw(st.sampled_from(
             [n for n in nodes if not self.g.nodes[n].parents] * 2 + nodes + ["nope"]))
         overlay = data.draw(st.sampled_from(overlays * 4 + nodes + ["nope"]))
-        self.do({"qmp": "blockdev-snapshot", "args": {"node": node, "overlay": overlay}})
+        self.command(data, "blockdev-snapshot", {"node": node, "overlay": overlay})
 
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
@@ -643,7 +650,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         args: dict = {"node-name": name, "size": size}
         if data.draw(st.integers(0, 9)) == 0:
             args["device"] = data.draw(st.sampled_from([name, "nope", ""]))
-        self.do({"qmp": "block_resize", "args": args})
+        self.command(data, "block_resize", args)
 
     def length_of(self, name: str) -> int | None:
         """A node's length as the model sees it, or None (no such node, or a length the model
@@ -702,7 +709,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
             args["child"] = data.draw(st.sampled_from(edges * 3 + ["children.9", "file"]))
         if kind in ("node", "both"):
             args["node"] = data.draw(st.sampled_from(free * 4 + self.named_nodes() + ["nope"]))
-        self.do({"qmp": "x-blockdev-change", "args": args})
+        self.command(data, "x-blockdev-change", args)
 
     @precondition(lambda self: self.runner is not None and self.machine == "pc"
                   and len([n for n in self.g.nodes.values() if not n.parents]) >= 2)

@@ -24,7 +24,7 @@ from .imagedata import Image
 from .options import bool_opt, extract
 from .profiles import VersionProfile
 from .qapi import flatten, validate_blockdev_add, validate_blockdev_del, visit_arguments
-from .qapitypes import STR
+from .arguments import X_BLOCKDEV_CHANGE
 
 __all__ = ["QmpFailure", "ROLE_COW", "blockdev_add", "blockdev_del", "inherit_options", "x_blockdev_change"]
 
@@ -253,8 +253,7 @@ def x_blockdev_change(g: Graph, args: Any) -> None:
     member combination is checked; ``child`` is an edge name (``children.1``), looked up
     before the driver's support; a node to add must have no parent at all, BlockBackends of
     devices and jobs included."""
-    args = visit_arguments(args, (("parent", STR, True), ("child", STR, False), ("node", STR, False)),
-                           g.qemu_profile)
+    args = visit_arguments(args, X_BLOCKDEV_CHANGE, g.qemu_profile)
     parent = g.lookup_bs(args["parent"])
     if "child" in args and "node" in args:
         raise QmpFailure("The parameters child and node are in conflict")

@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 
+from . import arguments as A
 from . import iodata
 from . import perms as P
 from . import limits as L
@@ -40,7 +41,7 @@ from .graph import (ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assi
                     id_wellformed, op_blocker)
 from .lengths import node_length
 from .qapi import check_struct, visit_arguments
-from .qapitypes import BOOL, INT, STR, UINT32, Member, enum
+from .qapitypes import Member
 from .values import job_event_text
 from .reopen import reopen_set_read_only
 from .imagedata import CLUSTER
@@ -122,29 +123,20 @@ def _start(g: Graph, job: Job) -> None:
 # --------------------------------------------------------------------------------------------
 # QAPI
 
-_STR, _BOOL = "string", "boolean"
-
-
-def _visit(args: Any, members: dict, required: tuple, unmodelled: tuple) -> dict:
+def _visit(g: Graph, args: Any, members: tuple[Member, ...], unmodelled: tuple[str, ...]) -> dict:
+    """``qmp_marshal_block_stream()`` / ``_commit()``: the whole QAPI visit
+    (``models.qapi.visit_arguments``), so that a type error in any member is predicted; the
+    members the model does not follow are declined only after it, where QEMU's command
+    starts."""
     if not isinstance(args, dict):
         raise QmpFailure("Invalid parameter type for 'device', expected: string")
-    for name in members:
-        if name in required and name not in args:
-            raise QmpFailure(f"Parameter '{name}' is missing")
+    if not g.qemu_profile.job_backing_mask_protocol:
+        members = tuple(m for m in members if m[0] != "backing-mask-protocol")
+    args = visit_arguments(args, members, g.qemu_profile)
+    for name in unmodelled:
         if name in args:
-            v = args[name]
-            ok = isinstance(v, str) if members[name] == _STR else isinstance(v, bool)
-            if not ok:
-                raise QmpFailure(f"Invalid parameter type for '{name}', expected: {members[name]}")
-    for name in args:
-        if name in unmodelled:
             raise NotModeled(f"job argument {name!r}")
-    check_struct(args, set(members) | set(unmodelled), "")
     return args
-
-
-_JOB_MEMBERS = {"job-id": _STR, "device": _STR, "filter-node-name": _STR,
-                "auto-finalize": _BOOL, "auto-dismiss": _BOOL}
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,9 +465,7 @@ def _make_writable(g: Graph, job: Job, node: Node, ctx: dict) -> None:
 
 @_restoring
 def block_stream(g: Graph, args: Any, ctx: dict) -> None:
-    members = dict(_JOB_MEMBERS, **{"base": _STR, "base-node": _STR, "backing-file": _STR,
-                                    "bottom": _STR})
-    args = _visit(args, members, ("device",), ("speed", "on-error", "backing-mask-protocol"))
+    args = _visit(g, args, A.BLOCK_STREAM, ("speed", "on-error", "backing-mask-protocol"))
     # the known concluded-stream crash comes before the model's own limits: diff mode sends a
     # declined step to both builds, and a stream of any node crashes 7.2 and 10.0 once it
     # concludes
@@ -634,8 +624,7 @@ def _drop_filter(g: Graph, job: Job) -> None:
 
 @_restoring
 def block_commit(g: Graph, args: Any, ctx: dict) -> None:
-    members = dict(_JOB_MEMBERS, **{"top-node": _STR, "top": _STR, "base-node": _STR, "base": _STR})
-    args = _visit(args, members, ("device",),
+    args = _visit(g, args, A.BLOCK_COMMIT,
                   ("backing-file", "speed", "on-error", "backing-mask-protocol"))
     device = args["device"]
     bs = g.get(device)
@@ -759,20 +748,9 @@ def _active_commit(g: Graph, args: dict, bs: Node, base: Node, chain: list[Node]
 # --------------------------------------------------------------------------------------------
 # blockdev-mirror
 
-_ERROR_ACTION = enum("report", "ignore", "enospc", "stop", "auto")
-#: blockdev-mirror's arguments in schema order (``target-is-zero`` since 10.1)
-_MIRROR_MEMBERS: tuple[Member, ...] = (
-    ("job-id", STR, False), ("device", STR, True), ("target", STR, True),
-    ("replaces", STR, False), ("sync", enum("top", "full", "none", "incremental", "bitmap"), True),
-    ("speed", INT, False), ("granularity", UINT32, False), ("buf-size", INT, False),
-    ("on-source-error", _ERROR_ACTION, False), ("on-target-error", _ERROR_ACTION, False),
-    ("filter-node-name", STR, False), ("copy-mode", enum("background", "write-blocking"), False),
-    ("auto-finalize", BOOL, False), ("auto-dismiss", BOOL, False), ("target-is-zero", BOOL, False))
-
-
 def _visit_mirror(g: Graph, args: Any) -> dict:
     """The QAPI visit of ``blockdev-mirror`` (``models.qapi.visit_arguments``)."""
-    members = tuple(m for m in _MIRROR_MEMBERS
+    members = tuple(m for m in A.BLOCKDEV_MIRROR
                     if m[0] != "target-is-zero" or g.qemu_profile.mirror_target_is_zero)
     return visit_arguments(args, members, g.qemu_profile)
 

@@ -17,18 +17,14 @@ from .errors import QmpFailure
 from .graph import Graph, Node, op_blocker
 from .lengths import refreshed_length, resize_filtered_parents
 from .qapi import visit_arguments
-from .qapitypes import INT, STR, Member
+from .arguments import BLOCK_RESIZE
 
 #: BDRV_MAX_LENGTH: INT64_MAX rounded down to a multiple of 1 GiB (bdrv_check_request())
 MAX_LENGTH = 9223372035781033984
 
 
-#: block_resize's arguments in schema order
-_MEMBERS: tuple[Member, ...] = (("device", STR, False), ("node-name", STR, False), ("size", INT, True))
-
-
 def block_resize(g: Graph, args: Any) -> None:
-    args = visit_arguments(args, _MEMBERS, g.qemu_profile)
+    args = visit_arguments(args, BLOCK_RESIZE, g.qemu_profile)
     device, name, size = args.get("device"), args.get("node-name"), args["size"]
     # bdrv_lookup_bs(device, node_name): device names are named BlockBackends (-drive), which
     # blockfuzz never makes, so only node-name can match

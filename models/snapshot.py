@@ -17,13 +17,13 @@ from .errors import NotModeled, QmpFailure
 from .graph import ROLE_COW, ROLE_STORAGE, Graph, op_blocker
 from .jobs import _try_set_read_only, replace_node
 from .qapi import visit_arguments
-from .qapitypes import STR
+from .arguments import BLOCKDEV_SNAPSHOT
 
 
 def blockdev_snapshot(g: Graph, args: Any) -> None:
     """The node is looked up and its op blockers (BLOCK_OP_TYPE_EXTERNAL_SNAPSHOT: a backing
     parent's and every job's) are checked before the overlay is even looked up."""
-    args = visit_arguments(args, (("node", STR, True), ("overlay", STR, True)), g.qemu_profile)
+    args = visit_arguments(args, BLOCKDEV_SNAPSHOT, g.qemu_profile)
     node = g.lookup_bs(args["node"])
     reason = op_blocker(g, node)
     if reason is not None:

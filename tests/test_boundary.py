@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz.boundary import qapi_boundary
+from models.arguments import COMMAND_ARGUMENTS
 from fuzz.statemachine import SEED_IMAGES, add_args
 from models import PROFILES, Model, NotModeled
 
@@ -88,3 +89,71 @@ def test_string_boundaries_get_qemus_exact_errors():
     for (key, value), desc in cases.items():
         args = {"driver": "file", "node-name": "x", "filename": "hd0.img", key: value}
         assert m.execute("blockdev-add", args).error.desc == desc
+
+
+# -- command arguments (fuzz.boundary.argument_boundary) ---------------------------------------
+
+#: arguments as the rules draw them, against the seed images opened as hd0 (qcow2 over file)
+COMMANDS = {
+    "block-stream": {"device": "hd0", "job-id": "job0", "auto-finalize": False},
+    "block-commit": {"device": "hd0", "job-id": "job0", "top-node": "hd0"},
+    "blockdev-mirror": {"device": "hd0", "target": "f0", "sync": "full", "job-id": "job0"},
+    "block_resize": {"node-name": "hd0", "size": 1 << 20},
+    "blockdev-snapshot": {"node": "f0", "overlay": "hd0"},
+    "x-blockdev-change": {"parent": "hd0", "child": "file"},
+}
+
+
+def _command_model() -> Model:
+    m = Model(PROFILES["11.1"], SEED_IMAGES)
+    f = SEED_IMAGES[0].file
+    assert m.execute("blockdev-add", {"driver": "qcow2", "node-name": "hd0",
+                                      "file": {"driver": "file", "filename": f}}).ok
+    assert m.execute("blockdev-add", {"driver": "file", "node-name": "f0",
+                                      "filename": SEED_IMAGES[1].file}).ok
+    return m
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_broken_command_argument_is_refused_by_the_qapi_layer(data):
+    from fuzz.boundary import _INTEGERS, argument_boundary
+
+    cmd = data.draw(st.sampled_from(sorted(COMMANDS)))
+    args = COMMANDS[cmd]
+    broken = data.draw(argument_boundary(cmd, args))
+    assert broken != args and args == COMMANDS[cmd]   # a copy, one thing changed
+    try:
+        out = _command_model().execute(cmd, broken)
+    except NotModeled:
+        return   # e.g. speed on a stream: declined after the visit
+    edges = {i for t in _INTEGERS.values() for i in t}
+    int_members = {n for n, t, _r in COMMAND_ARGUMENTS[cmd] if t.kind in _INTEGERS}
+    well_typed = _string_boundary(args, broken) or any(
+        k in int_members and broken[k] != args.get(k) and type(broken[k]) is int
+        and broken[k] in edges for k in broken)
+    if well_typed:
+        return   # the command's own answer (test_integer_edges_get_qemus_exact_errors)
+    assert out.error is not None and (QAPI_ERROR.fullmatch(out.error.desc)
+                                      or re.fullmatch(r"Parameter '\w+' expects uint(64|32_t)",
+                                                      out.error.desc)), (cmd, broken, out)
+
+
+def test_integer_edges_get_qemus_exact_errors():
+    """Well-typed integers at an int64 / uint32 edge: the command's own range checks
+    (blockdev.c, block/mirror.c; the uint32 one is the visitor's)."""
+    cases = [
+        ("block_resize", {"node-name": "hd0", "size": -1},
+         "Parameter 'size' expects a >0 size"),
+        ("blockdev-mirror", {"device": "hd0", "target": "f0", "sync": "full", "speed": -1,
+                             "job-id": "j"},
+         "Parameter 'speed' expects a non-negative value"),
+        ("blockdev-mirror", {"device": "hd0", "target": "f0", "sync": "full",
+                             "granularity": 2**32}, "Parameter 'granularity' expects uint32_t"),
+        ("blockdev-mirror", {"device": "hd0", "target": "f0", "sync": "full",
+                             "granularity": 2**32 - 1, "job-id": "j"},
+         "Parameter 'granularity' expects a value in range [512B, 64MB]"),   # blockdev.c
+    ]
+    for cmd, args, want in cases:
+        out = _command_model().execute(cmd, args)
+        assert out.error is not None and out.error.desc == want, (cmd, args, out)
