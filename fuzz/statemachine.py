@@ -562,7 +562,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         args: dict = {key: jid}
         if verb == "block-job-cancel" and data.draw(st.booleans()):
             args["force"] = data.draw(st.booleans())
-        self.do({"qmp": verb, "args": args})
+        self.command(data, verb, args)
 
     @precondition(lambda self: self.runner is not None and self.machine == "pc" and bool(self.g.nodes))
     @rule(data=st.data())

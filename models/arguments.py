@@ -48,6 +48,11 @@ BLOCKDEV_SNAPSHOT: tuple[Member, ...] = (("node", STR, True), ("overlay", STR, T
 X_BLOCKDEV_CHANGE: tuple[Member, ...] = (
     ("parent", STR, True), ("child", STR, False), ("node", STR, False))
 
+#: the job verbs: ``job-*`` name the job by ``id``, ``block-job-*`` by ``device``
+JOB_ID: tuple[Member, ...] = (("id", STR, True),)
+BLOCK_JOB_DEVICE: tuple[Member, ...] = (("device", STR, True),)
+BLOCK_JOB_CANCEL: tuple[Member, ...] = (("device", STR, True), ("force", BOOL, False))
+
 #: command -> its members (the commands whose arguments are a plain struct)
 COMMAND_ARGUMENTS: dict[str, tuple[Member, ...]] = {
     "block-stream": BLOCK_STREAM,
@@ -56,4 +61,8 @@ COMMAND_ARGUMENTS: dict[str, tuple[Member, ...]] = {
     "block_resize": BLOCK_RESIZE,
     "blockdev-snapshot": BLOCKDEV_SNAPSHOT,
     "x-blockdev-change": X_BLOCKDEV_CHANGE,
+    **{f"job-{verb}": JOB_ID for verb in ("finalize", "dismiss", "cancel", "pause", "resume",
+                                          "complete")},
+    **{f"block-job-{verb}": BLOCK_JOB_DEVICE for verb in ("complete", "pause", "resume")},
+    "block-job-cancel": BLOCK_JOB_CANCEL,
 }

@@ -40,7 +40,7 @@ from .filenames import backing_overridden, refresh_filename
 from .graph import (ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assign_node_name,
                     id_wellformed, op_blocker)
 from .lengths import node_length
-from .qapi import check_struct, visit_arguments
+from .qapi import visit_arguments
 from .qapitypes import Member
 from .values import job_event_text
 from .reopen import reopen_set_read_only
@@ -1036,13 +1036,15 @@ def _abort(g: Graph, job: Job) -> None:
         _clean(g, job)
 
 
-def _get_job(g: Graph, args: Any, key: str = "id") -> Job:
-    if not isinstance(args, dict) or key not in args:
+def _get_job(g: Graph, args: Any, key: str = "id",
+             members: tuple[Member, ...] | None = None) -> Job:
+    """The QAPI visit of a job verb (``models.arguments``), then ``find_job_locked()`` /
+    ``find_block_job_locked()``."""
+    if not isinstance(args, dict):
         raise QmpFailure(f"Parameter '{key}' is missing")
+    visit_arguments(args, members or (A.JOB_ID if key == "id" else A.BLOCK_JOB_DEVICE),
+                    g.qemu_profile)
     jid = args[key]
-    if not isinstance(jid, str):
-        raise QmpFailure(f"Invalid parameter type for '{key}', expected: string")
-    check_struct(args, {key}, "")
     job = g.jobs.get(jid)
     if key == "device" and job is not None and job.type == "create":
         job = None   # a create job is no block job (query-block-jobs does not list it)
@@ -1112,13 +1114,8 @@ def block_job_cancel(g: Graph, args: Any) -> None:
     """``qmp_block_job_cancel()``: a paused job refuses a soft cancel; a soft cancel of a
     ready mirror completes it without the pivot (``mirror_cancel()``, since 6.2: the event
     is BLOCK_JOB_COMPLETED); otherwise it is ``job-cancel``."""
-    if not isinstance(args, dict) or "device" not in args:
-        raise QmpFailure("Parameter 'device' is missing")
+    job = _get_job(g, args, "device", A.BLOCK_JOB_CANCEL)
     force = args.get("force", False)
-    if not isinstance(force, bool):
-        raise QmpFailure("Invalid parameter type for 'force', expected: boolean")
-    job = _get_job(g, {"device": args["device"]}, "device")
-    check_struct(args, {"device", "force"}, "")
     if job.user_paused and not force:
         raise QmpFailure(f"The block job for device '{job.id}' is currently paused")
     if not force and job.status == "ready":
