@@ -13,7 +13,10 @@ share of wall time in
 * QMP: ``QemuProcess._call`` inside steps (round trips, i.e. also QEMU's own work);
 * model: ``Model.execute`` / ``query_named_block_nodes`` / ``query_jobs``;
 * engine: the rest of ``Runner.run`` (comparison, projection, canonicalisation);
-* generation: everything outside set-up and ``Runner.run`` (Hypothesis and the rules' draws).
+* generation: everything outside set-up and ``Runner.run`` (Hypothesis and the rules' draws);
+
+and the CPU time per checked step of this process and of QEMU (its reaped children): with one
+core each, what bounds a worker's steps/s.
 
 With the same seed both modes draw the same examples (draws depend on model state only).  A
 finding does not stop the run: the example is rejected, counted and printed.
@@ -27,6 +30,7 @@ import argparse
 import cProfile
 import os
 import pstats
+import resource
 import sys
 import time
 from collections import Counter, defaultdict
@@ -179,6 +183,7 @@ def run(binaries, mode: str, seconds: float | None, examples: int | None, seed: 
     cfg = settings(deadline=None, database=None, phases=[Phase.generate], print_blob=False,
                    suppress_health_check=list(HealthCheck), stateful_step_count=steps,
                    max_examples=examples if examples is not None else 10**9)
+    r_self, r_kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     if prof:
         prof.enable()
@@ -194,7 +199,12 @@ def run(binaries, mode: str, seconds: float | None, examples: int | None, seed: 
             t = time.perf_counter()
             pool.close()
             T["set-up"] += time.perf_counter() - t
-    out = {"mode": mode, "wall": wall, **T, **N, "findings-list": CFG["findings"],
+    # CPU seconds of this process (Hypothesis, model, engine, QMP client) and of the children
+    # reaped meanwhile (the QEMUs: a pooled one is reaped at pool.close(); qemu-img)
+    e_self, e_kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {"cpu python": e_self.ru_utime + e_self.ru_stime - r_self.ru_utime - r_self.ru_stime,
+           "cpu qemu": e_kids.ru_utime + e_kids.ru_stime - r_kids.ru_utime - r_kids.ru_stime}
+    out = {"mode": mode, "wall": wall, **T, **N, **cpu, "findings-list": CFG["findings"],
            "by-command": {k: tuple(v) for k, v in BY_CMD.items()}}
     if pool is not None:
         out["pool"] = dict(pool.stats)
@@ -221,6 +231,9 @@ def report(r: dict) -> None:
     print(f"   model share              {100 * model / wall:7.1f} %")
     print(f"   engine share             {100 * (step - qmp - model) / wall:7.1f} %")
     print(f"   generation share         {100 * (wall - setup - step) / wall:7.1f} %")
+    steps_n = max(1, r.get("checked steps", 0))
+    print(f"   CPU per checked step     {1000 * r['cpu python'] / steps_n:7.2f} ms this process, "
+          f"{1000 * r['cpu qemu'] / steps_n:.2f} ms QEMU (children)")
     if r.get("by-command"):
         print("   QMP time per command (steps only):   calls   ms/call   ms/checked step")
         steps = max(1, r.get("checked steps", 0))

@@ -37,6 +37,10 @@ class Image:
     zero_clusters: set[int] = attrs.field(factory=set)
     #: host clusters freed by discards, reused by the next allocations (lowest first)
     free_host: int = 0
+    #: qcow2: the file length a resize of the file node gave it (ftruncate() past the
+    #: metadata); the allocator does not look at the file's end, so the file is as long as
+    #: this or as the clusters in use reach, whichever is longer
+    host_min: int = 0
     #: ``data`` is shared with a clone: copy-on-write, the first of them to write copies it
     #: (a job command's transaction clones every image, and most of them are never written)
     shared: bool = attrs.field(default=False, eq=False, repr=False)
@@ -50,7 +54,7 @@ class Image:
         self.shared = True
         return Image(self.file, self.fmt, self.size, self.data, set(self.allocated),
                      self.backing_file, self.backing_format, set(self.zero_clusters), self.free_host,
-                     shared=True)
+                     self.host_min, shared=True)
 
     def writable(self) -> bytearray:
         """``data``, to be written: its own copy first if a clone shares it."""
@@ -76,6 +80,11 @@ class Image:
         """Length of the host file in bytes."""
         if self.fmt == "raw":
             return self.size
+        return max(self.host_min, self.metadata_end())
+
+    def metadata_end(self) -> int:
+        """qcow2: where the clusters in use end (the file's length as qemu-img and the
+        allocator leave it)."""
         l1_bytes = self.l1_entries() * 8
         if not self.allocated:
             return 3 * CLUSTER + l1_bytes

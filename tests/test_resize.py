@@ -90,3 +90,18 @@ def test_read_only_comes_before_the_driver():
     assert m.execute("blockdev-add", {"driver": "qcow2", "node-name": "q", "read-only": True, "file": {
         "driver": "file", "filename": "hd0.img"}}).ok
     assert resize(m, 1001, **{"node-name": "q"}).error.desc == "Image is read-only"
+
+
+def test_a_file_holding_qcow2_grows_and_may_be_cut_only_down_to_its_metadata():
+    # hd0.img: 3 MiB, its first MiB written: header, refcount table and block, L1, one L2
+    # table and 16 data clusters = 21 clusters in use
+    m = _model()
+    assert m.execute("blockdev-add", {"driver": "file", "node-name": "f", "filename": "hd0.img"}).ok
+    in_use = 21 * 65536
+    assert sizes(m)["f"] == in_use
+    assert resize(m, 2 * M + 1, **{"node-name": "f"}).ok
+    assert sizes(m)["f"] == 2 * M + 512
+    assert resize(m, in_use, **{"node-name": "f"}).ok
+    assert sizes(m)["f"] == in_use
+    with pytest.raises(NotModeled, match="cut below the clusters in use"):
+        resize(m, in_use - 512, **{"node-name": "f"})

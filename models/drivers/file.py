@@ -106,10 +106,15 @@ class File(BlockDriver):
         length then rounds up to a sector)."""
         assert n.filename is not None, "open() sets it"
         img = g.images[n.filename]
-        if img.fmt != "raw":
-            raise NotModeled("resize of a file node holding a qcow2 image")
         if size > MAX_MODELLED_SIZE:
             raise NotModeled("resize beyond 128 MiB (the model holds image data in memory)")
+        if img.fmt != "raw":
+            # the qcow2 metadata stays as it is; the clusters past its end are free to the
+            # allocator whatever the file's length (qcow2_alloc_clusters() goes by refcounts)
+            if size < img.metadata_end():
+                raise NotModeled("a file holding a qcow2 image cut below the clusters in use")
+            img.host_min = size
+            return None
         img.resize(size)
         return None
 
