@@ -18,7 +18,7 @@ from . import perms as P
 from .aio import reconcile_attach
 from .drivers import DRIVERS
 from .errors import NotModeled, QmpFailure
-from .filenames import refresh_filename
+from .filenames import dirname, refresh_filename
 from .graph import ROLE_COW, Graph, Node, assign_node_name, op_blocker
 from .imagedata import Image
 from .options import bool_opt, extract
@@ -83,11 +83,19 @@ class _Opener:
         if drv not in DRIVERS:
             raise NotModeled(f"driver {drv!r}")
         d = DRIVERS[drv]
+        if filename is not None and not d.protocol and not d.file_first:
+            # bdrv_open_inherit() opens the file name as a 'file' BDS for probing and puts
+            # its node name into the options of a driver that has no such child
+            raise NotModeled(f"a file name for the {drv} driver, which has no file child (probing)")
         if filename is not None and d.protocol:
             # bdrv_fill_options(): a protocol node opened by file name (a header backing file
-            # whose format a job wrote as "file") takes it as its 'filename' option, after
-            # its explicit_options were taken
-            options.setdefault("filename", filename)
+            # whose format a job wrote as "file", or an inline backing without file.filename)
+            # takes it as its 'filename' option, after its explicit_options were taken; then
+            # the driver's .bdrv_parse_filename
+            if "filename" in options:
+                raise QmpFailure("Can't specify 'file' and 'filename' options at the same time")
+            d.parse_filename(filename)
+            options["filename"] = filename
         read_only = bool_opt(options.get("read-only"))
 
         # Non-protocol drivers get their file child opened (and named) before themselves.
@@ -98,15 +106,23 @@ class _Opener:
             file_role = d.file_role(options)
             ref = options.get("file")
             if isinstance(ref, str):
+                if filename is not None:
+                    # bdrv_open_child_bs(filename, ...) -> bdrv_open_inherit() with both
+                    raise QmpFailure("Cannot reference an existing block device with "
+                                     "additional options or a new filename")
                 file_edge_target = g.lookup_bs(ref)
             else:
                 child_opts = extract(options, "file.")
+                child_filename = filename
                 if filename is not None and not child_opts:
                     # bdrv_open_child_bs(filename, ...): the filename and the probed protocol
                     # driver enter the child's options after its explicit_options were taken
                     child_opts = {"driver": "file", "filename": filename, _FROM_FILENAME: True}
-                # inherits from the parent's options as they are when the child is opened
-                file_edge_target = self.open(child_opts, options, file_role)
+                    child_filename = None
+                # inherits from the parent's options as they are when the child is opened;
+                # a file name goes on down (a format or filter child passes it to its own)
+                file_edge_target = self.open(child_opts, options, file_role,
+                                             filename=child_filename)
                 file_inline = True
 
         discard, detect, force_share = check_generic_flags(options, read_only)
@@ -197,7 +213,17 @@ class _Opener:
         """The backing node from a ``backing.*`` dict or, failing that, the image header."""
         sub = extract(options, "backing.")
         if sub:
-            return self.open(sub, options, ROLE_COW, parent_name=node.name)
+            # bdrv_open_backing_file(): unless the options name file.filename, the header's
+            # backing file name (bdrv_get_full_backing_filename()) goes into the open too,
+            # down to the protocol node (probed on 7.2.22, 10.0.2 and 11.1.3:
+            # corpus/probes/inline-backing-takes-the-header-name.json)
+            fname = None
+            if "file.filename" not in sub and img.backing_file:
+                directory = dirname(self.g, node, {})
+                if directory is None:
+                    raise NotModeled("an inline backing of a node without a directory")
+                fname = directory + img.backing_file
+            return self.open(sub, options, ROLE_COW, filename=fname, parent_name=node.name)
         if not img.backing_file:
             return None
         if not img.backing_format:

@@ -19,10 +19,10 @@ class IoFailed(Exception):
 
 
 def storage_leaf(g: Graph, n: Node) -> Node:
-    """The node under ``n`` once filters that change nothing of a format's image file are
-    skipped (``BlockDriver.storage_transparent``)."""
-    while n.driver.storage_transparent:
-        n = g.filtered(n)
+    """The node under ``n`` once nodes that change nothing of a format's image file are
+    skipped (``BlockDriver.storage_child``: transparent filters, raw over a whole file)."""
+    while (below := n.driver.storage_child(g, n)) is not None:
+        n = below
     return n
 
 

@@ -291,6 +291,16 @@ class BlockDriver:
         effect the model misses (``disk_read_modelled``, unless the driver knows better)."""
         return self.disk_read_modelled
 
+    def parse_filename(self, filename: str) -> None:
+        """``.bdrv_parse_filename`` of a protocol node opened by a file name
+        (``bdrv_fill_options()``); drivers the model does not follow there decline."""
+        raise NotModeled(f"a file name for the protocol driver {self.name} (bdrv_parse_filename)")
+
+    def storage_child(self, g: Graph, n: Node) -> Node | None:
+        """The node whose bytes ``n`` hands a format above it unchanged, offsets included
+        (``models.iodata.storage_leaf``): a ``storage_transparent`` filter's child."""
+        return g.filtered(n) if self.storage_transparent else None
+
     def read(self, g: Graph, n: Node, off: int, length: int) -> bytes | None:
         """The bytes a read returns (None: unknown); raises ``iodata.IoFailed`` for EIO."""
         return None

@@ -99,6 +99,10 @@ class File(BlockDriver):
             raise NotModeled("images over 128 MiB (the model holds image data in memory)")
         g.images[name].resize(size)
 
+    def parse_filename(self, filename: str) -> None:
+        """``raw_parse_filename()`` strips a ``file:`` prefix (which the sandbox refuses), and
+        the name stays the ``filename`` option."""
+
     can_truncate = True
 
     def truncate(self, g: Graph, n: Node, size: int) -> tuple[Node, int] | None:

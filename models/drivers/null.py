@@ -1,7 +1,7 @@
 """``block/null.c``: the ``null-co`` protocol driver (reads zeros or garbage, drops writes)."""
 from __future__ import annotations
 
-from ..errors import NotModeled
+from ..errors import NotModeled, QmpFailure
 from ..graph import Graph, Node
 from ..imagedata import SECTOR
 from ..lengths import refreshed_length
@@ -20,6 +20,11 @@ class NullCo(BlockDriver):
         "size": Draw((1024, 65536, 1 << 20, 1 << 30), every=2),
         "read-zeroes": Draw((False, True), every=2)}, reopen={
         "size": Draw((1024, 1 << 30)), "read-zeroes": Draw((False, True))})
+
+    def parse_filename(self, filename: str) -> None:
+        """``null_co_parse_filename()``: only its own URL."""
+        if filename != "null-co://":
+            raise QmpFailure("The only allowed filename for this driver is 'null-co://'")
 
     def members(self, profile: VersionProfile) -> tuple[Member, ...]:
         return (("size", INT, False), ("latency-ns", UNMODELLED, False), ("read-zeroes", BOOL, False))

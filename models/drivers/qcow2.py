@@ -449,9 +449,10 @@ class Qcow2(BlockDriver):
             if host > fc.cached_length:
                 fc.cached_length = host
                 grown.append(fc)
-            if not fc.driver.storage_transparent:
+            below = fc.driver.storage_child(g, fc)
+            if below is None:
                 break
-            fc = g.filtered(fc)
+            fc = below
         if g.profile is not None and g.profile.growth_resizes_filtered_parents:
             for fc in reversed(grown):
                 resize_filtered_parents(g, fc)

@@ -93,6 +93,14 @@ class Raw(BlockDriver):
         (``request_alignment`` 512, to protect the first sector); the model never probes a
         format.  ``offset`` / ``size`` do not enter."""
 
+    def storage_child(self, g: Graph, n: Node) -> Node | None:
+        """Raw over the whole file (no ``offset``, no ``size``) passes every request through
+        at the same offset (``raw_co_preadv()`` / ``raw_co_pwritev()``), so a qcow2 over it
+        reads and allocates in the file as over the file node itself."""
+        if n.raw_offset == 0 and n.raw_size is None:
+            return self._file(g, n)
+        return None
+
     def _file(self, g: Graph, n: Node) -> Node:
         return g.nodes[n.edge("file").child]
 
