@@ -850,9 +850,12 @@ def object_add_args(draw, existing: tuple) -> dict:
 
 
 def _child_ref(draw, names: tuple, files: tuple, name: str):
-    """A child: a reference to an existing node, or an inline qcow2-over-file tree."""
+    """A child: a reference to an existing node, or an inline qcow2-over-file tree (now and
+    then a qcow2 over an existing node)."""
     if names and draw(st.integers(0, 2)):
         return draw(st.sampled_from(names))
+    if names and draw(st.integers(0, 3)) == 0:
+        return {"driver": "qcow2", "file": draw(st.sampled_from(names))}
     fd: dict = {"driver": "file", "filename": draw(st.sampled_from(files))}
     if draw(st.booleans()):
         fd["node-name"] = name + "-f" if len(name) < 28 and name else "f8"

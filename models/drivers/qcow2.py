@@ -18,7 +18,7 @@ from ..lengths import node_length, refreshed_length, resize_filtered_parents
 from ..options import bool_opt
 from ..profiles import VersionProfile
 from ..qapitypes import BOOL, INT, REF, REF_OR_NULL, UNMODELLED, Member
-from .base import FILE_CHILD, FORMAT_NAMES, NODE, BlockDriver, Draw, Gen, Opener
+from .base import CHILD, FILE_CHILD, FORMAT_NAMES, NODE, BlockDriver, Draw, Gen, Opener
 
 #: qcow2_runtime_opts that reopen may change (``.mutable_opts``)
 RUNTIME = ("lazy-refcounts", "pass-discard-request", "pass-discard-snapshot",
@@ -151,7 +151,7 @@ class Qcow2(BlockDriver):
     can_compress = True
     reopen_refreshes_length = False
     gen = Gen(weight=12, names=FORMAT_NAMES, bad_names=True, members={
-        "file": Draw((FILE_CHILD,)), "backing": Draw((None, NODE), every=3)}, reopen={
+        "file": Draw((FILE_CHILD,)), "backing": Draw((None, NODE, NODE, CHILD), every=3)}, reopen={
         # l2-cache-size, l2-cache-entry-size and cache-clean-interval are clamped or checked,
         # never allocated, so huge values are deterministic; a huge cache-size or
         # refcount-cache-size is allocated for real and fails or not with the host's overcommit
