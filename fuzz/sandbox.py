@@ -44,6 +44,8 @@ from typing import Any
 
 import attrs
 
+from models.values import header_file
+
 __all__ = [
     "Problem", "step_problem", "hmp_problem", "image_problem", "string_problem",
     "NO_CHROOT_ENV", "chroot_disabled", "chroot_style", "confinement", "userns_problem",
@@ -156,12 +158,14 @@ _PLAIN_NAME = re.compile(r"[^/:\x00]+")
 
 
 def image_problem(spec: Any) -> Problem | None:
-    """An image spec's ``file`` and ``backing_file``: plain file names only."""
-    for name in (spec.file, spec.backing_file):
-        if name is None:
+    """An image spec's ``file`` and ``backing_file``: plain file names only (a header backing
+    name may carry ``file:``, which names the same plain file)."""
+    for given, is_backing in ((spec.file, False), (spec.backing_file, True)):
+        if given is None:
             continue
+        name = header_file(given) if is_backing else given
         if not _PLAIN_NAME.fullmatch(name) or name in (".", ".."):
-            return Problem(name, "not a plain file name:")
+            return Problem(given, "not a plain file name:")
     return None
 
 

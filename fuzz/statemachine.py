@@ -121,11 +121,14 @@ def image_sets() -> st.SearchStrategy[tuple[ImageSpec, ...]]:
     from a template cache (~1.5 ms instead of ~45 ms per set)."""
     # hd3 is now and then an overlay of hd1 (size inherited, as QEMU's tests create them):
     # opened with its header chain it reads through two backing files
-    extra = st.tuples(st.sampled_from([384 * 1024, 1024 * 1024, 1536 * 1024 + 512, None]),
+    # ("file:": its header names the backing with a protocol prefix, as qemu-img create -b
+    # file:hd1.img writes it)
+    extra = st.tuples(st.sampled_from([384 * 1024, 1024 * 1024, 1536 * 1024 + 512, None, "file:"]),
                       st.sampled_from([64 * 1024, 192 * 1024, 10240]),
                       st.sampled_from([0x3C, 0x5A])).map(lambda t: (
-        ImageSpec("hd3.img", "qcow2", t[0], None if t[0] else "hd1.img", None if t[0] else "qcow2",
-                  writes=(Write(t[2], 0, 65536),)),
+        ImageSpec("hd3.img", "qcow2", t[0] if isinstance(t[0], int) else None,
+                  None if isinstance(t[0], int) else (t[0] or "") + "hd1.img",
+                  None if isinstance(t[0], int) else "qcow2", writes=(Write(t[2], 0, 65536),)),
         ImageSpec("r0.img", "raw", t[1], writes=(Write(t[2] ^ 0xFF, 0, t[1] // 2),)),
     ))
     return extra.map(lambda e: SEED_IMAGES + e)

@@ -18,13 +18,14 @@ from . import perms as P
 from .aio import reconcile_attach
 from .drivers import DRIVERS
 from .errors import NotModeled, QmpFailure
-from .filenames import dirname, refresh_filename
+from .filenames import full_backing_filename, refresh_filename
 from .graph import ROLE_COW, Graph, Node, assign_node_name, op_blocker
 from .imagedata import Image
 from .options import bool_opt, extract
 from .profiles import VersionProfile
 from .qapi import flatten, validate_blockdev_add, validate_blockdev_del, visit_arguments
 from .arguments import X_BLOCKDEV_CHANGE
+from .values import header_file
 
 __all__ = ["QmpFailure", "ROLE_COW", "blockdev_add", "blockdev_del", "inherit_options", "x_blockdev_change"]
 
@@ -94,8 +95,9 @@ class _Opener:
             # the driver's .bdrv_parse_filename
             if "filename" in options:
                 raise QmpFailure("Can't specify 'file' and 'filename' options at the same time")
-            d.parse_filename(filename)
-            options["filename"] = filename
+            parsed = d.parse_filename(filename)
+            if parsed is not None:
+                options["filename"] = parsed
         read_only = bool_opt(options.get("read-only"))
 
         # Non-protocol drivers get their file child opened (and named) before themselves.
@@ -117,7 +119,8 @@ class _Opener:
                 if filename is not None and not child_opts:
                     # bdrv_open_child_bs(filename, ...): the filename and the probed protocol
                     # driver enter the child's options after its explicit_options were taken
-                    child_opts = {"driver": "file", "filename": filename, _FROM_FILENAME: True}
+                    child_opts = {"driver": "file", "filename": header_file(filename),
+                                  _FROM_FILENAME: True}   # raw_parse_filename() strips file:
                     child_filename = None
                 # inherits from the parent's options as they are when the child is opened;
                 # a file name goes on down (a format or filter child passes it to its own)
@@ -219,16 +222,15 @@ class _Opener:
             # corpus/probes/inline-backing-takes-the-header-name.json)
             fname = None
             if "file.filename" not in sub and img.backing_file:
-                directory = dirname(self.g, node, {})
-                if directory is None:
+                fname = full_backing_filename(self.g, node, img.backing_file, {})
+                if fname is None:
                     raise NotModeled("an inline backing of a node without a directory")
-                fname = directory + img.backing_file
             return self.open(sub, options, ROLE_COW, filename=fname, parent_name=node.name)
         if not img.backing_file:
             return None
         if not img.backing_format:
             raise NotModeled("header backing without a format (probing)")
-        if img.backing_file not in self.g.images:
+        if header_file(img.backing_file) not in self.g.images:
             raise NotModeled("missing header backing file")
         return self.open({"driver": img.backing_format}, options, ROLE_COW,
                          filename=img.backing_file, parent_name=node.name)

@@ -74,6 +74,21 @@ def refresh_filename(g: Graph, n: Node, cache: dict | None = None) -> Filename:
     return result
 
 
+def path_has_protocol(name: str) -> bool:
+    """``path_has_protocol()``: a ':' before any '/'."""
+    head = name.split("/", 1)[0]
+    return ":" in head
+
+
+def full_backing_filename(g: Graph, n: Node, name: str, cache: dict) -> str | None:
+    """``bdrv_make_absolute_filename(n, name)``: a name with a protocol as it is, else
+    relative to ``n``'s directory (None where ``bdrv_dirname()`` fails)."""
+    if path_has_protocol(name):
+        return name
+    directory = dirname(g, n, cache)
+    return None if directory is None else directory + name
+
+
 def dirname(g: Graph, n: Node, cache: dict) -> str | None:
     """``bdrv_dirname()``: the directory a relative backing file name is taken from, or None
     ("Cannot generate a base directory for ... nodes")."""

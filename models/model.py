@@ -24,7 +24,7 @@ from . import (blockdev, create, devices, iodata, jobs, known_bugs, objects, qem
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
-from .values import JOB_COMMANDS, ImageSpec, Outcome
+from .values import JOB_COMMANDS, ImageSpec, Outcome, header_file
 from .profiles import VersionProfile
 from .perms import settle_locks
 from .query import project, query_named_block_nodes
@@ -36,9 +36,9 @@ def build_images(specs: Iterable[ImageSpec]) -> dict[str, Image]:
     for spec in specs:
         size = spec.size
         if size is None:
-            if spec.backing_file is None or spec.backing_file not in images:
+            if spec.backing_file is None or header_file(spec.backing_file) not in images:
                 raise ValueError(f"image {spec.file}: no size and no known backing file")
-            size = images[spec.backing_file].size
+            size = images[header_file(spec.backing_file)].size
         images[spec.file] = Image.create(spec.file, spec.format, size, spec.backing_file, spec.backing_format)
         if spec.writes:
             # qemu-io -f FMT opens the image with its header backing chain.

@@ -242,6 +242,16 @@ def fold_job_events(lines: Iterable[str]) -> tuple[str, ...]:
     return tuple(x for x in out if x is not None)
 
 
+#: the protocol prefix a header backing name may carry (``qemu-img create -b file:base.img``):
+#: the only one the sandbox lets through, and ``raw_parse_filename()`` strips it
+FILE_PREFIX = "file:"
+
+
+def header_file(name: str) -> str:
+    """The image file a header backing name opens: ``file:base.img`` is ``base.img``."""
+    return name[len(FILE_PREFIX):] if name.startswith(FILE_PREFIX) else name
+
+
 def check_image_set(specs: list[ImageSpec]) -> None:
     """What ``qemu-img create`` needs of a trace's image list, in order: a backing file created
     before the image that names it (an image without ``size`` takes its backing file's).  A
@@ -249,7 +259,7 @@ def check_image_set(specs: list[ImageSpec]) -> None:
     ``ValueError`` naming the image."""
     seen: set[str] = set()
     for spec in specs:
-        if spec.backing_file is not None and spec.backing_file not in seen:
+        if spec.backing_file is not None and header_file(spec.backing_file) not in seen:
             raise ValueError(f"{spec.file}: backing file {spec.backing_file} is not an image listed "
                              "before it")
         seen.add(spec.file)

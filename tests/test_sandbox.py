@@ -252,11 +252,15 @@ class FakeBinaries:
 
 @pytest.mark.parametrize("name", ["/tmp/x.img", "../x.img", "sub/x.img", "nbd:localhost:10809",
                                   'json:{"driver":"file","filename":"\\u002fetc\\u002fx"}',
-                                  "file:x.img"])
+                                  "file:x.img", "file:nbd:localhost:10809", "file:..",
+                                  "file:file:x.img"])
 @pytest.mark.parametrize("as_backing", [False, True])
 def test_image_specs_must_be_plain_names(tmp_path, name, as_backing):
     """Refused before any tool runs: by ImageSpec's validator (a ``/``), else by make_images
-    (qemu-img would take ``nbd:`` or ``json:`` as a protocol and create the image there)."""
+    (qemu-img would take ``nbd:`` or ``json:`` as a protocol and create the image there).  A
+    header backing name may carry ``file:`` before a plain name (below), nothing else."""
+    if as_backing and name == "file:x.img":
+        return   # test_a_header_backing_name_may_carry_file_before_a_plain_name
     bins = FakeBinaries("/nonexistent/qemu", "/nonexistent/qemu-img", "/nonexistent/qemu-io")
     try:
         spec = (ImageSpec("top.img", "qcow2", 1 << 20, backing_file=name) if as_backing
@@ -269,6 +273,13 @@ def test_image_specs_must_be_plain_names(tmp_path, name, as_backing):
     msg = str(info.value)
     assert msg.startswith("refused image spec: ") and repr(name) in msg and "\n" not in msg
     assert os.listdir(tmp_path) == []
+
+
+def test_a_header_backing_name_may_carry_file_before_a_plain_name():
+    spec = ImageSpec("top.img", "qcow2", 1 << 20, backing_file="file:x.img", backing_format="qcow2")
+    assert sandbox.image_problem(spec) is None
+    problem = sandbox.image_problem(ImageSpec("x.img", "qcow2", 1 << 20, backing_file="file:file:x.img"))
+    assert problem is not None and problem.text == "file:file:x.img"
 
 
 def test_chroot_style_from_help_text():

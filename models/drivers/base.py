@@ -291,9 +291,11 @@ class BlockDriver:
         effect the model misses (``disk_read_modelled``, unless the driver knows better)."""
         return self.disk_read_modelled
 
-    def parse_filename(self, filename: str) -> None:
+    def parse_filename(self, filename: str) -> str | None:
         """``.bdrv_parse_filename`` of a protocol node opened by a file name
-        (``bdrv_fill_options()``); drivers the model does not follow there decline."""
+        (``bdrv_fill_options()``): the ``filename`` option it leaves, or None (a driver
+        without ``bdrv_needs_filename`` drops it); drivers the model does not follow there
+        decline."""
         raise NotModeled(f"a file name for the protocol driver {self.name} (bdrv_parse_filename)")
 
     def storage_child(self, g: Graph, n: Node) -> Node | None:

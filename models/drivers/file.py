@@ -11,6 +11,7 @@ from ..imagedata import MAX_MODELLED_SIZE, Image
 from ..lengths import host_sectors, refreshed_length
 from ..options import qemu_opt_str
 from ..profiles import VersionProfile
+from ..values import header_file
 from ..qapitypes import BOOL, INT, STR, Member, enum
 from .base import FILE, FORMAT_NAMES, BlockDriver, Draw, Gen, Opener
 
@@ -99,9 +100,10 @@ class File(BlockDriver):
             raise NotModeled("images over 128 MiB (the model holds image data in memory)")
         g.images[name].resize(size)
 
-    def parse_filename(self, filename: str) -> None:
-        """``raw_parse_filename()`` strips a ``file:`` prefix (which the sandbox refuses), and
-        the name stays the ``filename`` option."""
+    def parse_filename(self, filename: str) -> str | None:
+        """``raw_parse_filename()`` strips a ``file:`` prefix; the rest stays the
+        ``filename`` option."""
+        return header_file(filename)
 
     can_truncate = True
 

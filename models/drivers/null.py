@@ -21,10 +21,11 @@ class NullCo(BlockDriver):
         "read-zeroes": Draw((False, True), every=2)}, reopen={
         "size": Draw((1024, 1 << 30)), "read-zeroes": Draw((False, True))})
 
-    def parse_filename(self, filename: str) -> None:
-        """``null_co_parse_filename()``: only its own URL."""
+    def parse_filename(self, filename: str) -> str | None:
+        """``null_co_parse_filename()``: only its own URL, which is then dropped."""
         if filename != "null-co://":
             raise QmpFailure("The only allowed filename for this driver is 'null-co://'")
+        return None
 
     def members(self, profile: VersionProfile) -> tuple[Member, ...]:
         return (("size", INT, False), ("latency-ns", UNMODELLED, False), ("read-zeroes", BOOL, False))

@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import iodata, perms
 from ..errors import NotModeled, QmpFailure
-from ..filenames import dirname
+from ..filenames import full_backing_filename
 from ..graph import ROLE_STORAGE, Graph, Node
 from ..imagedata import CLUSTER, L2_ENTRIES, MAX_MODELLED_SIZE, SECTOR, Image
 from ..lengths import node_length, refreshed_length, resize_filtered_parents
@@ -364,9 +364,9 @@ class Qcow2(BlockDriver):
         img = g.image(n)
         if img.backing_file:
             info["backing-filename"] = img.backing_file
-            directory = dirname(g, n, cache)
-            if directory is not None:   # bdrv_get_full_backing_filename() fails otherwise
-                info["full-backing-filename"] = directory + img.backing_file
+            full = full_backing_filename(g, n, img.backing_file, cache)
+            if full is not None:   # bdrv_get_full_backing_filename() fails otherwise
+                info["full-backing-filename"] = full
             if img.backing_format:
                 info["backing-filename-format"] = img.backing_format
 
