@@ -789,6 +789,20 @@ class BlockGraphMachine(RuleBasedStateMachine):
     def qemu_io_write(self, data):
         name = data.draw(st.sampled_from(self.io_nodes(True)))
         length = node_length(self.g, self.g.nodes[name])
+        if data.draw(st.integers(0, 5)) == 0:
+            # a zero write (-z: the zero flag; -u: the host cluster freed too), cluster-aligned
+            # as a rule: a partial cluster is declined (its COW is not followed)
+            clusters = -(-length // 65536)
+            if clusters and data.draw(st.integers(0, 7)):
+                first = data.draw(st.integers(0, clusters - 1))
+                count = data.draw(st.integers(1, min(4, clusters - first)))
+                off, ln = first * 65536, min(count * 65536, length - first * 65536)
+            else:
+                off, ln = data.draw(_range(length))
+            flags = data.draw(st.sampled_from(["-z", "-z", "-z -u"]))
+            self.do({"qmp": "human-monitor-command",
+                     "args": {"command-line": f'qemu-io {name} "write {flags} {off} {ln}"'}})
+            return
         off, ln = data.draw(_range(length))
         pattern = data.draw(st.integers(1, 255))
         self.do({"qmp": "human-monitor-command",

@@ -32,11 +32,16 @@ class Image:
     allocated: set[int] = attrs.field(factory=set)  # qcow2 cluster indices with a host cluster
     backing_file: str | None = None
     backing_format: str | None = None
-    #: qcow2 clusters with the zero flag and no host cluster (they read as zeros, whatever
-    #: the backing file holds); an allocated cluster that was zeroed just holds zero bytes
+    #: qcow2 clusters with the zero flag (they read as zeros, whatever the backing file holds):
+    #: without a host cluster (QCOW2_CLUSTER_ZERO_PLAIN), or, if also in ``allocated``, with
+    #: one that holds zero bytes (QCOW2_CLUSTER_ZERO_ALLOC); block status calls both ZERO
     zero_clusters: set[int] = attrs.field(factory=set)
     #: host clusters freed by discards, reused by the next allocations (lowest first)
     free_host: int = 0
+    #: qcow2: the L2 tables the image has (by L1 index): one is allocated for the first data
+    #: cluster it maps and for the first zero flag it holds (``get_cluster_table()``), and
+    #: none is ever freed (but by a shrink, not modelled)
+    l2_tables: set[int] = attrs.field(factory=set)
     #: qcow2: the file length a resize of the file node gave it (ftruncate() past the
     #: metadata); the allocator does not look at the file's end, so the file is as long as
     #: this or as the clusters in use reach, whichever is longer
@@ -54,7 +59,7 @@ class Image:
         self.shared = True
         return Image(self.file, self.fmt, self.size, self.data, set(self.allocated),
                      self.backing_file, self.backing_format, set(self.zero_clusters), self.free_host,
-                     self.host_min, shared=True)
+                     set(self.l2_tables), self.host_min, shared=True)
 
     def writable(self) -> bytearray:
         """``data``, to be written: its own copy first if a clone shares it."""
@@ -86,18 +91,24 @@ class Image:
         """qcow2: where the clusters in use end (the file's length as qemu-img and the
         allocator leave it)."""
         l1_bytes = self.l1_entries() * 8
-        if not self.allocated:
+        if not self.l2_tables:
             return 3 * CLUSTER + l1_bytes
         l1_clusters = -(-l1_bytes // CLUSTER)
-        l2_tables = len({c // L2_ENTRIES for c in self.allocated})
-        return (3 + l1_clusters + l2_tables + len(self.allocated) + self.free_host) * CLUSTER
+        return (3 + l1_clusters + len(self.l2_tables) + len(self.allocated) + self.free_host) * CLUSTER
 
     def allocate(self, c: int) -> None:
         """A new host cluster for guest cluster ``c``: a freed one if there is one."""
         if self.free_host:
             self.free_host -= 1
         self.allocated.add(c)
+        self.l2_tables.add(c // L2_ENTRIES)
         self.zero_clusters.discard(c)
+
+    def set_zero(self, c: int) -> None:
+        """The zero flag on guest cluster ``c`` (its L2 table is allocated if it has none
+        yet; a host cluster it has stays)."""
+        self.zero_clusters.add(c)
+        self.l2_tables.add(c // L2_ENTRIES)
 
     def host_bytes(self, off: int, length: int) -> bytes | None:
         if self.fmt == "raw":

@@ -401,7 +401,9 @@ def _refuse_iothreads(g: Graph, nodes: list[Node]) -> None:
 
 
 def _allocated(g: Graph, n: Node, c: int) -> bool:
-    return c in g.image(n).allocated
+    """``bdrv_is_allocated()`` of a qcow2 cluster: data or the zero flag."""
+    img = g.image(n)
+    return c in img.allocated or c in img.zero_clusters
 
 
 def _read_known(g: Graph, n: Node, off: int, length: int) -> bytes:
@@ -579,7 +581,12 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
                 continue
             if any(_allocated(g, n, c) for n in chain[1:] + [base_overlay] if n is not bs):
                 lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
-                iodata.write(g, bs, lo, _read_known(g, bs, lo, hi - lo))
+                data = _read_known(g, bs, lo, hi - lo)
+                if not data.strip(b"\0"):
+                    # bdrv_co_do_copy_on_readv() writes zeroes for an all-zero bounce buffer,
+                    # which spans a block-status run, not a cluster
+                    raise NotModeled("stream of areas the chain reads as zeros")
+                iodata.write(g, bs, lo, data)
     _settle(g, job)
 
 
@@ -714,6 +721,10 @@ def _copy_into_base(g: Graph, top: Node, base: Node, chain: list[Node]) -> None:
     """``commit_run()`` / mirror's copy: what is allocated above the base is written into it."""
     size = node_length(g, base)
     for c in range(-(-size // CLUSTER)):
+        if any(c in g.image(n).zero_clusters for n in chain):
+            # 10.0's commit_iteration() writes zeroes (MAY_UNMAP) where block status says
+            # ZERO (whether the base then has a zero flag or a freed cluster is the base's)
+            raise NotModeled("commit of zero-flagged clusters")
         if any(_allocated(g, n, c) for n in chain):
             lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
             iodata.write(g, base, lo, _read_known(g, top, lo, hi - lo))

@@ -126,11 +126,30 @@ def qcow2_image(g: Graph, n: Node) -> Image | None:
     cur = g.image(fc)
     if cur is meta:
         return meta
-    if cur.fmt != "qcow2" or cur.size != meta.size or bool(cur.allocated) != bool(meta.allocated):
+    if cur.fmt != "qcow2" or cur.size != meta.size or bool(cur.l2_tables) != bool(meta.l2_tables):
         return None
     if cur.l1_entries() != 1:
         return None
     return cur
+
+
+def _host_grown(g: Graph, n: Node, img: Image) -> None:
+    """The qcow2 driver grew the host file through its current file child: every node on the
+    way down sees the write past its end (``bdrv_co_write_req_finish()``)."""
+    host = -(-img.host_length() // SECTOR) * SECTOR
+    fc = g.nodes[n.edge("file").child]
+    grown = []
+    while True:
+        if host > fc.cached_length:
+            fc.cached_length = host
+            grown.append(fc)
+        below = fc.driver.storage_child(g, fc)
+        if below is None:
+            break
+        fc = below
+    if g.profile is not None and g.profile.growth_resizes_filtered_parents:
+        for fc in reversed(grown):
+            resize_filtered_parents(g, fc)
 
 
 def _whole_clusters(g: Graph, n: Node, off: int, length: int) -> tuple[Image, range]:
@@ -439,23 +458,9 @@ class Qcow2(BlockDriver):
                 assert visible is not None
                 img.writable()[lo:hi] = visible
                 img.allocate(c)
+            img.zero_clusters.discard(c)   # data in a zero-flagged host cluster clears the flag
         img.writable()[off:end] = payload
-        # the qcow2 driver grew the host file through its current file child: every node on
-        # the way down sees the write past its end (bdrv_co_write_req_finish())
-        host = -(-img.host_length() // SECTOR) * SECTOR
-        fc = g.nodes[n.edge("file").child]
-        grown = []
-        while True:
-            if host > fc.cached_length:
-                fc.cached_length = host
-                grown.append(fc)
-            below = fc.driver.storage_child(g, fc)
-            if below is None:
-                break
-            fc = below
-        if g.profile is not None and g.profile.growth_resizes_filtered_parents:
-            for fc in reversed(grown):
-                resize_filtered_parents(g, fc)
+        _host_grown(g, n, img)
 
     def write_compressed(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
         """``qcow2_co_pwritev_compressed_part()``: one whole cluster into an unallocated one
@@ -472,6 +477,7 @@ class Qcow2(BlockDriver):
             raise NotModeled("where a compressed cluster lands at the end of the file")
         img.writable()[off:off + len(payload)] = payload
         img.allocate(c)
+        _host_grown(g, n, img)
 
     def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
         """``qcow2_co_pwrite_zeroes()``: sets the zero flag; with BDRV_REQ_MAY_UNMAP still set
@@ -483,6 +489,6 @@ class Qcow2(BlockDriver):
             if may_unmap and c in img.allocated:
                 img.allocated.discard(c)
                 img.free_host += 1
-            if c not in img.allocated:
-                img.zero_clusters.add(c)
+            img.set_zero(c)   # on an allocated cluster: QCOW2_CLUSTER_ZERO_ALLOC
         img.writable()[off:off + length] = bytes(length)
+        _host_grown(g, n, img)
