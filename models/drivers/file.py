@@ -178,3 +178,12 @@ class File(BlockDriver):
 
     def write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
         g.image(n).write_host(off, payload)
+
+    def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
+        """``raw_co_pwrite_zeroes()``: fallocate() zeroes the range (or punches a hole with
+        ``may_unmap``); either way it reads as zeros.  Inside a qcow2 image it overwrites
+        metadata the model does not hold."""
+        img = g.image(n)
+        if img.fmt != "raw":
+            raise NotModeled("write zeroes into a file holding a qcow2 image")
+        img.write_host(off, bytes(length))

@@ -58,3 +58,6 @@ class NullCo(BlockDriver):
 
     def write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
         pass
+
+    def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
+        """``null_co_pwrite_zeroes()``: dropped like any write."""
