@@ -32,3 +32,18 @@ def test_the_second_write_does_not_copy_again():
     clone = orig.clone()
     first = clone.writable()
     assert clone.writable() is first
+
+
+def test_models_of_one_image_set_do_not_share_writes():
+    """``models.model.build_images`` hands out clones of one pristine set per image list."""
+    from models import PROFILES, ImageSpec, Model, Write
+
+    specs = [ImageSpec("r0.img", "raw", 65536, writes=(Write(0x11, 0, 4096),))]
+    a, b = Model(PROFILES["11.1"], specs), Model(PROFILES["11.1"], specs)
+    for m in (a, b):
+        assert m.execute("blockdev-add", {"driver": "file", "node-name": "f", "filename": "r0.img"}).ok
+    assert a.execute("human-monitor-command",
+                     {"command-line": 'qemu-io f "write -P 0x22 0 4096"'}).error is None
+    assert bytes(a.graph.images["r0.img"].data[:4]) == b"\x22" * 4
+    assert bytes(b.graph.images["r0.img"].data[:4]) == b"\x11" * 4
+    assert bytes(Model(PROFILES["11.1"], specs).graph.images["r0.img"].data[:4]) == b"\x11" * 4
