@@ -28,6 +28,8 @@ class Image:
     file: str
     fmt: str  # "qcow2" | "raw"
     size: int  # qcow2: virtual size; raw: file length
+    #: the guest-visible bytes (qcow2) or the file's (raw) up to the last one ever written:
+    #: the rest up to ``size`` reads as zeros (a resize or create of 128 MiB costs nothing)
     data: bytearray
     allocated: set[int] = attrs.field(factory=set)  # qcow2 cluster indices with a host cluster
     backing_file: str | None = None
@@ -53,7 +55,7 @@ class Image:
     @classmethod
     def create(cls, file: str, fmt: str, size: int, backing_file: str | None = None,
                backing_format: str | None = None) -> "Image":
-        return cls(file, fmt, size, bytearray(size), set(), backing_file, backing_format)
+        return cls(file, fmt, size, bytearray(), set(), backing_file, backing_format)
 
     def clone(self) -> "Image":
         self.shared = True
@@ -68,13 +70,27 @@ class Image:
             self.shared = False
         return self.data
 
+    def read_bytes(self, off: int, length: int) -> bytes:
+        """``length`` bytes of ``data`` from ``off``, zeros past what was written."""
+        part = bytes(self.data[off:off + length])
+        return part + bytes(length - len(part))
+
+    def write_bytes(self, off: int, payload: bytes) -> None:
+        """``payload`` into ``data`` at ``off`` (zeros between the old end and ``off``)."""
+        data = self.writable()
+        if off > len(data):
+            data.extend(bytes(off - len(data)))
+        data[off:off + len(payload)] = payload
+
+    def zero_bytes(self, off: int, length: int) -> None:
+        """Zeros over ``[off, off + length)``: only what was written needs them."""
+        if off < len(self.data):
+            self.write_bytes(off, bytes(min(length, len(self.data) - off)))
+
     def resize(self, size: int) -> None:
         """A raw file truncated or extended (zeros), or a qcow2 image grown."""
-        data = self.writable()
-        if size < len(data):
-            del data[size:]
-        else:
-            data.extend(bytes(size - len(data)))
+        if size < len(self.data):
+            del self.writable()[size:]
         self.size = size
 
     # -- host view -------------------------------------------------------------------------
@@ -111,15 +127,13 @@ class Image:
         self.l2_tables.add(c // L2_ENTRIES)
 
     def host_bytes(self, off: int, length: int) -> bytes | None:
+        """The file's bytes at ``off``, up to its end."""
         if self.fmt == "raw":
-            return bytes(self.data[off:off + length])
+            return self.read_bytes(off, max(0, min(length, self.size - off)))
         return None  # qcow2 metadata: opaque
 
     def write_host(self, off: int, payload: bytes) -> None:
         """pwrite(): a write past the end extends the file (with zeros up to ``off``)."""
         assert self.fmt == "raw", "writes to the host bytes of a qcow2 file are not modelled"
-        data = self.writable()
-        if off > len(data):
-            data.extend(bytes(off - len(data)))
-        data[off:off + len(payload)] = payload
-        self.size = max(self.size, len(self.data))
+        self.write_bytes(off, payload)
+        self.size = max(self.size, off + len(payload))

@@ -410,7 +410,7 @@ class Qcow2(BlockDriver):
             c = pos // CLUSTER
             stop = min(end, (c + 1) * CLUSTER)
             if c in img.allocated:
-                out += img.data[pos:stop]
+                out += img.read_bytes(pos, stop - pos)
             elif c in img.zero_clusters:
                 out += bytes(stop - pos)
             elif backing_edge is not None:
@@ -456,10 +456,10 @@ class Qcow2(BlockDriver):
                 lo, hi = c * CLUSTER, min((c + 1) * CLUSTER, img.size)
                 visible = iodata.read(g, n, lo, hi - lo)
                 assert visible is not None
-                img.writable()[lo:hi] = visible
+                img.write_bytes(lo, visible)
                 img.allocate(c)
             img.zero_clusters.discard(c)   # data in a zero-flagged host cluster clears the flag
-        img.writable()[off:end] = payload
+        img.write_bytes(off, payload)
         _host_grown(g, n, img)
 
     def write_compressed(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
@@ -475,7 +475,7 @@ class Qcow2(BlockDriver):
             raise iodata.IoFailed()
         if not img.free_host:
             raise NotModeled("where a compressed cluster lands at the end of the file")
-        img.writable()[off:off + len(payload)] = payload
+        img.write_bytes(off, payload)
         img.allocate(c)
         _host_grown(g, n, img)
 
@@ -490,5 +490,5 @@ class Qcow2(BlockDriver):
                 img.allocated.discard(c)
                 img.free_host += 1
             img.set_zero(c)   # on an allocated cluster: QCOW2_CLUSTER_ZERO_ALLOC
-        img.writable()[off:off + length] = bytes(length)
+        img.zero_bytes(off, length)
         _host_grown(g, n, img)
