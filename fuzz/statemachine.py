@@ -778,7 +778,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 if write:
                     if iodata.can_write(self.g, n):
                         out.append(name)
-                elif iodata.known(self.g, n):
+                elif n.driver.qemu_io_readable(self.g, n):
                     out.append(name)
             except NotModeled:
                 continue
@@ -821,7 +821,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         length = node_length(self.g, n)
         off, ln = data.draw(_range(length))
         try:
-            content = iodata.read(self.g, n, off, min(ln, max(0, length - off))) if off < length else b""
+            content = n.driver.peek(self.g, n, off, min(ln, max(0, length - off))) if off < length else b""
         except iodata.IoFailed:
             content = b""   # a quorum vote that fails: the read is still drawn, and predicted
         if content:

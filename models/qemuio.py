@@ -110,9 +110,10 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
         if cmd.offset + cmd.length > length:
             return IoResult("", ("read failed: Input/output error",))
         lines = []
-        if cmd.pattern is not None or g.reaches(node, lambda n: n.driver.read_may_fail):
+        if cmd.pattern is not None or node.driver.read_has_effects \
+                or g.reaches(node, lambda n: n.driver.read_may_fail):
             try:
-                data = iodata.read(g, node, cmd.offset, cmd.length)
+                data = node.driver.qemu_io_read(g, node, cmd.offset, cmd.length)
             except iodata.IoFailed:
                 return IoResult("", ("read failed: Input/output error",))
             if data is None:

@@ -298,6 +298,21 @@ class BlockDriver:
         decline."""
         raise NotModeled(f"a file name for the protocol driver {self.name} (bdrv_parse_filename)")
 
+    #: a qemu-io read entering at this node changes what is below it (copy-on-read)
+    read_has_effects: ClassVar[bool] = False
+
+    def qemu_io_readable(self, g: Graph, n: Node) -> bool:
+        """Whether the model predicts a qemu-io read entering at ``n`` (data and effects)."""
+        return iodata.known(g, n)
+
+    def peek(self, g: Graph, n: Node, off: int, length: int) -> bytes | None:
+        """What a qemu-io read entering at ``n`` returns, without doing it."""
+        return iodata.read(g, n, off, length)
+
+    def qemu_io_read(self, g: Graph, n: Node, off: int, length: int) -> bytes | None:
+        """A qemu-io read entering at ``n``: its data, with what it does on the way."""
+        return iodata.read(g, n, off, length)
+
     def storage_child(self, g: Graph, n: Node) -> Node | None:
         """The node whose bytes ``n`` hands a format above it unchanged, offsets included
         (``models.iodata.storage_leaf``): a ``storage_transparent`` filter's child."""
