@@ -179,6 +179,23 @@ def child_change(g: Graph, parent: Node, removing: bool) -> None:
                            + ("removing a child" if removing else "whose attach fails"))
 
 
+def qemu_io_read(g: Graph, node: Node) -> None:
+    """QEMU bug (7.2, 10.0, 11.1): a read that reaches a stream job's copy-on-read filter over
+    a node without a backing file (a pending stream of such a node, or 11.1's concluded one
+    that keeps its filter) calls ``bdrv_co_is_allocated_above()`` on
+    ``bdrv_backing_chain_next()``, which is NULL: SIGSEGV
+    (corpus/findings/stream-filter-read-without-backing-segv.json)."""
+    def crashes(n: Node) -> bool:
+        if n.drv != "copy-on-read" or "bottom" not in n.options:
+            return False
+        c = n.child("file")
+        return c is not None and g.cow_child(g.nodes[c.child]) is None
+
+    if g.reaches(node, crashes):
+        raise KnownQemuBug("known QEMU crash: a read through a stream's filter over a node "
+                           "without a backing file")
+
+
 #: point name (as the semantics call ``Graph.guard``) -> guard
 GUARDS: dict[str, Callable[..., Any]] = {
     "attach-file": attach_file,
@@ -195,6 +212,7 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "job-cancel": _stream_left_concluded,
     "active-commit-start": active_commit_start,
     "qemu-io-active-commit": qemu_io_active_commit,
+    "qemu-io-read": qemu_io_read,
     "child-change": child_change,
     "append": append,
     "qcow2-create": qcow2_create,

@@ -109,6 +109,7 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     if cmd.op == "read":
         if cmd.offset + cmd.length > length:
             return IoResult("", ("read failed: Input/output error",))
+        g.guard("qemu-io-read", node=node)
         lines = []
         if cmd.pattern is not None or node.driver.read_has_effects \
                 or g.reaches(node, lambda n: n.driver.read_may_fail):

@@ -42,6 +42,15 @@ class CopyOnRead(PassThroughFilter):
         """The qcow2 child a read copies into, None for a child that is always allocated (a
         protocol node); NotModeled for anything else."""
         q = g.filtered(n)
+        if "bottom" in n.options:
+            # a stream's filter: only what is allocated between the child's backing and the
+            # bottom node is copied; with no backing below the child there is nothing
+            # (QEMU 7.2-11.1 crash instead: corpus/findings/stream-filter-read-without-backing-segv.json)
+            if g.cow_child(q) is not None:
+                raise NotModeled("copy-on-read with a bottom node over a backing chain")
+            if not iodata.known(g, q):
+                raise NotModeled(f"data of node '{q.name}' is not known to the model")
+            return None
         if q.driver.protocol:
             if not iodata.known(g, q):
                 raise NotModeled(f"data of node '{q.name}' is not known to the model")
