@@ -78,6 +78,44 @@ def _targets(options: dict, members: tuple[Member, ...]) -> list[dict]:
     return out
 
 
+#: well-typed integers at the edges of an int64 / uint32 member: zero, -1, the type's limits
+#: and one past a uint32's (the model answers each: a command's own range checks, or the
+#: visitor's ``expects uint32_t``)
+_INTEGERS: dict[str, tuple[int, ...]] = {
+    "int": (0, -1, 2**63 - 1, -(2**63)),
+    "uint32": (0, -1, 2**32 - 1, 2**32),
+}
+
+
+def _break_one(draw: Any, target: dict, members: tuple[Member, ...], kinds: list[str],
+               unknown: list[str]) -> None:
+    """Break one thing of ``target`` (a struct with ``members``) as a QAPI visitor sees it:
+    a member's JSON type, an enum value, a required member, one unknown member (a name from
+    ``unknown``), a well-typed string at its edge, or (kind ``integer``) a well-typed
+    integer at its type's edge."""
+    kind = draw(st.sampled_from(kinds))
+    present = [(n, t) for n, t, _r in members if n in target and t.kind in _WRONG]
+    strings = [n for n, t, _r in members if n in target and t.kind == "str"]
+    integers = [(n, t) for n, t, _r in members if t.kind in _INTEGERS]
+    enums = [n for n, t, _r in members if t.kind == "enum"]
+    required = [n for n, _t, r in members if r and n in target]
+    if kind == "string" and strings:
+        name = draw(st.sampled_from(strings))
+        target[name] = draw(st.sampled_from([v for v in _STRINGS if v != target[name]]))
+    elif kind == "integer" and integers:
+        name, t = draw(st.sampled_from(integers))
+        target[name] = draw(st.sampled_from(_INTEGERS[t.kind]))
+    elif kind == "type" and present:
+        name, t = draw(st.sampled_from(present))
+        target[name] = draw(st.sampled_from(_WRONG[t.kind]))
+    elif kind == "enum" and enums:
+        target[draw(st.sampled_from(enums))] = draw(st.sampled_from(["bogus", "", "ON"]))
+    elif kind == "missing" and required:
+        del target[draw(st.sampled_from(required))]
+    else:
+        target[draw(st.sampled_from(unknown))] = draw(st.sampled_from([1, "x", None, {}]))
+
+
 @st.composite
 def qapi_boundary(draw: Any, options: dict) -> dict:
     """``options`` with one thing broken at the QAPI layer (see the module docstring)."""
@@ -86,34 +124,10 @@ def qapi_boundary(draw: Any, options: dict) -> dict:
         return options
     out = copy.deepcopy(options)
     target = draw(st.sampled_from(_targets(out, members)))
-    tmembers = members_of(target) or ()
-    kind = draw(st.sampled_from(["type", "type", "enum", "missing", "unknown", "string"]))
-    present = [(n, t, r) for n, t, r in tmembers if n in target and t.kind in _WRONG]
-    strings = [n for n, t, _r in tmembers if n in target and t.kind == "str"]
-    if kind == "string" and strings:
-        name = draw(st.sampled_from(strings))
-        target[name] = draw(st.sampled_from([v for v in _STRINGS if v != target[name]]))
-    elif kind == "type" and present:
-        name, t, _ = draw(st.sampled_from(present))
-        target[name] = draw(st.sampled_from(_WRONG[t.kind]))
-    elif kind == "enum" and (enums := [(n, t) for n, t, _ in tmembers if t.kind == "enum"]):
-        name, _t = draw(st.sampled_from(enums))
-        target[name] = draw(st.sampled_from(["bogus", "", "ON"]))
-    elif kind == "missing" and (required := [n for n, _t, r in tmembers if r and n in target]):
-        del target[draw(st.sampled_from(required))]
-    else:
-        target[draw(st.sampled_from(["bogus", "x-unknown", "Driver"]))] = draw(
-            st.sampled_from([1, "x", None, {}]))
+    _break_one(draw, target, members_of(target) or (),
+               ["type", "type", "enum", "missing", "unknown", "string"],
+               ["bogus", "x-unknown", "Driver"])
     return out
-
-
-#: well-typed integers at the edges of an int64 / uint32 member: zero, -1, the type's limits
-#: and one past a uint32's (the model answers each: a command's own range checks, or the
-#: visitor's ``expects uint32_t``)
-_INTEGERS: dict[str, tuple[int, ...]] = {
-    "int": (0, -1, 2**63 - 1, -(2**63)),
-    "uint32": (0, -1, 2**32 - 1, 2**32),
-}
 
 
 @st.composite
@@ -125,25 +139,7 @@ def argument_boundary(draw: Any, command: str, args: dict) -> dict:
     if members is None:
         return args
     out = dict(args)
-    kind = draw(st.sampled_from(["type", "type", "enum", "missing", "unknown", "string",
-                                 "integer"]))
-    present = [(n, t) for n, t, _r in members if n in out and t.kind in _WRONG]
-    strings = [n for n, t, _r in members if n in out and t.kind == "str"]
-    integers = [(n, t) for n, t, _r in members if t.kind in _INTEGERS]
-    if kind == "string" and strings:
-        name = draw(st.sampled_from(strings))
-        out[name] = draw(st.sampled_from([v for v in _STRINGS if v != out[name]]))
-    elif kind == "integer" and integers:
-        name, t = draw(st.sampled_from(integers))
-        out[name] = draw(st.sampled_from(_INTEGERS[t.kind]))
-    elif kind == "type" and present:
-        name, t = draw(st.sampled_from(present))
-        out[name] = draw(st.sampled_from(_WRONG[t.kind]))
-    elif kind == "enum" and (enums := [n for n, t, _r in members if t.kind == "enum"]):
-        out[draw(st.sampled_from(enums))] = draw(st.sampled_from(["bogus", "", "ON"]))
-    elif kind == "missing" and (required := [n for n, _t, r in members if r and n in out]):
-        del out[draw(st.sampled_from(required))]
-    else:
-        out[draw(st.sampled_from(["bogus", "x-unknown", "Device"]))] = draw(
-            st.sampled_from([1, "x", None, {}]))
+    _break_one(draw, out, members,
+               ["type", "type", "enum", "missing", "unknown", "string", "integer"],
+               ["bogus", "x-unknown", "Device"])
     return out
