@@ -383,9 +383,15 @@ def _refuse_nested_metadata(g: Graph, nodes: list[Node]) -> None:
     so), those writes go through that format, which allocates as it likes."""
     for n in nodes:
         f = n.child("file")
-        if n.driver.metadata_in_file and f is not None and \
-                iodata.storage_leaf(g, g.nodes[f.child]).driver.metadata_in_file:
+        if not n.driver.metadata_in_file or f is None:
+            continue
+        leaf = iodata.storage_leaf(g, g.nodes[f.child])
+        if leaf.driver.metadata_in_file:
             raise NotModeled("a job over a node whose metadata lives in a format node")
+        if leaf.filename is not None and n.filename is not None and leaf.filename != n.filename:
+            # a reopen gave the node another file: its header (backing name) and allocations
+            # go there, from the metadata it holds in memory
+            raise NotModeled("a job over a node whose file child holds another image")
 
 
 def _refuse_iothreads(g: Graph, nodes: list[Node]) -> None:

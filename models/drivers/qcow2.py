@@ -347,9 +347,14 @@ class Qcow2(BlockDriver):
         if n.name in g.dangling_data_file:
             # qcow2_co_truncate() resizes s->data_file, a freed BdrvChild (known QEMU bug)
             raise NotModeled("resize of a qcow2 node with a dangling data_file (known QEMU bug)")
-        if iodata.storage_leaf(g, g.nodes[n.edge("file").child]).drv != "file":
+        leaf = iodata.storage_leaf(g, g.nodes[n.edge("file").child])
+        if leaf.drv != "file":
             # the header and L1 writes go through a format node, which allocates as it likes
             raise NotModeled("resize of a qcow2 node whose metadata lives in a format node")
+        if g.image(leaf) is not g.image(n):
+            # a reopen gave the node another file: QEMU writes the new size into that one's
+            # first cluster, with the header the node holds in memory (BDRVQcow2State)
+            raise NotModeled("resize of a qcow2 node whose file child holds another image")
         img = g.image(n)
         if size < img.size:
             raise NotModeled("qcow2 shrink")
