@@ -77,7 +77,12 @@ class Model:
         if cmd == "human-monitor-command":
             line = args.get("command-line", "") if isinstance(args, dict) else ""
             io = qemuio.parse_command_line(line)
-            r = qemuio.run(self.graph, io)
+            # on a clone with copy-on-write images: a request the model declines halfway
+            # (a quorum's second child, an allocation it cannot place) leaves nothing behind
+            g = self.graph.clone()
+            g.images = {k: v.clone() for k, v in g.images.items()}
+            r = qemuio.run(g, io)
+            self.graph = g
             return Outcome(ret=r.ret, error=None, stdout=r.stdout)
         handler = {
             "blockdev-add": lambda g: blockdev.blockdev_add(g, args, self.profile),

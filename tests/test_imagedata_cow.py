@@ -59,3 +59,27 @@ def test_bytes_past_the_last_write_read_as_zeros():
     raw = Image.create("r.img", "raw", 0)
     raw.resize(1000)
     assert raw.host_bytes(990, 100) == bytes(10)    # up to the file's end
+
+
+def test_a_qemu_io_write_the_model_declines_halfway_leaves_nothing_behind():
+    """A quorum write goes to each child in turn; the second one's allocation is declined
+    (several clusters while its image has a freed one), after the first child was written."""
+    import pytest
+
+    from models import PROFILES, ImageSpec, Model, NotModeled
+
+    m = Model(PROFILES["11.1"], [ImageSpec("a.img", "qcow2", 1 << 20), ImageSpec("b.img", "qcow2", 1 << 20)])
+    for name in ("a", "b"):
+        assert m.execute("blockdev-add", {"driver": "qcow2", "node-name": name, "discard": "unmap",
+                                          "file": {"driver": "file", "filename": f"{name}.img"}}).ok
+    io = lambda node, cmd: m.execute("human-monitor-command", {"command-line": f'qemu-io {node} "{cmd}"'})
+    assert io("b", "write -P 0x11 0 65536").error is None
+    assert io("b", "write -z -u 0 65536").error is None
+    assert m.graph.images["b.img"].free_host == 1
+    assert m.execute("blockdev-add", {"driver": "quorum", "node-name": "q", "vote-threshold": 2,
+                                      "children": ["a", "b"]}).ok
+    before = m.query_named_block_nodes()
+    with pytest.raises(NotModeled, match="several clusters"):
+        io("q", "write -P 0x22 65536 131072")
+    assert m.graph.images["a.img"].read_bytes(65536, 4) == bytes(4)
+    assert m.query_named_block_nodes() == before

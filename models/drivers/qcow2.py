@@ -456,6 +456,17 @@ class Qcow2(BlockDriver):
         img = g.image(n)
         end = off + len(payload)
         first, last = off // CLUSTER, (end - 1) // CLUSTER
+        if img.free_host:
+            # handle_alloc() asks for each run of unallocated clusters in one piece, and
+            # alloc_clusters_noref() skips a free hole shorter than the run: where the run
+            # lands then depends on where the holes are, which the model does not keep
+            run = longest = 0
+            for c in range(first, last + 1):
+                run = run + 1 if c not in img.allocated else 0
+                longest = max(longest, run)
+            if longest > 1:
+                raise NotModeled("an allocation of several clusters while the image has "
+                                 "freed clusters")
         for c in range(first, last + 1):
             if c not in img.allocated:
                 lo, hi = c * CLUSTER, min((c + 1) * CLUSTER, img.size)
