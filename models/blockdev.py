@@ -47,12 +47,18 @@ def inherit_options(role: str, child: dict, parent: dict) -> None:
     child.setdefault("discard", "unmap")
 
 
-def check_generic_flags(options: dict, read_only: bool) -> tuple[str, str, bool]:
-    """``bdrv_open_common()``'s checks of the generic options; returns discard,
+def check_generic_flags(options: dict, read_only: bool, needs_filename: bool = False,
+                        drv: str = "") -> tuple[str, str, bool]:
+    """``bdrv_open_common()``'s checks of the generic options in its order: force-share, the
+    file name a driver needs, then discard and detect-zeroes (seen on 7.2.22, 10.0.2 and
+    11.1.3: an empty filename comes before a detect-zeroes without discard); returns discard,
     detect-zeroes and force-share."""
     force_share = bool_opt(options.get("force-share"))
     if force_share and not read_only:
         raise QmpFailure("force-share=on can only be used with read-only images")
+    if needs_filename and not options.get("filename"):
+        # before bdrv_open_driver() names the node
+        raise QmpFailure(f"The '{drv}' block driver requires a file name")
     discard = options.get("discard", "ignore")
     detect = options.get("detect-zeroes", "off")
     if detect == "unmap" and discard != "unmap":
@@ -128,10 +134,7 @@ class _Opener:
                                              filename=child_filename)
                 file_inline = True
 
-        discard, detect, force_share = check_generic_flags(options, read_only)
-        if d.needs_filename and not options.get("filename"):
-            # bdrv_open_common(), before bdrv_open_driver() names the node
-            raise QmpFailure(f"The '{drv}' block driver requires a file name")
+        discard, detect, force_share = check_generic_flags(options, read_only, d.needs_filename, drv)
         name, auto = assign_node_name(g, options.get("node-name"))
         g.seq += 1
         node = Node(name=name, auto_named=auto, drv=drv, driver=d, options={}, explicit={},
