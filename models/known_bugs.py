@@ -200,6 +200,15 @@ def qemu_io_read(g: Graph, node: Node) -> None:
                            "without a backing file")
 
 
+def qemu_io_zero_write_past_end(g: Graph, node: Node) -> None:
+    """QEMU 7.2 bug: qemu-io ``write -z`` past the end of a node in an iothread fails an
+    assertion in ``aio_poll()`` (``in_aio_context_home_thread``): SIGABRT
+    (VersionProfile.qemu_io_zero_write_past_end_in_iothread_aborts)."""
+    if g.qemu_profile.qemu_io_zero_write_past_end_in_iothread_aborts and node.ctx != "main":
+        raise KnownQemuBug("known QEMU 7.2 abort: qemu-io write -z past the end of a node in "
+                           "an iothread")
+
+
 #: point name (as the semantics call ``Graph.guard``) -> guard
 GUARDS: dict[str, Callable[..., Any]] = {
     "attach-file": attach_file,
@@ -217,6 +226,7 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "active-commit-start": active_commit_start,
     "qemu-io-active-commit": qemu_io_active_commit,
     "qemu-io-read": qemu_io_read,
+    "qemu-io-zero-write-past-end": qemu_io_zero_write_past_end,
     "child-change": child_change,
     "append": append,
     "qcow2-create": qcow2_create,

@@ -111,6 +111,9 @@ class VersionProfile:
     #: stops answering in about half the runs; 11.1.3 is fine (iotest tests/iothreads-create;
     #: corpus/findings/qcow2-create-over-iothread-node.json)
     qcow2_create_over_iothread_fails: bool = False
+    #: QEMU bug (7.2.22; 10.0.2 and 11.1.3 are fine): qemu-io ``write -z`` past the end of a
+    #: node in an iothread aborts in ``aio_poll()`` (corpus/findings/qemu72-qemu-io-zero-write-past-end-iothread-abort.json)
+    qemu_io_zero_write_past_end_in_iothread_aborts: bool = False
     #: block-stream and block-commit take ``backing-mask-protocol`` (8.0+); 7.2.22 skips it
     #: in the visit and ends with "Parameter 'backing-mask-protocol' is unexpected" (probed:
     #: corpus/probes/job-argument-visitor.json)
@@ -127,7 +130,8 @@ PROFILES: dict[str, VersionProfile] = {
                           write_zeroes_unmap_needs_discard=False, disk_context_move_best_effort=False,
                           dataplane_op_blocker=True, quorum_iothread_child_change_aborts=True,
                           resize_blocked_error="Device '{device}' is in use",
-                          qcow2_create_over_iothread_fails=True, job_backing_mask_protocol=False),
+                          qcow2_create_over_iothread_fails=True, job_backing_mask_protocol=False,
+                          qemu_io_zero_write_past_end_in_iothread_aborts=True),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, driver_variable_length=False,
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,

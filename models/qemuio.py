@@ -131,6 +131,8 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
         # HMP prints the error with its hint (error_report_err()), lines ending "\r\n"
         return IoResult((e.desc + "\n" + e.hint).replace("\n", "\r\n"), ())
     if cmd.offset + cmd.length > length:
+        if cmd.op.startswith("write-zeroes"):
+            g.guard("qemu-io-zero-write-past-end", node=node)
         return IoResult("", ("write failed: Input/output error",))
     done = (f"wrote {cmd.length}/{cmd.length} bytes at offset {cmd.offset}",)
     if cmd.op.startswith("write-zeroes"):
