@@ -180,10 +180,15 @@ class File(BlockDriver):
         g.image(n).write_host(off, payload)
 
     def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
-        """``raw_co_pwrite_zeroes()``: fallocate() zeroes the range (or punches a hole with
-        ``may_unmap``); either way it reads as zeros.  Inside a qcow2 image it overwrites
-        metadata the model does not hold."""
+        """``raw_co_pwrite_zeroes()``: with ``may_unmap`` a hole is punched
+        (``FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE``: the file keeps its length, also
+        where the range reaches past it), otherwise the range is zeroed
+        (``FALLOC_FL_ZERO_RANGE``, which extends the file); either way it reads as zeros.
+        Inside a qcow2 image it overwrites metadata the model does not hold."""
         img = g.image(n)
         if img.fmt != "raw":
             raise NotModeled("write zeroes into a file holding a qcow2 image")
-        img.write_host(off, bytes(length))
+        if may_unmap:
+            img.zero_bytes(off, max(0, min(length, img.size - off)))
+        else:
+            img.write_host(off, bytes(length))
