@@ -47,8 +47,8 @@ def inherit_options(role: str, child: dict, parent: dict) -> None:
     child.setdefault("discard", "unmap")
 
 
-def check_generic_flags(options: dict, read_only: bool, needs_filename: bool = False,
-                        drv: str = "") -> tuple[str, str, bool]:
+def check_generic_flags(options: dict, read_only: bool, needs_filename: bool,
+                        drv: str) -> tuple[str, str, bool]:
     """``bdrv_open_common()``'s checks of the generic options in its order: force-share, the
     file name a driver needs, then discard and detect-zeroes (seen on 7.2.22, 10.0.2 and
     11.1.3: an empty filename comes before a detect-zeroes without discard); returns discard,

@@ -813,7 +813,6 @@ def _mirror_data(g: Graph, job: Job, src: Node, target: Node, sync: str, granula
             except iodata.IoFailed:
                 raise NotModeled("mirror of a source whose read fails (the job's error path)") from None
         return
-    null_target = False
     if granularity not in (0, CLUSTER):
         raise NotModeled("mirror granularity other than 64 KiB")
     if not iodata.known(g, src) or not iodata.can_write(g, target):
@@ -836,8 +835,6 @@ def _mirror_data(g: Graph, job: Job, src: Node, target: Node, sync: str, granula
         except iodata.IoFailed:
             raise NotModeled("mirror of a source whose read fails (the job's error path)") from None
         assert data is not None, "known() said the data is known"
-        if null_target:
-            continue
         if not data.strip(b"\0"):
             raise NotModeled("mirror of areas the source reads as zeros")
         iodata.write(g, target, lo, data)
