@@ -17,7 +17,8 @@ protocol prefixes (a ``:`` before the first ``/``, QEMU's ``path_has_protocol()`
 ``file:/etc/passwd``, ``nbd:``, ``fat:``).  ``json:{...}`` strings are parsed and their strings
 checked alike (unparsable ones are refused: QEMU's parser also takes single quotes).  Allowed
 beyond plain relative names (``hd0.img``, ``sub/x.img``): ``null-co://``, ``null-aio://``,
-``/dev/null`` as a ``config`` (blkdebug; in the chroot an empty file the harness provides, the
+``file:NAME`` as a ``backing-file`` (a header's backing name, as ``qemu-img create -b``
+takes it), ``/dev/null`` as a ``config`` (blkdebug; in the chroot an empty file the harness provides, the
 same for reading a config but not for a ``file`` node, hence nowhere else), and any ``config``
 in ``blockdev-reopen``, which never opens nodes but compares the value (iotest 245 sends
 ``/non/existent`` to get "Cannot change the option 'config'").
@@ -44,7 +45,7 @@ from typing import Any
 
 import attrs
 
-from models.values import header_file
+from models.values import FILE_PREFIX, header_file
 
 __all__ = [
     "Problem", "step_problem", "hmp_problem", "image_problem", "string_problem",
@@ -85,6 +86,10 @@ def string_problem(s: str, key: str | None = None, reopen: bool = False) -> Prob
         member = key.rpartition(".")[2]   # json: filenames may use flattened keys (image.config)
         if member == "config" and (reopen or s == DEV_NULL):
             return None
+        if member == "backing-file" and s.startswith(FILE_PREFIX):
+            # a name for an image header (blockdev-create, block-stream, block-commit): file:
+            # names the same file as the rest, which is checked like any name
+            return string_problem(s[len(FILE_PREFIX):])
     if s in PSEUDO_FILENAMES:
         return None
     if s[0] == "/":

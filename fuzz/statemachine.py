@@ -40,6 +40,7 @@ from models.drivers import DRIVERS
 from models.drivers.base import (CHILD, CHILDREN, FILE, FILE_CHILD, FORMAT_NAMES, GROUP, NODE,
                                  Draw)
 from models.lengths import node_length
+from models.values import FILE_PREFIX
 
 from . import trace as T
 from .boundary import argument_boundary, qapi_boundary
@@ -515,6 +516,10 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 # by file name, as QEMU's job iotests give them (bdrv_find_backing_image())
                 args[data.draw(st.sampled_from(["top", "base"]))] = data.draw(
                     st.sampled_from([i.file for i in self.images]))
+        if data.draw(st.integers(0, 5)) == 0:
+            # the name the overlay's header gets in place of the base's filename (refused
+            # for a whole-chain stream and an active commit)
+            args["backing-file"] = data.draw(st.sampled_from(self.header_names()))
         if data.draw(st.integers(0, 3)) == 0:
             args["filter-node-name"] = data.draw(st.sampled_from(["jf0", "jf1", "hd0", "#x"]))
         args["auto-finalize"] = data.draw(st.sampled_from([False, False, True]))
@@ -682,6 +687,13 @@ class BlockGraphMachine(RuleBasedStateMachine):
             opts = {"driver": "qcow2",
                     "file": data.draw(st.sampled_from(file_nodes * 4 + self.named_nodes() + ["nope"])),
                     "size": data.draw(st.sampled_from([1 << 20, 3 << 20, 1 << 20, 1000, 0]))}
+            if data.draw(st.integers(0, 2)) == 0:
+                # a header backing name, now and then without a format: opening the image
+                # then probes the backing file's format (find_image_format())
+                opts["backing-file"] = data.draw(st.sampled_from(self.header_names()))
+                fmt = data.draw(st.sampled_from([None, None, "qcow2", "raw"]))
+                if fmt is not None:
+                    opts["backing-fmt"] = fmt
             if data.draw(st.integers(0, 4)) == 0:
                 key, values = data.draw(st.sampled_from([
                     ("cluster-size", [1234, 512, 4 << 20]), ("version", ["v2", "v1"]),
@@ -691,6 +703,12 @@ class BlockGraphMachine(RuleBasedStateMachine):
             opts = {"driver": "raw"}
         self.do({"qmp": "blockdev-create", "args": {
             "job-id": data.draw(st.sampled_from(["c0", "c0", "c1", "1bad"])), "options": opts}})
+
+    def header_names(self) -> list[str]:
+        """Backing file names for an image header: the trace's images, by plain name and
+        with the ``file:`` prefix, a missing one and the empty name."""
+        files = [i.file for i in self.images]
+        return files * 2 + [FILE_PREFIX + f for f in files[:2]] + ["nope.img", ""]
 
     def quorums(self) -> list[str]:
         return sorted(n for n, node in self.g.nodes.items() if node.driver.changes_children)

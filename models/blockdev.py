@@ -22,6 +22,7 @@ from .filenames import full_backing_filename, refresh_filename
 from .graph import ROLE_COW, Graph, Node, assign_node_name, op_blocker
 from .imagedata import Image
 from .options import bool_opt, extract
+from .probing import find_image_format
 from .profiles import VersionProfile
 from .qapi import flatten, validate_blockdev_add, validate_blockdev_del, visit_arguments
 from .arguments import X_BLOCKDEV_CHANGE
@@ -30,6 +31,7 @@ from .values import header_file
 __all__ = ["QmpFailure", "ROLE_COW", "blockdev_add", "blockdev_del", "inherit_options", "x_blockdev_change"]
 
 _FROM_FILENAME = "\0from-filename"  # marker: options made up from a filename, not given
+_PROBED = "\0probed"  # marker: the driver is what find_image_format() picked, not given
 
 
 def inherit_options(role: str, child: dict, parent: dict) -> None:
@@ -82,7 +84,10 @@ class _Opener:
         child is opened before that)."""
         g = self.g
         from_filename = options.pop(_FROM_FILENAME, False)
-        explicit = {} if from_filename else dict(options)
+        probed = options.pop(_PROBED, False)
+        # bdrv_open_inherit() takes explicit_options before it probes and adds "driver"
+        explicit = {} if from_filename else {k: v for k, v in options.items()
+                                             if not (probed and k == "driver")}
         if parent_options is not None:
             assert role is not None, "a child is opened with the role its parent gives it"
             inherit_options(role, options, parent_options)
@@ -141,7 +146,7 @@ class _Opener:
                     read_only=read_only, cache_direct=bool_opt(options.get("cache.direct")),
                     cache_no_flush=bool_opt(options.get("cache.no-flush")), discard=discard,
                     detect_zeroes=detect, force_share=force_share, seq=g.seq,
-                    inherits_from=parent_name)
+                    inherits_from=parent_name, probed=probed)
         g.nodes[name] = node
         if file_edge_target is not None and file_inline:
             file_edge_target.inherits_from = name  # opened from a nested dict: inherited
@@ -231,11 +236,17 @@ class _Opener:
             return self.open(sub, options, ROLE_COW, filename=fname, parent_name=node.name)
         if not img.backing_file:
             return None
-        if not img.backing_format:
-            raise NotModeled("header backing without a format (probing)")
-        if header_file(img.backing_file) not in self.g.images:
+        file = header_file(img.backing_file)
+        if file not in self.g.images:
             raise NotModeled("missing header backing file")
-        return self.open({"driver": img.backing_format}, options, ROLE_COW,
+        if img.backing_format:
+            # bdrv_open_backing_file(): the header's backing format is the driver
+            return self.open({"driver": img.backing_format}, options, ROLE_COW,
+                             filename=img.backing_file, parent_name=node.name)
+        # no backing format: bdrv_open_inherit() opens the file, then find_image_format()
+        # (probed on 7.2.22, 10.0.2 and 11.1.3: corpus/probes/header-backing-probed.json)
+        fmt = find_image_format(self.g.images[file], file)
+        return self.open({"driver": fmt, _PROBED: True}, options, ROLE_COW,
                          filename=img.backing_file, parent_name=node.name)
 
 

@@ -87,6 +87,7 @@ class Node:
     mirror_is_commit: bool = True    # mirror_top: MirrorBDSOpaque.is_commit (False for blockdev-mirror)
     seq: int = 0                     # name-assignment order (query-named-block-nodes)
     implicit: bool = False           # bs->implicit: a job filter nobody named
+    probed: bool = False             # bs->probed: opened without a driver (models.probing)
     ctx: str = "main"                # AioContext: "main" or an iothread id (models.devices)
     #: bs->bl as last computed by bdrv_refresh_limits() (models.limits), for profiles that
     #: report image.limits; replaced, never mutated (clones share it)

@@ -12,10 +12,16 @@ these functions again, as ``bdrv_co_preadv()`` does.
 from __future__ import annotations
 
 from .graph import Graph, Node
+from .lengths import node_length
 
 
 class IoFailed(Exception):
-    """The request fails with EIO ("write failed: Input/output error")."""
+    """The request fails: EIO ("write failed: Input/output error") unless ``strerror`` says
+    otherwise."""
+
+    def __init__(self, why: str = "", strerror: str = "Input/output error"):
+        super().__init__(why)
+        self.strerror = strerror
 
 
 def storage_leaf(g: Graph, n: Node) -> Node:
@@ -27,8 +33,17 @@ def storage_leaf(g: Graph, n: Node) -> Node:
 
 
 def read(g: Graph, n: Node, off: int, length: int) -> bytes | None:
+    """``bdrv_co_preadv()`` of ``n``: what lies past the node's length is zeros without asking
+    its driver (``bdrv_aligned_preadv()``: ``max_bytes`` from ``bdrv_co_getlength()``), so a
+    parent whose cached length is behind a shrunk child reads zeros there (11.1.3: raw over a
+    raw reopened with ``size: 0``)."""
     if n.name in g.dangling_data_file:
         return None  # a known QEMU bug: I/O through a freed BdrvChild (Graph.dangling_data_file)
+    total = node_length(g, n)
+    if off + length > total:
+        inside = max(0, total - off)
+        data = n.driver.read(g, n, off, inside) if inside else b""
+        return None if data is None else data + bytes(length - inside)
     return n.driver.read(g, n, off, length)
 
 

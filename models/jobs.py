@@ -62,6 +62,9 @@ class Job:
     top: str | None = None
     base: str | None = None
     above_base: str | None = None
+    #: stream / commit ``backing-file``: the name written into the overlay's header in place
+    #: of the base's filename (``s->backing_file_str``)
+    backing_file: str | None = None
     restore_ro: str | None = None
     error: str | None = None
     #: job->user_paused (block-job-pause / job-pause)
@@ -137,6 +140,15 @@ def _visit(g: Graph, args: Any, members: tuple[Member, ...], unmodelled: tuple[s
         if name in args:
             raise NotModeled(f"job argument {name!r}")
     return args
+
+
+def _check_backing_file_str(args: dict) -> None:
+    """A ``backing-file`` the job would fail to write at its end: ``qcow2_co_change_backing_file()``
+    refuses a name over 1023 bytes with EINVAL (stream_prepare() then fails the job after the
+    graph changed; bdrv_drop_intermediate() "Could not update backing file link")."""
+    name = args.get("backing-file")
+    if name is not None and len(name.encode()) > 1023:
+        raise NotModeled("a job's backing-file over 1023 bytes")
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,10 +519,9 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     while it is not None and it is not base:
         _busy(g, it)
         it = chain_next(g, it)
-    if "backing-file" in args:
-        if base is None:
-            raise QmpFailure("backing file specified, but streaming the entire chain")
-        raise NotModeled("job argument 'backing-file'")
+    if "backing-file" in args and base is None:
+        raise QmpFailure("backing file specified, but streaming the entire chain")
+    _check_backing_file_str(args)
     _refuse_iothreads(g, [bs])
     g.guard("stream-start", args=args, checked=True)
     # stream_start(): with bottom, base_overlay and above_base are bottom itself
@@ -541,7 +552,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     g.guard("job-start", nodes=[n for n in chain + [base] if n is not None])
 
     job = Job("", "stream", "created", args.get("auto-finalize", True), args.get("auto-dismiss", True),
-              device=bs.name, above_base=above_base.name)
+              device=bs.name, above_base=above_base.name, backing_file=args.get("backing-file"))
     if bs.read_only:
         _make_writable(g, job, bs, ctx)
 
@@ -609,7 +620,8 @@ def _stream_prepare(g: Graph, job: Job) -> None:
         if base is not None:
             # the header names the base below any filters (stream_prepare(): unfiltered_base)
             unfiltered = skip_filters(g, base)
-            img.backing_file = refresh_filename(g, unfiltered).filename
+            img.backing_file = job.backing_file if job.backing_file is not None \
+                else refresh_filename(g, unfiltered).filename
             img.backing_format = unfiltered.drv
         else:
             img.backing_file = None
@@ -637,8 +649,7 @@ def _drop_filter(g: Graph, job: Job) -> None:
 
 @_restoring
 def block_commit(g: Graph, args: Any, ctx: dict) -> None:
-    args = _visit(g, args, A.BLOCK_COMMIT,
-                  ("backing-file", "speed", "on-error", "backing-mask-protocol"))
+    args = _visit(g, args, A.BLOCK_COMMIT, ("speed", "on-error", "backing-mask-protocol"))
     device = args["device"]
     bs = g.get(device)
     if bs is None:
@@ -685,13 +696,19 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
         it = chain_next(g, it)
     if top is base:
         raise QmpFailure("cannot commit an image into itself")
+    is_active = skip_filters(g, top) is skip_filters(g, bs)
+    # active commit if and only if someone has taken WRITE on top (or top is the active layer)
+    active = is_active or bool(P.Perms(g, {}, {}).node[top.name][0] & WRITE)
+    if active and "backing-file" in args:
+        raise QmpFailure("'backing-file' specified, but 'top' is the active layer" if is_active
+                         else "'backing-file' specified, but 'top' has a writer on it")
+    _check_backing_file_str(args)
     # before the model's own limits, so that diff mode, which sends declined steps to the
     # builds, does not find a known bug of an active commit again and again
-    g.guard("active-commit-start", device=bs, active=skip_filters(g, top) is skip_filters(g, bs))
+    g.guard("active-commit-start", device=bs, active=is_active)
     chain = _qcow2_chain(g, top, base, into_stop=True)
     g.guard("job-start", nodes=[n for n in [bs] + chain + [base] if n is not None])
-    perms = P.Perms(g, {}, {})
-    if perms.node[top.name][0] & WRITE or skip_filters(g, top) is skip_filters(g, bs):
+    if active:
         # commit_active_start(top_bs, ...): the mirror works on top, below any filter on bs
         _active_commit(g, args, top, base, chain, ctx)
         return
@@ -700,7 +717,7 @@ def block_commit(g: Graph, args: Any, ctx: dict) -> None:
     _busy(g, overlay)
 
     job = Job("", "commit", "created", args.get("auto-finalize", True), args.get("auto-dismiss", True),
-              device=bs.name, top=top.name, base=base.name)
+              device=bs.name, top=top.name, base=base.name, backing_file=args.get("backing-file"))
     job.id = _job_id(g, args.get("job-id"))
     _register(g, job)
     add_parent(g, job, bs, "main node", 0, ALL)
@@ -941,8 +958,10 @@ def _commit_prepare(g: Graph, job: Job) -> None:
         g.move_to_head(c)
         g.moved.append((c.parent, c.name))
         if c.role == ROLE_COW:
+            # bdrv_drop_intermediate(): backing_file_str, or the base's filename
             img = g.image(parent)
-            img.backing_file = refresh_filename(g, base).filename
+            img.backing_file = job.backing_file if job.backing_file is not None \
+                else refresh_filename(g, base).filename
             img.backing_format = base.drv
             parent.auto_backing_file = img.backing_file
     if inherits:

@@ -157,6 +157,17 @@ def truncate(g: Graph, node: Node, size: int) -> None:
         raise KnownQemuBug("known QEMU crash: a blkverify resize to more than twice its length")
 
 
+def write_past_child_end(g: Graph, parent: Node, child: Node) -> None:
+    """QEMU bug (10.0, 10.2, 11.1; 7.2 re-reads a raw node's length and never sends such a
+    request): a raw node whose cached length is behind a child that a reopen shrank or moved
+    onto a shorter file passes a write on past the child's end without holding RESIZE on it:
+    SIGABRT ``bdrv_co_write_req_prepare: Assertion `offset + bytes <= bs->total_sectors *
+    BDRV_SECTOR_SIZE || child->perm & BLK_PERM_RESIZE'``
+    (corpus/findings/raw-parent-stale-length-write-abort.json)."""
+    raise KnownQemuBug(f"known QEMU crash: a write past the end of '{child.name}' through "
+                       f"'{parent.name}', whose cached length is behind it")
+
+
 def job_filter_orphaned(g: Graph, node: Node) -> None:
     """QEMU bug (7.2, 10.0, 11.1): a reopen that takes a job filter's only parent link away
     (a non-active commit's overlay given ``backing: null``) closes the filter, whose child
@@ -231,5 +242,6 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "append": append,
     "qcow2-create": qcow2_create,
     "truncate": truncate,
+    "write-past-child-end": write_past_child_end,
     "job-filter-orphaned": job_filter_orphaned,
 }

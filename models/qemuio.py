@@ -138,7 +138,10 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     if cmd.op.startswith("write-zeroes"):
         if any(n.detect_zeroes != "off" for n in g.nodes.values()):
             raise NotModeled("zero writes with detect-zeroes")
-        iodata.write_zeroes(g, node, cmd.offset, cmd.length, cmd.op.endswith("unmap"))
+        try:
+            iodata.write_zeroes(g, node, cmd.offset, cmd.length, cmd.op.endswith("unmap"))
+        except iodata.IoFailed as e:
+            return IoResult("", (f"write failed: {e.strerror}",))
         return IoResult("", done)
     if not iodata.can_write(g, node):
         raise NotModeled(f"writes through node '{node.name}' are not modelled")
@@ -148,7 +151,7 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
         raise NotModeled("zero writes with detect-zeroes")
     try:
         iodata.write(g, node, cmd.offset, bytes([pattern]) * cmd.length)
-    except iodata.IoFailed:
-        return IoResult("", ("write failed: Input/output error",))
+    except iodata.IoFailed as e:
+        return IoResult("", (f"write failed: {e.strerror}",))
     return IoResult("", done)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from models import PROFILES, ImageSpec, Model, NotModeled
+from models import PROFILES, ImageSpec, KnownQemuBug, Model, NotModeled, Write
 
 M = 1 << 20
 IMAGES = [ImageSpec("hd2.img", "qcow2", 3 * M), ImageSpec("hd3.img", "qcow2", M),
@@ -50,3 +50,38 @@ def test_a_mirror_into_null_co_from_a_blkverify_is_declined():
     _ok(m, "blockdev-add", {"driver": "null-co", "node-name": "c0"})   # as long as q0
     with pytest.raises(NotModeled, match="do more than read"):
         m.execute("blockdev-mirror", {"device": "n0", "target": "c0", "sync": "full", "job-id": "job0"})
+
+
+def _shrunk_window(version: str) -> Model:
+    m = Model(PROFILES[version], [ImageSpec("hd0.img", "raw", M, writes=(Write(0xa0, 0, 65536),))])
+    _ok(m, "blockdev-add", {"driver": "file", "node-name": "f0", "filename": "hd0.img"})
+    _ok(m, "blockdev-add", {"driver": "raw", "node-name": "r0", "file": "f0", "size": 65536})
+    _ok(m, "blockdev-add", {"driver": "raw", "node-name": "p0", "file": "r0"})
+    _ok(m, "blockdev-reopen", {"options": [{"driver": "raw", "node-name": "r0", "file": "f0", "size": 512}]})
+    return m
+
+
+def _io(m: Model, line: str):
+    return m.execute("human-monitor-command", {"command-line": f'qemu-io {line}'})
+
+
+def test_a_read_past_a_shrunk_child_is_zeros():
+    # 11.1.3 campaign, 2026-12-02: the model read r0's file past r0's new end (0xa0); QEMU's
+    # bdrv_aligned_preadv() pads with zeros past the child's length
+    m = _shrunk_window("11.1")
+    assert _io(m, 'p0 "read -P 0 512 512"').stdout == ("read 512/512 bytes at offset 512",)
+    assert _io(m, 'p0 "read -P 0xa0 0 512"').stdout == ("read 512/512 bytes at offset 0",)
+
+
+def test_a_write_past_a_shrunk_child_is_the_known_abort_in_a_campaign():
+    m = _shrunk_window("11.1")
+    m.graph.guard_known_crashes = True
+    with pytest.raises(KnownQemuBug, match="write past the end of 'r0'"):
+        _io(m, 'p0 "write -P 0xb0 1024 512"')
+    with pytest.raises(KnownQemuBug, match="write past the end of 'r0'"):
+        _io(m, 'p0 "write -z 1024 512"')
+    assert _io(m, 'p0 "write -P 0xb0 0 512"').stdout == ("wrote 512/512 bytes at offset 0",)
+    # 7.2 re-reads p0's length (512): qemu-io refuses the request before it reaches r0
+    m = _shrunk_window("7.2")
+    m.graph.guard_known_crashes = True
+    assert _io(m, 'p0 "write -P 0xb0 1024 512"').stdout == ("write failed: Input/output error",)

@@ -57,6 +57,14 @@ HOSTILE = [
     ("blockdev-add", file_node("nbd:localhost:10809"), "nbd:localhost:10809"),
     ("blockdev-add", file_node("fat:rw:/etc"), "fat:rw:/etc"),
     ("blockdev-add", file_node("blkdebug:cfg:hd0.img"), "blkdebug:cfg:hd0.img"),
+    # a header backing name may carry file: before a plain name, nothing else
+    ("block-stream", {"device": "hd0", "base": "hd1.img", "backing-file": "file:/etc/passwd"}, "/etc/passwd"),
+    ("block-commit", {"device": "hd0", "backing-file": "file:../x.img"}, "../x.img"),
+    ("block-commit", {"device": "hd0", "backing-file": "file:nbd:localhost:1"}, "nbd:localhost:1"),
+    ("blockdev-create", {"job-id": "c", "options": {"driver": "qcow2", "file": "f", "size": 512,
+                                                   "backing-file": "nbd:localhost:1"}}, "nbd:localhost:1"),
+    ("blockdev-add", {"driver": "file", "node-name": "f", "filename": "file:hd0.img",
+                      "x-backing-file": "file:hd0.img"}, "file:hd0.img"),
     # json: filenames are parsed; their strings are checked like any other
     ("blockdev-add", file_node(json_filename("/etc/shadow")), "/etc/shadow"),
     ("blockdev-add", file_node(json_filename("../victim.txt")), "../victim.txt"),
@@ -143,6 +151,9 @@ LEGITIMATE = [
     ("blockdev-add", file_node("sub/x.img")),   # inside the work dir (it just does not exist)
     ("blockdev-add", file_node("./hd0.img")),
     ("blockdev-add", file_node("sub/a:b.img")),  # ':' after a '/' is no protocol prefix
+    ("block-commit", {"device": "hd0", "top": "hd1.img", "backing-file": "file:hd2.img"}),
+    ("blockdev-create", {"job-id": "c", "options": {"driver": "qcow2", "file": "f", "size": 512,
+                                                   "backing-file": "file:sub/hd2.img"}}),
     ("blockdev-add", file_node(json_filename("hd0.img"))),
     ("blockdev-add", file_node("null-co://")),
     ("blockdev-add", {"driver": "null-co", "node-name": "n", "size": 1024}),

@@ -318,6 +318,9 @@ class Qcow2(BlockDriver):
             raise NotModeled("blockdev-create of qcow2 over a file another node has open")
         if not 0 < size <= MAX_MODELLED_SIZE:
             raise NotModeled("blockdev-create of qcow2 of size 0 (no L1 table) or over 128 MiB")
+        if len(opts.get("backing-file", "").encode()) > 1023:
+            # qcow2_co_change_backing_file(): EINVAL once the image is written
+            raise NotModeled("blockdev-create of qcow2 with a backing-file over 1023 bytes")
         img = Image.create(file.filename, "qcow2", size, opts.get("backing-file"), opts.get("backing-fmt"))
         if g.images[file.filename].host_length() > img.host_length():
             raise NotModeled("blockdev-create of qcow2 over a longer file (it is not truncated)")

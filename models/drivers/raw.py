@@ -4,10 +4,11 @@ from __future__ import annotations
 from typing import Any
 
 from .. import iodata, perms
-from ..errors import QmpFailure
+from ..errors import NotModeled, QmpFailure
 from ..graph import ROLE_DATA, ROLE_FILTERED, Graph, Node
 from ..imagedata import SECTOR
 from ..lengths import node_length, refreshed_length
+from ..probing import PROBE_BUF_SIZE, claimed_by_other_format
 from ..profiles import VersionProfile
 from ..qapitypes import INT, REF, Member
 from .base import FILE_CHILD, FORMAT_NAMES, BlockDriver, Draw, Gen, Opener
@@ -90,8 +91,10 @@ class Raw(BlockDriver):
 
     def refresh_limits(self, g: Graph, n: Node, bl: dict) -> None:
         """``raw_refresh_limits()``: only a *probed* raw node changes a reported limit
-        (``request_alignment`` 512, to protect the first sector); the model never probes a
-        format.  ``offset`` / ``size`` do not enter."""
+        (``request_alignment`` 512, to protect the first sector).  ``offset`` / ``size`` do
+        not enter."""
+        if n.probed:
+            bl["request-alignment"] = SECTOR
 
     def storage_child(self, g: Graph, n: Node) -> Node | None:
         """Raw over the whole file (no ``offset``, no ``size``) passes every request through
@@ -113,8 +116,48 @@ class Raw(BlockDriver):
     def can_write(self, g: Graph, n: Node) -> bool:
         return iodata.can_write(g, self._file(g, n))
 
+    def _check_request_end(self, g: Graph, n: Node, end: int) -> None:
+        """``bdrv_co_write_req_prepare()`` of the child: a write past its length asserts
+        unless this node holds RESIZE on it (a known QEMU bug; a stale cached length of this
+        node is what sends one)."""
+        f = self._file(g, n)
+        if n.raw_offset + end > node_length(g, f) \
+                and not perms.Perms(g, {}, {}).edge[id(n.edge("file"))][0] & perms.RESIZE:
+            g.guard("write-past-child-end", parent=n, child=f)
+
     def write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
+        self._check_request_end(g, n, off + len(payload))
+        if n.raw_size is not None and off + len(payload) > n.raw_size:
+            # raw_adjust_offset(): a write past the window (a parent whose cached length is
+            # behind a reopen that shrank it) is refused before anything is written
+            raise iodata.IoFailed("past the raw window", "No space left on device")
+        if n.probed:
+            self._check_probed_write(g, n, off, payload)
         iodata.write(g, self._file(g, n), n.raw_offset + off, payload)
 
     def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
+        self._check_request_end(g, n, off + length)
+        if n.raw_size is not None and off + length > n.raw_size:
+            raise iodata.IoFailed("past the raw window", "No space left on device")
+        if n.probed and (off % SECTOR or length % SECTOR):
+            # the request alignment of 512 turns the unaligned head and tail into data writes
+            raise NotModeled("an unaligned zero write to a probed raw node")
         iodata.write_zeroes(g, self._file(g, n), n.raw_offset + off, length, may_unmap, entry=False)
+
+    def _check_probed_write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
+        """``raw_co_pwritev()`` of a probed node: the block layer makes a write whole sectors
+        (read-modify-write), and a new first sector that probes as another format is refused
+        with EPERM (not modelled; the model's patterns never look like one)."""
+        f = self._file(g, n)
+        if node_length(g, f) % SECTOR:
+            # the padded tail would write past the end of the file and grow it
+            raise NotModeled("a write to a probed raw node over a file of partial sectors")
+        if off < PROBE_BUF_SIZE:
+            old = iodata.read(g, f, 0, PROBE_BUF_SIZE)
+            if old is None:
+                raise NotModeled("a write to a probed raw node whose first sector is unknown")
+            first = bytearray(old)
+            part = payload[:PROBE_BUF_SIZE - off]
+            first[off:off + len(part)] = part
+            if claimed_by_other_format(bytes(first)) is not None:
+                raise NotModeled("a write that makes a probed raw image look like another format")
