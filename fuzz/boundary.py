@@ -32,6 +32,8 @@ from models.profiles import PROFILES
 from models.qapi import BASE_MEMBERS, SAME_MEMBERS
 from models.qapitypes import Member
 
+from .draws import pick
+
 #: the members do not depend on the version except for qcow2's discard-no-unref (8.1+); the
 #: newest profile lists every member any version has, and an older one rejects the extra
 #: member with its own exact error
@@ -93,27 +95,27 @@ def _break_one(draw: Any, target: dict, members: tuple[Member, ...], kinds: list
     a member's JSON type, an enum value, a required member, one unknown member (a name from
     ``unknown``), a well-typed string at its edge, or (kind ``integer``) a well-typed
     integer at its type's edge."""
-    kind = draw(st.sampled_from(kinds))
+    kind = pick(draw, kinds)
     present = [(n, t) for n, t, _r in members if n in target and t.kind in _WRONG]
     strings = [n for n, t, _r in members if n in target and t.kind == "str"]
     integers = [(n, t) for n, t, _r in members if t.kind in _INTEGERS]
     enums = [n for n, t, _r in members if t.kind == "enum"]
     required = [n for n, _t, r in members if r and n in target]
     if kind == "string" and strings:
-        name = draw(st.sampled_from(strings))
-        target[name] = draw(st.sampled_from([v for v in _STRINGS if v != target[name]]))
+        name = pick(draw, strings)
+        target[name] = pick(draw, [v for v in _STRINGS if v != target[name]])
     elif kind == "integer" and integers:
-        name, t = draw(st.sampled_from(integers))
-        target[name] = draw(st.sampled_from(_INTEGERS[t.kind]))
+        name, t = pick(draw, integers)
+        target[name] = pick(draw, _INTEGERS[t.kind])
     elif kind == "type" and present:
-        name, t = draw(st.sampled_from(present))
-        target[name] = draw(st.sampled_from(_WRONG[t.kind]))
+        name, t = pick(draw, present)
+        target[name] = pick(draw, _WRONG[t.kind])
     elif kind == "enum" and enums:
-        target[draw(st.sampled_from(enums))] = draw(st.sampled_from(["bogus", "", "ON"]))
+        target[pick(draw, enums)] = pick(draw, ["bogus", "", "ON"])
     elif kind == "missing" and required:
-        del target[draw(st.sampled_from(required))]
+        del target[pick(draw, required)]
     else:
-        target[draw(st.sampled_from(unknown))] = draw(st.sampled_from([1, "x", None, {}]))
+        target[pick(draw, unknown)] = pick(draw, [1, "x", None, {}])
 
 
 @st.composite
@@ -123,7 +125,7 @@ def qapi_boundary(draw: Any, options: dict) -> dict:
     if members is None:
         return options
     out = copy.deepcopy(options)
-    target = draw(st.sampled_from(_targets(out, members)))
+    target = pick(draw, _targets(out, members))
     _break_one(draw, target, members_of(target) or (),
                ["type", "type", "enum", "missing", "unknown", "string"],
                ["bogus", "x-unknown", "Driver"])

@@ -827,23 +827,16 @@ class QemuProcess:
         """Send ``calls`` at once and collect every reply (``{"return"}``/``{"error"}``): one
         wait instead of one per command.  QEMU still runs them one after the other, in order
         (a monitor without OOB suspends reading until a request is handled,
-        monitor_qmp_handle_inbound()).  Uses QmpSync's loop and client directly (to move into
-        QmpSync as a ``cmds()``)."""
-        import asyncio
-
+        monitor_qmp_handle_inbound())."""
         assert self._qmp is not None
-        client = self._qmp._client
-
-        async def all_() -> list[dict]:
-            return list(await asyncio.gather(*(_reply_of(client, c, a) for c, a in calls)))
-
         what = f"{calls[0][0]} (+{len(calls) - 1})"
-        try:
-            return self._qmp._run(all_(), self.timeout, what)
-        except QmpTimeout as e:
-            self._fail(QemuHang(what, e.timeout, self._stderr_tail()), e)
-        except (QmpTransportError, OSError, EOFError, Exception) as e:
-            self._fail(self._crash(what, self._wait_exit()), e)
+        replies = self._qmp.cmds(calls, self.timeout)
+        for r in replies:
+            if isinstance(r, QmpTimeout):
+                self._fail(QemuHang(what, r.timeout, self._stderr_tail()), r)
+            if isinstance(r, QmpTransportError):
+                self._fail(self._crash(what, self._wait_exit()), r)
+        return replies   # type: ignore[return-value]   # no failure left in it
 
     def _batch_must(self, calls: list[tuple[str, Any]], may_lack_objects: bool = False
                     ) -> list[Any]:
@@ -986,36 +979,16 @@ class QemuProcess:
         """``cmd`` and ``query-named-block-nodes`` sent together; (the command's reply, the
         query's reply or its failure).  Each reply gets the whole timeout, as two calls
         would; a failure before the command's reply is the command's (raised here)."""
-        import asyncio
-
-        from qemu.qmp import ExecInterruptedError, StateError
-
         assert self._qmp is not None
-        qmp, client = self._qmp, self._qmp._client
         limit = self.timeout if timeout is None else timeout
-
-        async def both() -> tuple[dict, dict | BaseException]:
-            first = asyncio.ensure_future(_reply_of(client, cmd, args))
-            second = asyncio.ensure_future(_reply_of(client, "query-named-block-nodes", None))
-            try:
-                r1 = await asyncio.wait_for(first, limit)
-            except BaseException:
-                second.cancel()
-                raise
-            try:
-                return r1, await asyncio.wait_for(second, limit)
-            except (TimeoutError, ExecInterruptedError, StateError, EOFError, OSError) as e:
-                return r1, e
-
-        try:
-            r1, r2 = qmp._run(both(), 2 * limit + 1, cmd)
-        except QmpTimeout as e:
-            self._fail(QemuHang(cmd, limit, self._stderr_tail()), e)
-        except (ExecInterruptedError, StateError, EOFError, OSError) as e:
-            self._fail(self._crash(cmd, self._wait_exit()), e)
-        if isinstance(r2, TimeoutError):
+        r1, r2 = self._qmp.cmds([(cmd, args), ("query-named-block-nodes", None)], limit)
+        if isinstance(r1, QmpTimeout):
+            self._fail(QemuHang(cmd, limit, self._stderr_tail()), r1)
+        if isinstance(r1, QmpTransportError):
+            self._fail(self._crash(cmd, self._wait_exit()), r1)
+        if isinstance(r2, QmpTimeout):
             return r1, QemuHang("query-named-block-nodes", limit, self._stderr_tail())
-        if isinstance(r2, BaseException):
+        if isinstance(r2, QmpTransportError):
             return r1, self._crash("query-named-block-nodes", self._wait_exit())
         return r1, r2
 
@@ -1106,18 +1079,6 @@ def _deletion_order(kids: dict[str, list[str]]) -> list[str]:
                 if parents[c] == 0:
                     ready.append(c)
     return out + [name for name in parents if name not in out]   # no cycles; keep all anyway
-
-
-async def _reply_of(client: Any, cmd: str, args: Any) -> dict:
-    """One command on qemu.qmp's client, its reply as QEMU sent it (``{"return"}`` or
-    ``{"error"}``), for the calls that send several commands at once."""
-    from qemu.qmp import ExecuteError, Message
-
-    msg = Message({"execute": cmd, **({"arguments": args} if args else {})})
-    try:
-        return {"return": await client.execute_msg(msg)}
-    except ExecuteError as e:
-        return {"error": dict(e.received["error"])}
 
 
 def _error_text(err: Any) -> str:

@@ -42,6 +42,7 @@ from models.drivers.base import (CHILD, CHILDREN, FILE, FILE_CHILD, FORMAT_NAMES
 from models.lengths import node_length
 from models.values import FILE_PREFIX
 
+from .draws import boolean, integer, pick
 from . import trace as T
 from .boundary import argument_boundary, qapi_boundary
 from .engine import Events, Runner
@@ -164,7 +165,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
 
         cfg = self.config
         self.images = images
-        self.machine = machine.draw(st.sampled_from(cfg.machines))
+        self.machine = pick(machine, cfg.machines)
         if cfg.on_example_start is not None:
             cfg.on_example_start(self)
         try:
@@ -219,7 +220,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
     def command(self, data, cmd: str, args: dict) -> None:
         """One QMP command whose arguments are a plain struct: now and then one member is
         broken at the QAPI layer or set to its integer type's edge (``argument_boundary``)."""
-        if data.draw(st.integers(0, 11)) == 0:
+        if integer(data, 0, 11) == 0:
             args = data.draw(argument_boundary(cmd, args))
         self.do({"qmp": cmd, "args": args})
 
@@ -347,16 +348,16 @@ class BlockGraphMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def blockdev_reopen(self, data):
         names = [n for n in self.named_nodes()]
-        count = data.draw(st.sampled_from([1, 1, 1, 2, 2, 3]))
+        count = pick(data, [1, 1, 1, 2, 2, 3])
         # Nodes a job or a disk works on are where frozen links, implicit filters and
         # AioContexts matter: pick them more often than their share.  Otherwise mostly nodes
         # whose driver can be reopened at all (BlockDriver.can_reopen), so that reopens get past
         # "does not support reopening files" and into the checks behind it.
         busy = self.busy_nodes()
         reopenable = self.reopenable_nodes()
-        if busy and data.draw(st.booleans()):
+        if busy and boolean(data):
             pool = busy
-        elif reopenable and data.draw(st.integers(0, 7)):
+        elif reopenable and integer(data, 0, 7):
             pool = reopenable
         else:
             pool = names
@@ -365,12 +366,12 @@ class BlockGraphMachine(RuleBasedStateMachine):
         elements = []
         for name in picked:
             opts = self.options_of(name)
-            if pool is busy and data.draw(st.booleans()):
+            if pool is busy and boolean(data):
                 # relink a job's or a disk's node: frozen links, implicit filters, AioContexts
                 if self.g.nodes[name].driver.supports_backing:
-                    opts["backing"] = data.draw(st.sampled_from([None, *busy, *names]))
+                    opts["backing"] = pick(data, [None, *busy, *names])
             opts = data.draw(mutate(opts, tuple(names), files))
-            if data.draw(st.integers(0, 11)) == 0:
+            if integer(data, 0, 11) == 0:
                 opts = data.draw(qapi_boundary(opts))
             elements.append(opts)
         self.do({"qmp": "blockdev-reopen", "args": {"options": elements}})
@@ -392,7 +393,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         # filters ("Cannot replace implicit backing child") and AioContexts ("Cannot change
         # iothread of active block backend") come in
         busy = [n for n in self.busy_nodes() if n in reopenable]
-        name = data.draw(st.sampled_from(busy if busy and data.draw(st.booleans()) else reopenable))
+        name = pick(data, busy if busy and boolean(data) else reopenable)
         node = self.g.nodes[name]
         opts = self.options_of(name)
         others = [n for n in self.named_nodes() if n != name]
@@ -401,20 +402,20 @@ class BlockGraphMachine(RuleBasedStateMachine):
                                  ("file", node.driver.file_first)) if ok]
         if not links or not others:
             return
-        link = data.draw(st.sampled_from(links))
-        targets = busy_others if busy_others and data.draw(st.booleans()) else others
+        link = pick(data, links)
+        targets = busy_others if busy_others and boolean(data) else others
         # across AioContexts (the model's Node.ctx: no query shows it): a node whose tree a
         # disk pins, relinked to a node in another context, is iotest 245's iothread error
         across = [n for n in others if self.g.nodes[n].ctx != node.ctx]
-        if across and data.draw(st.booleans()):
+        if across and boolean(data):
             # ... most of all one that a disk pins too: neither side can move, so QEMU refuses
             # ("Cannot change iothread of active block backend"), where two free ones just move
             pinned = self.pinned_nodes()
             targets = [n for n in across if n in pinned] * 2 + across
         if link == "backing":
-            opts["backing"] = data.draw(st.sampled_from([None, *targets]))
+            opts["backing"] = pick(data, [None, *targets])
         else:
-            opts["file"] = data.draw(st.sampled_from(targets))
+            opts["file"] = pick(data, targets)
         self.do({"qmp": "blockdev-reopen", "args": {"options": [opts]}})
 
     # Objects and devices only once a node exists: Hypothesis' swarm testing switches rules off
@@ -424,8 +425,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
     def qom_object(self, data):
         """object-add or object-del of a throttle group (one rule, so that objects do not
         crowd out the block-graph rules)."""
-        if self.g.objects and data.draw(st.integers(0, 2)) == 0:
-            oid = data.draw(st.sampled_from(sorted(self.g.objects) + ["nope"]))
+        if self.g.objects and integer(data, 0, 2) == 0:
+            oid = pick(data, sorted(self.g.objects) + ["nope"])
             self.do({"qmp": "object-del", "args": {"id": oid}})
         else:
             self.do({"qmp": "object-add",
@@ -476,54 +477,54 @@ class BlockGraphMachine(RuleBasedStateMachine):
         """block-stream or block-commit, mostly on a qcow2 node with a backing chain, mostly
         with auto-finalize off so that later steps meet the job while it is pending."""
         names = self.named_nodes()
-        stream = data.draw(st.sampled_from(["stream", "commit"])) == "stream"
+        stream = pick(data, ["stream", "commit"]) == "stream"
         chains = [n for n, node in sorted(self.g.nodes.items())
                   if node.drv == "qcow2" and self.g.cow_child(node) is not None
                   and (stream or not node.parents)]   # commit wants a root
         # without a chain, a qcow2 node still makes a job the model follows (a stream with
         # nothing to copy, a commit's errors); other drivers mostly meet the model's limits
         formats = [n for n in names if self.g.nodes[n].drv == "qcow2"]
-        if chains and data.draw(st.integers(0, 7)):
-            device = data.draw(st.sampled_from(chains))
-        elif formats and data.draw(st.integers(0, 3)):
-            device = data.draw(st.sampled_from(formats))
+        if chains and integer(data, 0, 7):
+            device = pick(data, chains)
+        elif formats and integer(data, 0, 3):
+            device = pick(data, formats)
         else:
-            device = data.draw(st.sampled_from(names + ["nope"]))
+            device = pick(data, names + ["nope"])
         below = self.chain_below(device) if device in self.g.nodes else []
         args: dict = {"device": device}
-        if data.draw(st.integers(0, 9)):
-            args["job-id"] = data.draw(st.sampled_from(["job0", "job0", "job1", "1bad"]))
+        if integer(data, 0, 9):
+            args["job-id"] = pick(data, ["job0", "job0", "job1", "1bad"])
         if stream:
-            if below and data.draw(st.integers(0, 2)) == 0:
-                args["base-node"] = data.draw(st.sampled_from(below + names[:1]))
-            if below and data.draw(st.integers(0, 3)) == 0:
+            if below and integer(data, 0, 2) == 0:
+                args["base-node"] = pick(data, below + names[:1])
+            if below and integer(data, 0, 3) == 0:
                 # the newer interface: the last node streamed from (now and then together
                 # with base-node, base or backing-file: QEMU refuses those combinations first)
-                args["bottom"] = data.draw(st.sampled_from(below + [device, *names[:1]]))
-            if data.draw(st.integers(0, 11)) == 0:
-                args[data.draw(st.sampled_from(["base", "backing-file"]))] = data.draw(
+                args["bottom"] = pick(data, below + [device, *names[:1]])
+            if integer(data, 0, 11) == 0:
+                args[pick(data, ["base", "backing-file"])] = data.draw(
                     st.sampled_from([i.file for i in self.images][:2]))
         else:
             # mostly a top above the bottom of the chain and a base below the top
             tops = [device] + below[:-1] if below else [device]
-            if below and data.draw(st.booleans()):
-                args["top-node"] = data.draw(st.sampled_from(tops if data.draw(st.integers(0, 4)) else [device] + below))
-            if below and data.draw(st.integers(0, 2)) == 0:
+            if below and boolean(data):
+                args["top-node"] = pick(data, tops if integer(data, 0, 4) else [device] + below)
+            if below and integer(data, 0, 2) == 0:
                 top = args.get("top-node", device)
                 under = self.chain_below(top) if top in self.g.nodes else []
-                args["base-node"] = data.draw(st.sampled_from(under if under and data.draw(st.integers(0, 4)) else below + [device]))
-            if data.draw(st.integers(0, 7)) == 0:
+                args["base-node"] = pick(data, under if under and integer(data, 0, 4) else below + [device])
+            if integer(data, 0, 7) == 0:
                 # by file name, as QEMU's job iotests give them (bdrv_find_backing_image())
-                args[data.draw(st.sampled_from(["top", "base"]))] = data.draw(
+                args[pick(data, ["top", "base"])] = data.draw(
                     st.sampled_from([i.file for i in self.images]))
-        if data.draw(st.integers(0, 5)) == 0:
+        if integer(data, 0, 5) == 0:
             # the name the overlay's header gets in place of the base's filename (refused
             # for a whole-chain stream and an active commit)
-            args["backing-file"] = data.draw(st.sampled_from(self.header_names()))
-        if data.draw(st.integers(0, 3)) == 0:
-            args["filter-node-name"] = data.draw(st.sampled_from(["jf0", "jf1", "hd0", "#x"]))
-        args["auto-finalize"] = data.draw(st.sampled_from([False, False, True]))
-        if data.draw(st.integers(0, 5)) == 0:
+            args["backing-file"] = pick(data, self.header_names())
+        if integer(data, 0, 3) == 0:
+            args["filter-node-name"] = pick(data, ["jf0", "jf1", "hd0", "#x"])
+        args["auto-finalize"] = pick(data, [False, False, True])
+        if integer(data, 0, 5) == 0:
             args["auto-dismiss"] = False
         self.command(data, "block-stream" if stream else "block-commit", args)
 
@@ -535,41 +536,41 @@ class BlockGraphMachine(RuleBasedStateMachine):
         that (replaces, granularity, buf-size, speed, the job id, mirroring into itself)."""
         names = self.named_nodes()
         roots = [n for n in names if not self.g.nodes[n].parents and not self.g.job_parents(n)]
-        device = data.draw(st.sampled_from(roots * 4 + names + ["nope"]))
+        device = pick(data, roots * 4 + names + ["nope"])
         dev = self.g.nodes.get(device)
         length = self.length_of(device)
         same = [n for n in roots if n != device and self.length_of(n) == length]
-        target = data.draw(st.sampled_from(same * 6 + roots + names + ["nope"]))
+        target = pick(data, same * 6 + roots + names + ["nope"])
         args: dict = {"device": device, "target": target,
-                      "sync": data.draw(st.sampled_from(["full", "full", "top", "none", "bitmap"]))}
-        if data.draw(st.integers(0, 9)):
-            args["job-id"] = data.draw(st.sampled_from(["job0", "job0", "job1", "1bad"]))
-        if data.draw(st.integers(0, 5)) == 0:
+                      "sync": pick(data, ["full", "full", "top", "none", "bitmap"])}
+        if integer(data, 0, 9):
+            args["job-id"] = pick(data, ["job0", "job0", "job1", "1bad"])
+        if integer(data, 0, 5) == 0:
             below = self.chain_below(device) if dev is not None else []
-            args["replaces"] = data.draw(st.sampled_from([device, *below, *names[:2], "nope"]))
-        if data.draw(st.integers(0, 7)) == 0:
-            args["granularity"] = data.draw(st.sampled_from([65536, 512, 1000, 256, 1 << 27]))
-        if data.draw(st.integers(0, 15)) == 0:
-            args[data.draw(st.sampled_from(["buf-size", "speed"]))] = -1
-        if data.draw(st.integers(0, 3)) == 0:
-            args["filter-node-name"] = data.draw(st.sampled_from(["jf0", "jf1", "hd0", "#x"]))
-        args["auto-finalize"] = data.draw(st.sampled_from([False, True, True]))
-        if data.draw(st.integers(0, 5)) == 0:
+            args["replaces"] = pick(data, [device, *below, *names[:2], "nope"])
+        if integer(data, 0, 7) == 0:
+            args["granularity"] = pick(data, [65536, 512, 1000, 256, 1 << 27])
+        if integer(data, 0, 15) == 0:
+            args[pick(data, ["buf-size", "speed"])] = -1
+        if integer(data, 0, 3) == 0:
+            args["filter-node-name"] = pick(data, ["jf0", "jf1", "hd0", "#x"])
+        args["auto-finalize"] = pick(data, [False, True, True])
+        if integer(data, 0, 5) == 0:
             args["auto-dismiss"] = False
         self.command(data, "blockdev-mirror", args)
 
     @precondition(lambda self: self.runner is not None and bool(self.g.jobs))
     @rule(data=st.data())
     def job_verb(self, data):
-        jid = data.draw(st.sampled_from(sorted(self.g.jobs) + ["nope"]))
-        verb = data.draw(st.sampled_from(["job-finalize", "job-finalize", "job-cancel",
+        jid = pick(data, sorted(self.g.jobs) + ["nope"])
+        verb = pick(data, ["job-finalize", "job-finalize", "job-cancel",
                                           "job-dismiss", "block-job-complete", "block-job-pause",
                                           "job-pause", "block-job-resume", "job-resume",
-                                          "job-complete", "block-job-cancel"]))
+                                          "job-complete", "block-job-cancel"])
         key = "device" if verb.startswith("block-job-") else "id"
         args: dict = {key: jid}
-        if verb == "block-job-cancel" and data.draw(st.booleans()):
-            args["force"] = data.draw(st.booleans())
+        if verb == "block-job-cancel" and boolean(data):
+            args["force"] = boolean(data)
         self.command(data, verb, args)
 
     @precondition(lambda self: self.runner is not None and self.machine == "pc" and bool(self.g.nodes))
@@ -581,7 +582,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
 
         from models.devices import Disk
 
-        kind = data.draw(st.sampled_from(["iothread", "controller", "disk", "disk"]))
+        kind = pick(data, ["iothread", "controller", "disk", "disk"])
         iothreads = sorted(k for k, o in self.g.objects.items() if o.qom_type == "iothread")
         controllers = sorted(k for k, d in self.g.devices.items() if isinstance(d, Controller))
         # shaped towards disks in two different AioContexts (iotest 245's iothread tests):
@@ -593,20 +594,20 @@ class BlockGraphMachine(RuleBasedStateMachine):
         fresh_controllers = [c for c in controllers if self.g.devices[c].iothread not in disk_ctxs]
         if kind == "iothread":
             self.do({"qmp": "object-add", "args": {
-                "qom-type": "iothread", "id": data.draw(st.sampled_from(["iothread0", "iothread1"]))}})
+                "qom-type": "iothread", "id": pick(data, ["iothread0", "iothread1"])}})
         elif kind == "controller" or not controllers or not self.g.nodes:
-            args = {"driver": "virtio-scsi", "id": data.draw(st.sampled_from(["scsi0", "scsi1", "scsi2"]))}
-            it = data.draw(st.sampled_from(fresh_iothreads * 3 + iothreads * 3 + ["", "", "nope"]))
-            if it or data.draw(st.booleans()):
+            args = {"driver": "virtio-scsi", "id": pick(data, ["scsi0", "scsi1", "scsi2"])}
+            it = pick(data, fresh_iothreads * 3 + iothreads * 3 + ["", "", "nope"])
+            if it or boolean(data):
                 args["iothread"] = it
             self.do({"qmp": "device_add", "args": args})
         else:
             self.do({"qmp": "device_add", "args": {
-                "driver": "scsi-hd", "drive": data.draw(st.sampled_from(
+                "driver": "scsi-hd", "drive": pick(data, 
                     [n for n, node in sorted(self.g.nodes.items()) if not node.parents] * 3
-                    + self.named_nodes() + ["nope"])),
-                "bus": data.draw(st.sampled_from(fresh_controllers * 2 + controllers + ["scsi9"])) + ".0",
-                "share-rw": data.draw(st.sampled_from([True, True, True, False]))}})
+                    + self.named_nodes() + ["nope"]),
+                "bus": pick(data, fresh_controllers * 2 + controllers + ["scsi9"]) + ".0",
+                "share-rw": pick(data, [True, True, True, False])}})
 
     def overlay_candidates(self) -> list[str]:
         """Nodes QEMU takes as a snapshot overlay: a format with backing support, no backing
@@ -625,19 +626,19 @@ class BlockGraphMachine(RuleBasedStateMachine):
         the overlay is added first (a qcow2 node with ``backing: null``, as iotests 085 and
         273 add theirs), so that the snapshot itself runs on a later step."""
         overlays = self.overlay_candidates()
-        if not overlays and data.draw(st.booleans()):
+        if not overlays and boolean(data):
             used = {n.filename for n in self.g.nodes.values() if n.filename}
             files = [i.file for i in self.images if i.format == "qcow2"]
             free = [f for f in files if f not in used] or files
-            name = data.draw(st.sampled_from(["ov0", "ov1"]))
+            name = pick(data, ["ov0", "ov1"])
             self.do({"qmp": "blockdev-add", "args": {
                 "driver": "qcow2", "node-name": name, "backing": None,
-                "file": {"driver": "file", "filename": data.draw(st.sampled_from(free))}}})
+                "file": {"driver": "file", "filename": pick(data, free)}}})
             return
         nodes = self.named_nodes()
-        node = data.draw(st.sampled_from(
-            [n for n in nodes if not self.g.nodes[n].parents] * 2 + nodes + ["nope"]))
-        overlay = data.draw(st.sampled_from(overlays * 4 + nodes + ["nope"]))
+        node = pick(data, 
+            [n for n in nodes if not self.g.nodes[n].parents] * 2 + nodes + ["nope"])
+        overlay = pick(data, overlays * 4 + nodes + ["nope"])
         self.command(data, "blockdev-snapshot", {"node": node, "overlay": overlay})
 
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
@@ -649,15 +650,15 @@ class BlockGraphMachine(RuleBasedStateMachine):
         from models.resize import MAX_LENGTH
 
         nodes = self.named_nodes()
-        name = data.draw(st.sampled_from(nodes * 4 + ["nope"]))
+        name = pick(data, nodes * 4 + ["nope"])
         length = self.length_of(name) or 1 << 20
         size = data.draw(st.one_of(
             st.sampled_from([length + 65536, length + 512, length + 1000, length - 65536,
                              length - 512, length, 2 * length]),
             st.sampled_from([0, -1, 512, MAX_LENGTH, MAX_LENGTH + 1, 64 << 20, (64 << 20) + 512])))
         args: dict = {"node-name": name, "size": size}
-        if data.draw(st.integers(0, 9)) == 0:
-            args["device"] = data.draw(st.sampled_from([name, "nope", ""]))
+        if integer(data, 0, 9) == 0:
+            args["device"] = pick(data, [name, "nope", ""])
         self.command(data, "block_resize", args)
 
     def length_of(self, name: str) -> int | None:
@@ -678,31 +679,31 @@ class BlockGraphMachine(RuleBasedStateMachine):
         does not exist), a qcow2 image over a file node (now and then with an option check
         that fails), or a driver without a create."""
         files = [i.file for i in self.images]
-        kind = data.draw(st.sampled_from(["file", "qcow2", "qcow2", "qcow2", "raw"]))
+        kind = pick(data, ["file", "qcow2", "qcow2", "qcow2", "raw"])
         if kind == "file":
-            opts: dict = {"driver": "file", "filename": data.draw(st.sampled_from(files + ["nodir/x.img"])),
-                          "size": data.draw(st.sampled_from([1 << 20, 3 << 20, 1000, 0, -1]))}
+            opts: dict = {"driver": "file", "filename": pick(data, files + ["nodir/x.img"]),
+                          "size": pick(data, [1 << 20, 3 << 20, 1000, 0, -1])}
         elif kind == "qcow2":
             file_nodes = [n for n, node in sorted(self.g.nodes.items()) if node.drv == "file"]
             opts = {"driver": "qcow2",
-                    "file": data.draw(st.sampled_from(file_nodes * 4 + self.named_nodes() + ["nope"])),
-                    "size": data.draw(st.sampled_from([1 << 20, 3 << 20, 1 << 20, 1000, 0]))}
-            if data.draw(st.integers(0, 2)) == 0:
+                    "file": pick(data, file_nodes * 4 + self.named_nodes() + ["nope"]),
+                    "size": pick(data, [1 << 20, 3 << 20, 1 << 20, 1000, 0])}
+            if integer(data, 0, 2) == 0:
                 # a header backing name, now and then without a format: opening the image
                 # then probes the backing file's format (find_image_format())
-                opts["backing-file"] = data.draw(st.sampled_from(self.header_names()))
-                fmt = data.draw(st.sampled_from([None, None, "qcow2", "raw"]))
+                opts["backing-file"] = pick(data, self.header_names())
+                fmt = pick(data, [None, None, "qcow2", "raw"])
                 if fmt is not None:
                     opts["backing-fmt"] = fmt
-            if data.draw(st.integers(0, 4)) == 0:
-                key, values = data.draw(st.sampled_from([
+            if integer(data, 0, 4) == 0:
+                key, values = pick(data, [
                     ("cluster-size", [1234, 512, 4 << 20]), ("version", ["v2", "v1"]),
-                    ("refcount-bits", [7, 128]), ("backing-fmt", ["qcow2"]), ("lazy-refcounts", [True])]))
-                opts[key] = data.draw(st.sampled_from(values))
+                    ("refcount-bits", [7, 128]), ("backing-fmt", ["qcow2"]), ("lazy-refcounts", [True])])
+                opts[key] = pick(data, values)
         else:
             opts = {"driver": "raw"}
         self.do({"qmp": "blockdev-create", "args": {
-            "job-id": data.draw(st.sampled_from(["c0", "c0", "c1", "1bad"])), "options": opts}})
+            "job-id": pick(data, ["c0", "c0", "c1", "1bad"]), "options": opts}})
 
     def header_names(self) -> list[str]:
         """Backing file names for an image header: the trace's images, by plain name and
@@ -719,17 +720,17 @@ class BlockGraphMachine(RuleBasedStateMachine):
         """x-blockdev-change: remove a quorum child (by edge name) or add a node as a new one,
         mostly a node without parents (the only kind QEMU takes), now and then the checks
         before that: a non-quorum parent, a missing or taken node, both or neither member."""
-        parent = data.draw(st.sampled_from(self.quorums() * 4 + self.named_nodes() + ["nope"]))
+        parent = pick(data, self.quorums() * 4 + self.named_nodes() + ["nope"])
         args: dict = {"parent": parent}
-        kind = data.draw(st.sampled_from(["child", "child", "node", "node", "node", "both", "neither"]))
+        kind = pick(data, ["child", "child", "node", "node", "node", "both", "neither"])
         p = self.g.nodes.get(parent)
         edges = sorted(c.name for c in p.children) if p is not None else []
         free = [n for n, node in sorted(self.g.nodes.items())
                 if not node.parents and not self.g.job_parents(n) and n != parent]
         if kind in ("child", "both"):
-            args["child"] = data.draw(st.sampled_from(edges * 3 + ["children.9", "file"]))
+            args["child"] = pick(data, edges * 3 + ["children.9", "file"])
         if kind in ("node", "both"):
-            args["node"] = data.draw(st.sampled_from(free * 4 + self.named_nodes() + ["nope"]))
+            args["node"] = pick(data, free * 4 + self.named_nodes() + ["nope"])
         self.command(data, "x-blockdev-change", args)
 
     @precondition(lambda self: self.runner is not None and self.machine == "pc"
@@ -765,8 +766,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
             if not free or not buses:
                 return
             self.do({"qmp": "device_add", "args": {
-                "driver": "scsi-hd", "drive": data.draw(st.sampled_from(free)),
-                "bus": data.draw(st.sampled_from(buses)), "share-rw": True}})
+                "driver": "scsi-hd", "drive": pick(data, free),
+                "bus": pick(data, buses), "share-rw": True}})
             return
         pairs = [(a, b) for a in sorted(disk_ctx) for b in sorted(disk_ctx)
                  if disk_ctx[a] and disk_ctx[b] and disk_ctx[a] != disk_ctx[b]
@@ -774,7 +775,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
                  and not self.g.nodes[a].auto_named]
         if not pairs:
             return
-        a, b = data.draw(st.sampled_from(pairs))
+        a, b = pick(data, pairs)
         opts = self.options_of(a)
         opts["backing"] = b
         self.do({"qmp": "blockdev-reopen", "args": {"options": [opts]}})
@@ -783,7 +784,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def blockdev_del(self, data):
         names = self.named_nodes()
-        name = data.draw(st.sampled_from(names)) if data.draw(st.integers(0, 15)) else "nope"
+        name = pick(data, names) if integer(data, 0, 15) else "nope"
         self.do({"qmp": "blockdev-del", "args": {"node-name": name}})
 
     def io_nodes(self, write: bool) -> list[str]:
@@ -805,24 +806,24 @@ class BlockGraphMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.runner is not None and bool(self.io_nodes(True)))
     @rule(data=st.data())
     def qemu_io_write(self, data):
-        name = data.draw(st.sampled_from(self.io_nodes(True)))
+        name = pick(data, self.io_nodes(True))
         length = node_length(self.g, self.g.nodes[name])
-        if data.draw(st.integers(0, 5)) == 0:
+        if integer(data, 0, 5) == 0:
             # a zero write (-z: the zero flag; -u: the host cluster freed too), cluster-aligned
             # as a rule: a partial cluster is declined (its COW is not followed)
             clusters = -(-length // 65536)
-            if clusters and data.draw(st.integers(0, 7)):
-                first = data.draw(st.integers(0, clusters - 1))
-                count = data.draw(st.integers(1, min(4, clusters - first)))
+            if clusters and integer(data, 0, 7):
+                first = integer(data, 0, clusters - 1)
+                count = integer(data, 1, min(4, clusters - first))
                 off, ln = first * 65536, min(count * 65536, length - first * 65536)
             else:
                 off, ln = data.draw(_range(length))
-            flags = data.draw(st.sampled_from(["-z", "-z", "-z -u"]))
+            flags = pick(data, ["-z", "-z", "-z -u"])
             self.do({"qmp": "human-monitor-command",
                      "args": {"command-line": f'qemu-io {name} "write {flags} {off} {ln}"'}})
             return
         off, ln = data.draw(_range(length))
-        pattern = data.draw(st.integers(1, 255))
+        pattern = integer(data, 1, 255)
         self.do({"qmp": "human-monitor-command",
                  "args": {"command-line": f'qemu-io {name} "write -P 0x{pattern:02x} {off} {ln}"'}})
 
@@ -833,8 +834,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
         # reads through backing chains two or more deep check copy-on-write across several
         # overlays: prefer them when there are any
         deep = [n for n in readable if len(self.chain_below(n)) >= 2]
-        pool = deep if deep and data.draw(st.booleans()) else readable
-        name = data.draw(st.sampled_from(pool))
+        pool = deep if deep and boolean(data) else readable
+        name = pick(data, pool)
         n = self.g.nodes[name]
         length = node_length(self.g, n)
         off, ln = data.draw(_range(length))
@@ -846,21 +847,21 @@ class BlockGraphMachine(RuleBasedStateMachine):
             # verify per extent: the first uniform run of what the model predicts
             first = content[0]
             run = len(content) - len(content.lstrip(bytes([first])))
-            ln = run if data.draw(st.integers(0, 4)) else ln
-            pattern = first if data.draw(st.integers(0, 5)) else data.draw(st.integers(0, 255))
+            ln = run if integer(data, 0, 4) else ln
+            pattern = first if integer(data, 0, 5) else integer(data, 0, 255)
         else:
-            pattern = data.draw(st.integers(0, 255))
+            pattern = integer(data, 0, 255)
         self.do({"qmp": "human-monitor-command",
                  "args": {"command-line": f'qemu-io {name} "read -P 0x{pattern:02x} {off} {ln}"'}})
 
 
 @st.composite
 def _range(draw, length: int):
-    if length == 0 or draw(st.integers(0, 12)) == 0:
-        return draw(st.sampled_from([(0, 512), (length, 512), (max(0, length - 512), 1024)]))
-    unit = draw(st.sampled_from([1, 512, 65536]))
-    off = draw(st.integers(0, max(0, (length - 1) // unit))) * unit
-    ln = draw(st.integers(1, max(1, min(4 * 65536, length - off) // unit))) * unit
+    if length == 0 or integer(draw, 0, 12) == 0:
+        return pick(draw, [(0, 512), (length, 512), (max(0, length - 512), 1024)])
+    unit = pick(draw, [1, 512, 65536])
+    off = integer(draw, 0, max(0, (length - 1) // unit)) * unit
+    ln = integer(draw, 1, max(1, min(4 * 65536, length - off) // unit)) * unit
     return off, min(ln, length - off) if unit == 1 else ln
 
 
@@ -870,41 +871,41 @@ GROUPS = ("group0", "group1", "group2")
 @st.composite
 def object_add_args(draw, existing: tuple) -> dict:
     """object-add of a throttle group: fresh or duplicate ids, valid and invalid limits."""
-    oid = draw(st.sampled_from(GROUPS + existing[:1] + ("1bad",)))
+    oid = pick(draw, GROUPS + existing[:1] + ("1bad",))
     d: dict = {"qom-type": "throttle-group", "id": oid}
-    if draw(st.integers(0, 5)):
+    if integer(draw, 0, 5):
         keys = draw(st.lists(st.sampled_from(["iops-total", "iops-read", "bps-total", "bps-write",
                                               "iops-total-max"]), max_size=2, unique=True))
         # valid limits are high enough never to delay the fuzzer's I/O (a leaky bucket lets
         # the first request through and then waits: bps-write 1000 makes a 192 KiB write take
         # minutes, which would be reported as a hang)
-        d["limits"] = {k: draw(st.sampled_from(
+        d["limits"] = {k: pick(draw, 
             [10**6, 2 * 10**6, 0, -1, 10**15 + 1] if k.startswith("iops") else
-            [10**12, 0, -1, 10**15 + 1])) for k in keys}
+            [10**12, 0, -1, 10**15 + 1]) for k in keys}
     return d
 
 
 def _child_ref(draw, names: tuple, files: tuple, name: str):
     """A child: a reference to an existing node, or an inline qcow2-over-file tree (now and
     then a qcow2 over an existing node)."""
-    if names and draw(st.integers(0, 2)):
-        return draw(st.sampled_from(names))
-    if names and draw(st.integers(0, 3)) == 0:
-        return {"driver": "qcow2", "file": draw(st.sampled_from(names))}
-    fd: dict = {"driver": "file", "filename": draw(st.sampled_from(files))}
-    if draw(st.booleans()):
+    if names and integer(draw, 0, 2):
+        return pick(draw, names)
+    if names and integer(draw, 0, 3) == 0:
+        return {"driver": "qcow2", "file": pick(draw, names)}
+    fd: dict = {"driver": "file", "filename": pick(draw, files)}
+    if boolean(draw):
         fd["node-name"] = name + "-f" if len(name) < 28 and name else "f8"
-    if draw(st.booleans()):
+    if boolean(draw):
         return fd
     return {"driver": "qcow2", "file": fd}
 
 
 def _file_child(draw, names: tuple, files: tuple, name: str):
     """A format's ``file``: now and then an existing node, mostly an inline file node."""
-    if names and draw(st.integers(0, 3)) == 0:
-        return draw(st.sampled_from(names))
-    fd: dict = {"driver": "file", "filename": draw(st.sampled_from(files))}
-    if draw(st.booleans()):
+    if names and integer(draw, 0, 3) == 0:
+        return pick(draw, names)
+    fd: dict = {"driver": "file", "filename": pick(draw, files)}
+    if boolean(draw):
         fd["node-name"] = name + "-file" if name else "f9"
     return fd
 
@@ -915,14 +916,14 @@ def _member_value(draw, spec: Draw, names: tuple, files: tuple, groups: tuple, n
     pool: list = []
     for v in spec.values:
         pool.extend({NODE: names, FILE: files, GROUP: groups}.get(v, (v,)) if isinstance(v, str) else (v,))
-    v = draw(st.sampled_from(pool or ["nope"]))   # a source with nothing in it: a missing one
+    v = pick(draw, pool or ["nope"])   # a source with nothing in it: a missing one
     if v == CHILD:
         return _child_ref(draw, names, files, name)
     if v == FILE_CHILD:
         return _file_child(draw, names, files, name)
     if v == CHILDREN:
         kids = draw(st.lists(st.sampled_from(names) if names else st.just("nope"), min_size=0, max_size=3))
-        if draw(st.integers(0, 3)) == 0:
+        if integer(draw, 0, 3) == 0:
             kids.append(_child_ref(draw, (), files, name))
         return kids
     return v
@@ -936,20 +937,20 @@ _WEIGHTED = tuple(name for name, d in DRIVERS.items() for _ in range(d.gen.weigh
 def add_args(draw, names: tuple, files: tuple, groups: tuple = ()) -> dict:
     """blockdev-add arguments: valid trees mostly, invalid names and values sometimes.  What is
     drawn for each driver is its ``BlockDriver.gen`` (``models.drivers``)."""
-    drv = draw(st.sampled_from(_WEIGHTED))
+    drv = pick(draw, _WEIGHTED)
     gen = DRIVERS[drv].gen
-    if gen.bad_names and draw(st.integers(0, 15)) == 0:  # now and then a bad or duplicate name
-        name = draw(st.sampled_from(("", "1bad", "x" * 32, "a" * 31) + tuple(names[:3])))
+    if gen.bad_names and integer(draw, 0, 15) == 0:  # now and then a bad or duplicate name
+        name = pick(draw, ("", "1bad", "x" * 32, "a" * 31) + tuple(names[:3]))
     else:
-        name = draw(st.sampled_from(gen.names))
+        name = pick(draw, gen.names)
     d: dict = {"driver": drv, "node-name": name}
     for key, spec in gen.members.items():
-        if spec.every == 1 or draw(st.integers(0, spec.every - 1)) == 0:
+        if spec.every == 1 or integer(draw, 0, spec.every - 1) == 0:
             # a second child of one node gets a node-name of its own ("bv" -> "bvr")
             child_name = name + "r" if key == "raw" else name
             d[key] = _member_value(draw, spec, names, files, groups, child_name)
     _generic(draw, d)
-    if draw(st.integers(0, 9)) == 0:
+    if integer(draw, 0, 9) == 0:
         d = draw(qapi_boundary(d))   # now and then one value a QAPI visitor refuses
     return d
 
@@ -957,19 +958,19 @@ def add_args(draw, names: tuple, files: tuple, groups: tuple = ()) -> dict:
 
 
 def _generic(draw, d: dict) -> None:
-    if draw(st.integers(0, 3)) == 0:
-        d["read-only"] = draw(st.booleans())
-    if draw(st.integers(0, 4)) == 0:
-        d["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
-    if draw(st.integers(0, 4)) == 0:
-        d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
-    if draw(st.integers(0, 6)) == 0:
-        d["cache"] = {"no-flush": draw(st.booleans())}
-    if draw(st.integers(0, 12)) == 0:
-        d["force-share"] = draw(st.booleans())
-    if draw(st.integers(0, 15)) == 0:
-        d[draw(st.sampled_from(["bogus", "detect-zeroes", "read-only", "driver"]))] = \
-            draw(st.sampled_from([None, 7, "", "nope"]))
+    if integer(draw, 0, 3) == 0:
+        d["read-only"] = boolean(draw)
+    if integer(draw, 0, 4) == 0:
+        d["detect-zeroes"] = pick(draw, ["off", "on", "unmap"])
+    if integer(draw, 0, 4) == 0:
+        d["discard"] = pick(draw, ["ignore", "unmap"])
+    if integer(draw, 0, 6) == 0:
+        d["cache"] = {"no-flush": boolean(draw)}
+    if integer(draw, 0, 12) == 0:
+        d["force-share"] = boolean(draw)
+    if integer(draw, 0, 15) == 0:
+        d[pick(draw, ["bogus", "detect-zeroes", "read-only", "driver"])] = \
+            pick(draw, [None, 7, "", "nope"])
 
 
 def _driver_has(d: dict, fact: str) -> bool:
@@ -984,76 +985,76 @@ def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
     """Random mutations of a node's current options: drop, change, invalidate, swap
     references, null; children's dicts too."""
     d = copy.deepcopy(opts)
-    for _ in range(draw(st.integers(0, 3))):
-        kind = draw(st.sampled_from(["ro", "dz", "discard", "backing", "backing", "file", "file",
+    for _ in range(integer(draw, 0, 3)):
+        kind = pick(draw, ["ro", "dz", "discard", "backing", "backing", "file", "file",
                                      "drop", "child", "driver", "driver", "driver", "driver", "bad",
-                                     "noflush", "swapname", "nonode", "stale-dict", "group"]))
+                                     "noflush", "swapname", "nonode", "stale-dict", "group"])
         if kind == "ro":
-            d["read-only"] = draw(st.booleans())
+            d["read-only"] = boolean(draw)
         elif kind == "dz":
-            d["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
+            d["detect-zeroes"] = pick(draw, ["off", "on", "unmap"])
         elif kind == "discard":
-            d["discard"] = draw(st.sampled_from(["ignore", "unmap"]))
+            d["discard"] = pick(draw, ["ignore", "unmap"])
         elif kind == "noflush":
-            d["cache"] = {"no-flush": draw(st.booleans())}
+            d["cache"] = {"no-flush": boolean(draw)}
         elif kind == "backing" and _driver_has(d, "supports_backing"):
-            d["backing"] = draw(st.sampled_from([None, *names, "nope", ""]))
+            d["backing"] = pick(draw, [None, *names, "nope", ""])
         elif kind == "file" and _driver_has(d, "file_first"):
             # another node's protocol node most of the time: swaps and permission conflicts
-            d["file"] = draw(st.sampled_from(files if files and draw(st.booleans()) else [*names, "nope"]))
+            d["file"] = pick(draw, files if files and boolean(draw) else [*names, "nope"])
         elif kind == "drop":
             keys = sorted(d)
             if keys:
-                key = draw(st.sampled_from(keys))
-                if key != "node-name" or draw(st.integers(0, 7)) == 0:
+                key = pick(draw, keys)
+                if key != "node-name" or integer(draw, 0, 7) == 0:
                     del d[key]
         elif kind == "child":
             kids = sorted(k for k, v in d.items() if isinstance(v, dict) and k != "cache")
             if kids:
-                k = draw(st.sampled_from(kids))
+                k = pick(draw, kids)
                 sub = d[k]
-                choice = draw(st.sampled_from(["ro", "dz", "name", "drop-name", "locking",
-                                               "file-opt"]))
+                choice = pick(draw, ["ro", "dz", "name", "drop-name", "locking",
+                                               "file-opt"])
                 if choice == "ro":
-                    sub["read-only"] = draw(st.booleans())
+                    sub["read-only"] = boolean(draw)
                 elif choice == "dz":
-                    sub["detect-zeroes"] = draw(st.sampled_from(["off", "on", "unmap"]))
+                    sub["detect-zeroes"] = pick(draw, ["off", "on", "unmap"])
                 elif choice == "name":
-                    sub["node-name"] = draw(st.sampled_from(["newname", *names]))
+                    sub["node-name"] = pick(draw, ["newname", *names])
                 elif choice == "drop-name":
                     sub.pop("node-name", None)
                 elif choice == "locking" and sub.get("driver") == "file":
-                    sub["locking"] = draw(st.sampled_from(["on", "off", "auto"]))
+                    sub["locking"] = pick(draw, ["on", "off", "auto"])
                 elif choice == "file-opt" and sub.get("driver") == "file":
-                    key = draw(st.sampled_from(["aio", "filename", "x-check-cache-dropped"]))
-                    sub[key] = draw(st.sampled_from({
+                    key = pick(draw, ["aio", "filename", "x-check-cache-dropped"])
+                    sub[key] = pick(draw, {
                         "aio": ["threads", "native"], "filename": [None, "hd1.img", 7],
-                        "x-check-cache-dropped": [True, False]}[key]))
+                        "x-check-cache-dropped": [True, False]}[key])
         elif kind == "stale-dict":
             # a reference replaced by a dict of options, as if the child were still inline:
             # reopen never opens new nodes ("Cannot change the option 'backing.driver'")
             refs = sorted(k for k in ("backing", "file") if isinstance(d.get(k), str) and d[k] in names)
             if refs:
-                k = draw(st.sampled_from(refs))
-                f = {"driver": "file", "filename": draw(st.sampled_from(["hd0.img", "hd2.img"]))}
-                d[k] = draw(st.sampled_from([dict(f, **{"node-name": d[k]}),
-                                             {"driver": "qcow2", "node-name": d[k], "file": f}]))
+                k = pick(draw, refs)
+                f = {"driver": "file", "filename": pick(draw, ["hd0.img", "hd2.img"])}
+                d[k] = pick(draw, [dict(f, **{"node-name": d[k]}),
+                                             {"driver": "qcow2", "node-name": d[k], "file": f}])
         elif kind in ("driver", "group") and _driver_has(d, "can_reopen"):
             # the driver's own options, as its BlockDriver.gen.reopen says (models.drivers)
             choices = DRIVERS[d["driver"]].gen.reopen
             if choices:
-                count = draw(st.integers(1, min(3, len(choices))))
+                count = integer(draw, 1, min(3, len(choices)))
                 for key in draw(st.lists(st.sampled_from(sorted(choices)), min_size=count,
                                          max_size=count, unique=True)):
                     d[key] = _member_value(draw, choices[key], names, files, (), "")
         elif kind == "bad":
-            what = draw(st.sampled_from(["node-name", "driver", "bogus", "file", "force-share",
-                                         "discard"]))
-            d[what] = draw(st.sampled_from([None, "", "nope", "raw", True, 3]))
+            what = pick(draw, ["node-name", "driver", "bogus", "file", "force-share",
+                                         "discard"])
+            d[what] = pick(draw, [None, "", "nope", "raw", True, 3])
         elif kind == "nonode":
             d.pop("node-name", None)
         elif kind == "swapname":
-            d["node-name"] = draw(st.sampled_from([*names, "not-found"]))
+            d["node-name"] = pick(draw, [*names, "not-found"])
     return d
 
 

@@ -1,0 +1,43 @@
+"""fuzz.draws makes the choices Hypothesis' own strategies make (QEMU-free): the same choice
+sequence gives the same values either way, so a database entry or a shrink means the same."""
+from hypothesis import given, settings, strategies as st
+
+from fuzz.draws import boolean, integer, pick
+
+XS = ["a", "b", "c", "d", "e"]
+
+
+@settings(max_examples=200, database=None)
+@given(st.data())
+def test_the_same_choices_as_the_strategies(data):
+    cd = data.conjecture_data
+    # replay: what our helpers draw from a prefix equals what the strategies draw from it
+    n0 = len(cd.nodes)
+    got = (pick(data, XS), integer(data, 0, 9), boolean(data), pick(data, ("x",)), integer(data, 3, 7))
+    choices = tuple(n.value for n in cd.nodes[n0:])
+    assert choices == (XS.index(got[0]), got[1], got[2], got[4])   # the 1-element pick makes none
+    assert got[3] == "x"
+
+
+def test_a_strategy_replays_our_choice_sequence():
+    from hypothesis.internal.conjecture.data import ConjectureData
+
+    for prefix in [(0, 0, False, 3), (4, 9, True, 7), (2, 5, True, 5)]:
+        a = ConjectureData.for_choices(prefix)
+        ours = (pick(a.draw, XS), integer(a.draw, 0, 9), boolean(a.draw), pick(a.draw, ("x",)),
+                integer(a.draw, 3, 7))
+        b = ConjectureData.for_choices(prefix)
+        theirs = (b.draw(st.sampled_from(XS)), b.draw(st.integers(0, 9)), b.draw(st.booleans()),
+                  b.draw(st.sampled_from(("x",))), b.draw(st.integers(3, 7)))
+        assert ours == theirs == (XS[prefix[0]], prefix[1], prefix[2], "x", prefix[3])
+
+
+def test_pick_takes_any_iterable_and_an_empty_one_is_an_error():
+    import pytest
+    from hypothesis.errors import InvalidArgument
+    from hypothesis.internal.conjecture.data import ConjectureData
+
+    d = ConjectureData.for_choices((1,))
+    assert pick(d.draw, {"k": 1, "j": 2}.keys()) == "j"
+    with pytest.raises(InvalidArgument, match="length-zero"):
+        pick(ConjectureData.for_choices(()).draw, [])
