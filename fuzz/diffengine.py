@@ -396,6 +396,10 @@ class DiffRunner:
         #: set when both builds exited the same way out of the models' reach: nothing more runs
         self.ended = ""
 
+    def flush(self) -> None:
+        """Runner.flush(): nothing is ever in flight here (each step is checked on both builds
+        before the next)."""
+
     # generation reads model A; guards read both
     @property
     def model(self) -> Model:

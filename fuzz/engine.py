@@ -174,8 +174,14 @@ class Runner:
     """
 
     def __init__(self, model: Model, qemu: Any = None, events: Events | None = None,
-                 field_filter: FieldFilter | None = None):
+                 field_filter: FieldFilter | None = None, pipeline: bool = False):
         self.model = model
+        #: a QMP step that QemuProcess.begin() can split returns once it is sent; its check
+        #: (reply, graph, events) runs at the next run() or flush().  The campaign draws its
+        #: next step meanwhile: the draws depend on the model only, which has predicted the
+        #: step already.  Replay and minimization check each step before the next.
+        self.pipeline = pipeline
+        self._pending: tuple | None = None
         self.field_filter = field_filter
         self.qemu = qemu
         self.events = events or Events()
@@ -200,7 +206,18 @@ class Runner:
             self._qemu_graph = graph if self.field_filter is None else self.field_filter(graph)
         return self._qemu_graph
 
+    def flush(self) -> None:
+        """Check the step still in flight (``pipeline``), raising its finding; a no-op if none."""
+        if self._pending is None:
+            return
+        index, step, predicted, pending = self._pending
+        self._pending = None
+        with self._qemu_failures(index, step, "qemu"):
+            actual = self.qemu.finish(pending)
+        self._check(index, step, predicted, actual)
+
     def run(self, step: dict) -> Outcome | None:
+        self.flush()
         index = len(self.done)
         self.done.append(step)
         self.observed.append(None)
@@ -228,11 +245,23 @@ class Runner:
         actual = None
         if self.qemu is not None:
             self._qemu_graph = None
+            if self.pipeline:
+                with self._qemu_failures(index, step, "qemu"):
+                    pending = self.qemu.begin(cmd, args)
+                if pending is not None:
+                    self._pending = (index, step, predicted, pending)
+                    return predicted
             with self._qemu_failures(index, step, "qemu"):
                 # the graph query goes out with the command (QemuProcess.execute)
                 actual = self.qemu.execute(cmd, args, then_query_nodes=True) \
                     if getattr(self.qemu, "pipelines_graph_query", False) \
                     else self.qemu.execute(cmd, args)
+        return self._check(index, step, predicted, actual)
+
+    def _check(self, index: int, step: dict, predicted: Outcome, actual: Outcome | None) -> Outcome:
+        """The step's QEMU state queries, then every comparison of it."""
+        cmd = step["qmp"]
+        if actual is not None:
             self.observed[index]["qemu"] = actual.to_json()
             # the state queries belong to the step: a crash or hang in them is the step's
             with self._qemu_failures(index, step, "qemu-state"):

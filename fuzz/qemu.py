@@ -577,22 +577,70 @@ class QemuProcess:
         only when the previous one is done (``monitor_qmp_dispatcher_co()``).  A crash or hang
         of the query is still the query's, raised by :meth:`query_nodes`.
         """
+        pending = self.begin(cmd, args, timeout=timeout) if then_query_nodes else None
+        if pending is not None:
+            return self.finish(pending)
         self._prefetched = None
+        wire, out0, err0 = self._prepare(cmd, args)
+        reply = self._call(cmd, wire, timeout)
+        return self._outcome(cmd, wire, reply, out0, err0, None)
+
+    def begin(self, cmd: str, args: Mapping[str, Any] | None = None, *,
+              timeout: float | None = None) -> "_Pending | None":
+        """The first half of ``execute(cmd, args, then_query_nodes=True)`` where no job can be
+        running: send the command with ``query-named-block-nodes`` behind it and return at
+        once; :meth:`finish` takes the replies.  In between the caller may do anything but
+        talk to this QEMU (the campaign draws its next step: ``fuzz.engine.Runner``'s
+        ``pipeline``).  None where the step cannot be split (a job may be running or
+        starting: its settle loop needs the reply first); then :meth:`execute` it."""
+        if self._jobs_possible or cmd in JOB_COMMANDS \
+                or cmd in ("query-jobs", "query-named-block-nodes", "quit"):
+            return None
+        self._prefetched = None
+        wire, out0, err0 = self._prepare(cmd, args)
+        assert self._qmp is not None
+        limit = self.timeout if timeout is None else timeout
+        try:
+            sent = self._qmp.send([(cmd, wire), ("query-named-block-nodes", None)])
+        except QmpTransportError as e:   # finish() reports it as the command's failure
+            return _Pending(cmd, wire, out0, err0, limit, [], e)
+        return _Pending(cmd, wire, out0, err0, limit, sent, None)
+
+    def finish(self, p: "_Pending") -> Outcome:
+        """The second half of :meth:`begin`: the command's outcome (its crash or hang raised,
+        as :meth:`execute` raises it); the query's reply waits for :meth:`query_nodes`."""
+        assert self._qmp is not None
+        if p.send_failed is not None:
+            self._fail(self._crash(p.cmd, self._wait_exit()), p.send_failed)
+        r1, r2 = self._qmp.receive(p.sent, p.timeout)
+        if isinstance(r1, QmpTimeout):
+            self._fail(QemuHang(p.cmd, p.timeout, self._stderr_tail()), r1)
+        if isinstance(r1, QmpTransportError):
+            self._fail(self._crash(p.cmd, self._wait_exit()), r1)
+        nodes: dict | QemuFailure
+        if isinstance(r2, QmpTimeout):
+            nodes = QemuHang("query-named-block-nodes", p.timeout, self._stderr_tail())
+        elif isinstance(r2, QmpTransportError):
+            nodes = self._crash("query-named-block-nodes", self._wait_exit())
+        else:
+            nodes = r2
+        return self._outcome(p.cmd, p.wire, r1, p.out0, p.err0, nodes)
+
+    def _prepare(self, cmd: str, args: Mapping[str, Any] | None) -> tuple[Any, int, int]:
+        """What comes before a command goes out: the path check, the process check, the
+        auto names it uses, and where QEMU's stdout and stderr stand."""
         if self.check_paths and (problem := sandbox.step_problem(cmd, args)) is not None:
             raise _unsafe(cmd, problem)
         self._require_usable(cmd)
         if not self._names_fresh and self._names.unknown(cmd, args):
             self._learn_names()
         wire = self._names.to_real(cmd, args) if args else args
+        return wire, os.fstat(self._out_fd).st_size, os.fstat(self._err_fd).st_size
 
-        out0 = os.fstat(self._out_fd).st_size
-        err0 = os.fstat(self._err_fd).st_size
-        pair = then_query_nodes and not self._jobs_possible and cmd not in JOB_COMMANDS \
-            and cmd not in ("query-jobs", "query-named-block-nodes", "quit")
-        if pair:
-            reply, nodes = self._call_then_query(cmd, wire, timeout)
-        else:
-            reply = self._call(cmd, wire, timeout)
+    def _outcome(self, cmd: str, wire: Any, reply: dict, out0: int, err0: int,
+                 nodes: "dict | QemuFailure | None") -> Outcome:
+        """What comes after the command's reply (``nodes``: the reply of the query sent behind
+        it, or its failure; None if none was sent)."""
         if cmd in JOB_COMMANDS and "error" not in reply:
             self._jobs_possible = True
             key = JOB_PAUSE_COMMANDS.get(cmd)
@@ -610,7 +658,7 @@ class QemuProcess:
                 self._settle_jobs(cmd)
         stdout = stdout_lines(_read_from(self._out_fd, out0))
         events = self._job_events()
-        if not (pair and isinstance(nodes, QemuFailure)):
+        if not isinstance(nodes, QemuFailure):
             # (QEMU died or hung after the command's reply: that failure is the query's, and
             # query_nodes() raises it with the stderr it saw)
             self._check_after(cmd, err0)
@@ -620,7 +668,7 @@ class QemuProcess:
             self._names_fresh = True
         else:
             self._names_fresh = False   # any other command may have created nodes
-        if pair:
+        if nodes is not None:
             self._prefetched = nodes
         if "error" in reply:
             err = reply["error"]
@@ -974,24 +1022,6 @@ class QemuProcess:
         except QmpGone as e:
             self._fail(self._crash(cmd, self._wait_exit()), e)
 
-    def _call_then_query(self, cmd: str, args: Mapping[str, Any] | None, timeout: float | None
-                         ) -> tuple[dict, dict | QemuFailure]:
-        """``cmd`` and ``query-named-block-nodes`` sent together; (the command's reply, the
-        query's reply or its failure).  Each reply gets the whole timeout, as two calls
-        would; a failure before the command's reply is the command's (raised here)."""
-        assert self._qmp is not None
-        limit = self.timeout if timeout is None else timeout
-        r1, r2 = self._qmp.cmds([(cmd, args), ("query-named-block-nodes", None)], limit)
-        if isinstance(r1, QmpTimeout):
-            self._fail(QemuHang(cmd, limit, self._stderr_tail()), r1)
-        if isinstance(r1, QmpTransportError):
-            self._fail(self._crash(cmd, self._wait_exit()), r1)
-        if isinstance(r2, QmpTimeout):
-            return r1, QemuHang("query-named-block-nodes", limit, self._stderr_tail())
-        if isinstance(r2, QmpTransportError):
-            return r1, self._crash("query-named-block-nodes", self._wait_exit())
-        return r1, r2
-
     def _check_after(self, cmd: str, err0: int) -> None:
         assert self._proc is not None
         new_err = _read_from(self._err_fd, err0)
@@ -1092,3 +1122,16 @@ def _read_from(fd: int, offset: int) -> str:
         return ""
     return os.pread(fd, size - offset, offset).decode("utf-8", "replace")
 
+
+
+@attrs.define
+class _Pending:
+    """A command :meth:`QemuProcess.begin` sent, with the query behind it."""
+
+    cmd: str
+    wire: Any
+    out0: int
+    err0: int
+    timeout: float
+    sent: list
+    send_failed: BaseException | None

@@ -175,30 +175,42 @@ class QmpSync:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _exchange(self, calls: list[tuple[str, Mapping[str, Any] | None]], limit: float
-                  ) -> list[dict | QmpTransportError]:
-        if not calls:
-            return []
-        ids = [f"b{next(self._ids)}" for _ in calls]
+    def send(self, calls: Iterable[tuple[str, Mapping[str, Any] | None]]) -> list[tuple[str, str]]:
+        """The first half of :meth:`cmds`: write the commands, return what :meth:`receive`
+        needs (their ids and names).  A send that fails raises :class:`QmpGone`."""
+        calls = list(calls)
+        sent = [(f"b{next(self._ids)}", name) for name, _args in calls]
         wire = bytearray()
-        for (name, args), i in zip(calls, ids):
+        for (name, args), (i, _name) in zip(calls, sent):
             msg: dict = {"execute": name}
             if args:
                 msg["arguments"] = args
             msg["id"] = i
             wire += json.dumps(msg).encode() + b"\n"
-        try:
+        if calls:
             self._send(bytes(wire), calls[0][0])
-        except QmpTransportError as e:
-            return [e] * len(calls)
+        return sent
+
+    def receive(self, sent: list[tuple[str, str]], timeout: float | None = None
+                ) -> list[dict | QmpTransportError]:
+        """The second half of :meth:`cmds`: the replies to what :meth:`send` wrote."""
+        limit = self.default_timeout if timeout is None else timeout
         replies: dict[str, dict] = {}
         out: list[dict | QmpTransportError] = []
-        for (name, _args), i in zip(calls, ids):
+        for i, name in sent:
             try:
                 out.append(self._reply(i, name, replies, time.monotonic() + limit, limit))
             except QmpTransportError as e:
-                return out + [e] * (len(calls) - len(out))
+                return out + [e] * (len(sent) - len(out))
         return out
+
+    def _exchange(self, calls: list[tuple[str, Mapping[str, Any] | None]], limit: float
+                  ) -> list[dict | QmpTransportError]:
+        try:
+            sent = self.send(calls)
+        except QmpTransportError as e:
+            return [e] * len(calls)
+        return self.receive(sent, limit)
 
     def _send(self, data: bytes, command: str) -> None:
         if self._closed or self._sock is None:

@@ -65,8 +65,10 @@ def _warn_unknown_fields(event) -> None:
 
 class Session:
     def __init__(self, binaries, images: Iterable[ImageSpec], events: Events | None = None,
-                 timeout: float = 5.0, machine: str = "none", strict: bool = False, pool: "QemuPool | None" = None):
+                 timeout: float = 5.0, machine: str = "none", strict: bool = False, pool: "QemuPool | None" = None,
+                 pipeline: bool = False):
         self.binaries = binaries
+        self.pipeline = pipeline   # Runner(pipeline=...): the campaign's
         self.images = tuple(images)
         self.events = events
         self.timeout = timeout
@@ -93,7 +95,8 @@ class Session:
                                         machine=self.machine).start()
             self.profile = self._profile()
             self.runner = Runner(Model(self.profile, self.images, self.machine), self.qemu,
-                                 self.events, field_filter=self._field_filter())
+                                 self.events, field_filter=self._field_filter(),
+                                 pipeline=self.pipeline)
         except BaseException:
             self._discard = True
             self.__exit__(None, None, None)

@@ -182,7 +182,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 kw = {"pool": cfg.pool} if cfg.pool is not None else {}
                 self.session = Session(cfg.binaries, images, events=cfg.events,
                                        timeout=cfg.timeout, machine=self.machine,
-                                       strict=cfg.strict, **kw).__enter__()
+                                       strict=cfg.strict, pipeline=True, **kw).__enter__()
         except HarnessError as e:
             raise HarnessStop(e) from e
         self.runner = self.session.runner
@@ -190,6 +190,11 @@ class BlockGraphMachine(RuleBasedStateMachine):
             graph.guard_known_crashes = True
 
     def teardown(self) -> None:
+        if self.session is not None and self.runner is not None and not self.halted \
+                and not (self.config.should_stop is not None and self.config.should_stop()):
+            # the last step's QEMU side is still in flight (Runner.pipeline); on a stop it is
+            # left unchecked, and the reset or the kill takes care of its reply
+            self._guarded(self.runner.flush)
         if self.session is not None:
             session, self.session = self.session, None
             build = self.build
@@ -230,14 +235,24 @@ class BlockGraphMachine(RuleBasedStateMachine):
             return
         if self.config.should_stop is not None and self.config.should_stop():
             raise CampaignStop()
+        # the previous step's check first (Runner.pipeline: QEMU ran it while this step was
+        # drawn), so that its finding's trace ends with it
+        self._guarded(self.runner.flush)
+        if self.halted:
+            return
         self.drawn += 1
         self.steps.append(step)
+        self._guarded(lambda: self.runner.run(step))
+
+    def _guarded(self, run) -> None:
+        """Run a step (or the check of the one in flight) and turn what it raises into the
+        campaign's outcome: a decline, a finding, a harness stop or blockfuzz's own bug."""
         try:
-            self.runner.run(step)
+            run()
         except NotModeled as e:
             # The model declines before QEMU sees the command (Runner predicts first), and
             # declining depends only on model state: drop the step, keep the example going.
-            self.steps.pop()
+            step = self.steps.pop()
             self.runner.done.pop()
             self.runner.observed.pop()
             self.skipped += 1

@@ -506,6 +506,7 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
         base = g.lookup_node(ref)
         if base is bs or not chain_contains(g, bs, base):
             raise QmpFailure(f"Node '{ref}' is not a backing image of '{device}'")
+    named_base = base   # qmp_block_stream()'s base_bs: a bottom does not set it
     bottom = None
     if "bottom" in args:
         ref = args["bottom"]
@@ -519,7 +520,8 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
     while it is not None and it is not base:
         _busy(g, it)
         it = chain_next(g, it)
-    if "backing-file" in args and base is None:
+    if "backing-file" in args and named_base is None:
+        # (with bottom too: 11.1.3 refuses backing-file with any bottom, whatever is below it)
         raise QmpFailure("backing file specified, but streaming the entire chain")
     _check_backing_file_str(args)
     _refuse_iothreads(g, [bs])

@@ -400,12 +400,12 @@ def test_plain_progress_line_names_the_counts():
 KILLER_DRIVER = textwrap.dedent("""
     import os, signal, sys
     from fuzz import qemu
-    real = qemu.QemuProcess.execute
-    def execute(self, cmd, args=None, **kw):
+    real = qemu.QemuProcess._prepare   # what execute() and begin() do before sending
+    def prepare(self, cmd, args):
         if cmd == "blockdev-del" and str((args or {}).get("node-name")).startswith("hd"):
             os.kill(self.pid, signal.SIGKILL)
-        return real(self, cmd, args, **kw)
-    qemu.QemuProcess.execute = execute
+        return real(self, cmd, args)
+    qemu.QemuProcess._prepare = prepare
     from fuzz.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
