@@ -717,8 +717,47 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 opts[key] = pick(data, values)
         else:
             opts = {"driver": "raw"}
-        self.do({"qmp": "blockdev-create", "args": {
-            "job-id": pick(data, ["c0", "c0", "c1", "1bad"]), "options": opts}})
+        jid = pick(data, ["c0", "c0", "c1", "1bad"])
+        self.do({"qmp": "blockdev-create", "args": {"job-id": jid, "options": opts}})
+
+
+    @precondition(lambda self: self.runner is not None)
+    @rule(data=st.data())
+    def new_image(self, data):
+        """A new qcow2 image as QEMU's iotests make one (206: blockdev-create of a file, a file
+        node on it, blockdev-create of qcow2 there), often with a header backing name, with or
+        without a format, then opened: the open takes the backing from the header and probes
+        its format where the header names none (``find_image_format()``).  Each step is
+        checked on its own; the recipe stops where one fails."""
+        fname = pick(data, ["new0.img", "new1.img"])
+        self.do({"qmp": "blockdev-create", "args": {"job-id": "c9", "options": {
+            "driver": "file", "filename": fname, "size": 0}}})
+        if not self._dismissed("c9"):
+            return
+        fnode = fname[:-4] + "-file"
+        self.do({"qmp": "blockdev-add", "args": {"driver": "file", "node-name": fnode,
+                                                  "filename": fname}})
+        if fnode not in self.g.nodes:
+            return
+        opts: dict = {"driver": "qcow2", "file": fnode, "size": pick(data, [1 << 20, 3 << 20])}
+        if integer(data, 0, 3):
+            opts["backing-file"] = pick(data, self.header_names())
+            fmt = pick(data, [None, None, "qcow2", "raw"])
+            if fmt is not None:
+                opts["backing-fmt"] = fmt
+        self.do({"qmp": "blockdev-create", "args": {"job-id": "c9", "options": opts}})
+        if not self._dismissed("c9"):
+            return
+        self.do({"qmp": "blockdev-add", "args": {"driver": "qcow2", "node-name": fname[:-4],
+                                                  "file": fnode}})
+
+    def _dismissed(self, jid: str) -> bool:
+        """job-dismiss of a create job the model says concluded without error; whether it did."""
+        job = self.g.jobs.get(jid)
+        if job is None or job.status != "concluded" or job.error is not None:
+            return False
+        self.do({"qmp": "job-dismiss", "args": {"id": jid}})
+        return jid not in self.g.jobs
 
     def header_names(self) -> list[str]:
         """Backing file names for an image header: the trace's images, by plain name and
