@@ -201,6 +201,10 @@ def _run(args: argparse.Namespace) -> int:
     version = require_qemu(binaries)
     from .campaign import CampaignSpec, run_campaign
     from .database import CAMPAIGN_KEY
+    # what the end of the campaign (minimization, export, reports) imports, now: a checkout
+    # edited or pulled under a running campaign must not give one process old and new modules
+    # (seen 2026-12-02: a Runner of the old engine.py given a keyword of the new session.py)
+    from . import export, minimize, report, session, statemachine  # noqa: F401
 
     spec = CampaignSpec(binaries=binaries, out=args.out, workers=workers, strict=args.strict,
                         database=args.database, mode=args.profile, known=known,

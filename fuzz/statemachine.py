@@ -190,11 +190,17 @@ class BlockGraphMachine(RuleBasedStateMachine):
             graph.guard_known_crashes = True
 
     def teardown(self) -> None:
-        if self.session is not None and self.runner is not None and not self.halted \
-                and not (self.config.should_stop is not None and self.config.should_stop()):
-            # the last step's QEMU side is still in flight (Runner.pipeline); on a stop it is
-            # left unchecked, and the reset or the kill takes care of its reply
-            self._guarded(self.runner.flush)
+        try:
+            if self.session is not None and self.runner is not None and not self.halted \
+                    and not (self.config.should_stop is not None and self.config.should_stop()):
+                # the last step's QEMU side is still in flight (Runner.pipeline); on a stop it
+                # is left unchecked, and the reset or the kill takes care of its reply
+                self._guarded(self.runner.flush)
+        finally:
+            # whatever the check raised (a finding, blockfuzz's own bug), the QEMU goes
+            self._close_session()
+
+    def _close_session(self) -> None:
         if self.session is not None:
             session, self.session = self.session, None
             build = self.build
