@@ -16,7 +16,7 @@ import pytest
 
 from fuzz.statemachine import SEED_IMAGES as _SEED
 from fuzz.images import ImageSpec, Write, make_images
-from fuzz.errors import HarnessError, QemuCrash, QemuHang, QmpGone
+from fuzz.errors import HarnessError, QemuCrash, QemuHang, QmpGone, QmpTimeout
 from fuzz.qemu import NodeNames, QemuProcess, _canon, binaries_env, stdout_lines
 from fuzz.qmpsync import QmpSync
 from models.values import Outcome, QmpError
@@ -241,6 +241,52 @@ def test_qmpsync_over_a_listening_unix_socket(binaries, tmp_path):
             p.wait()
             with pytest.raises(QmpGone):
                 qmp.cmd("query-version")
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _qemu_on_socketpair(binaries, *extra: str):
+    import socket
+    a, b = socket.socketpair()
+    p = subprocess.Popen([binaries.system, "-M", "none", "-nodefaults", "-display", "none",
+                          "-chardev", f"socket,id=q,fd={b.fileno()}", *extra],
+                         pass_fds=[b.fileno()], env=binaries_env(binaries),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    b.close()
+    return a, p
+
+
+@pytest.mark.qemu
+def test_a_late_reply_is_dropped_and_the_next_command_gets_its_own(binaries):
+    # replies carry ids: after a timeout the stale reply must not answer the next command
+    a, p = _qemu_on_socketpair(binaries, "-mon", "q,mode=control")
+    try:
+        with QmpSync() as qmp:
+            qmp.connect(a, timeout=5)
+            os.kill(p.pid, signal.SIGSTOP)
+            with pytest.raises(QmpTimeout):
+                qmp.cmd("query-version", timeout=0.3)
+            os.kill(p.pid, signal.SIGCONT)
+            assert qmp.cmd("query-named-block-nodes") == {"return": []}
+            got = qmp.cmds([("query-jobs", None), ("blockdev-del", {"node-name": "x"})])
+            assert got == [{"return": []}, {"error": {
+                "class": "GenericError", "desc": "Failed to find node with node-name='x'"}}]
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.qemu
+def test_a_peer_that_is_no_qmp_monitor_is_qmp_gone(binaries):
+    # the wrong socket (an HMP monitor greets with a text line): one clear error, no hang
+    a, p = _qemu_on_socketpair(binaries, "-mon", "q,mode=readline")
+    try:
+        qmp = QmpSync()
+        with pytest.raises(QmpGone, match="malformed QMP message"):
+            qmp.connect(a, timeout=5)
+        qmp.close()
     finally:
         p.kill()
         p.wait()
