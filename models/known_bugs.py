@@ -158,9 +158,9 @@ def truncate(g: Graph, node: Node, size: int) -> None:
 
 
 def write_past_child_end(g: Graph, parent: Node, child: Node) -> None:
-    """QEMU bug (10.0, 10.2, 11.1; 7.2 re-reads a raw node's length and never sends such a
-    request): a raw node whose cached length is behind a child that a reopen shrank or moved
-    onto a shorter file passes a write on past the child's end without holding RESIZE on it:
+    """QEMU bug (7.2, 10.0, 10.2, 11.1; 7.2's raw re-reads its child's length, its filters do
+    not): a node whose cached length is behind a child that a reopen shrank or moved onto a
+    shorter file passes a write on past the child's end without holding RESIZE on it:
     SIGABRT ``bdrv_co_write_req_prepare: Assertion `offset + bytes <= bs->total_sectors *
     BDRV_SECTOR_SIZE || child->perm & BLK_PERM_RESIZE'``
     (corpus/findings/raw-parent-stale-length-write-abort.json)."""

@@ -85,3 +85,21 @@ def test_a_write_past_a_shrunk_child_is_the_known_abort_in_a_campaign():
     m = _shrunk_window("7.2")
     m.graph.guard_known_crashes = True
     assert _io(m, 'p0 "write -P 0xb0 1024 512"').stdout == ("write failed: Input/output error",)
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0", "11.1"])
+def test_a_write_through_a_filter_past_a_shrunk_child_is_the_known_abort(version):
+    # the rule is the generic block layer's (bdrv_co_write_req_prepare() of any child), not
+    # raw's: a throttle node over the shrunk window aborts QEMU the same way, 7.2 included
+    # (seen 2026-12-02 on 7.2.22 and 11.1.3)
+    m = Model(PROFILES[version], [ImageSpec("hd0.img", "raw", M)])
+    _ok(m, "blockdev-add", {"driver": "file", "node-name": "f0", "filename": "hd0.img"})
+    _ok(m, "blockdev-add", {"driver": "raw", "node-name": "r0", "file": "f0", "size": 65536})
+    _ok(m, "object-add", {"qom-type": "throttle-group", "id": "tg0"})
+    _ok(m, "blockdev-add", {"driver": "throttle", "node-name": "t0", "throttle-group": "tg0",
+                            "file": "r0"})
+    _ok(m, "blockdev-reopen", {"options": [{"driver": "raw", "node-name": "r0", "file": "f0",
+                                            "size": 512}]})
+    m.graph.guard_known_crashes = True
+    with pytest.raises(KnownQemuBug, match="write past the end of 'r0' through 't0'"):
+        _io(m, 't0 "write -P 0xb0 1024 512"')

@@ -14,7 +14,7 @@ from ..perms import ALL, CONSISTENT_READ, WRITE_UNCHANGED
 from ..perms import refresh as refresh_perms
 from ..profiles import VersionProfile
 from ..qapitypes import BOOL, INT, REF, UNMODELLED, Member, enum, list_of
-from .base import CHILDREN, BlockDriver, Draw, Gen, Opener
+from .base import CHILDREN, BlockDriver, Draw, Gen, Opener, write_child
 
 
 class Quorum(BlockDriver):
@@ -139,7 +139,7 @@ class Quorum(BlockDriver):
 
     def write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
         for k in self._kids(g, n):
-            iodata.write(g, k, off, payload)
+            write_child(g, n, k, off, payload)
 
     def gather_child_options(self, n: Node, children: dict, opts: dict,
                              backing_overridden: bool) -> None:

@@ -11,7 +11,7 @@ from ..lengths import node_length, refreshed_length
 from ..probing import PROBE_BUF_SIZE, claimed_by_other_format
 from ..profiles import VersionProfile
 from ..qapitypes import INT, REF, Member
-from .base import FILE_CHILD, FORMAT_NAMES, BlockDriver, Draw, Gen, Opener
+from .base import FILE_CHILD, FORMAT_NAMES, BlockDriver, Draw, Gen, Opener, write_child, write_zeroes_child
 
 
 def check_options(g: Graph, file_child: Node, opts: dict) -> tuple[int, int | None]:
@@ -116,33 +116,22 @@ class Raw(BlockDriver):
     def can_write(self, g: Graph, n: Node) -> bool:
         return iodata.can_write(g, self._file(g, n))
 
-    def _check_request_end(self, g: Graph, n: Node, end: int) -> None:
-        """``bdrv_co_write_req_prepare()`` of the child: a write past its length asserts
-        unless this node holds RESIZE on it (a known QEMU bug; a stale cached length of this
-        node is what sends one)."""
-        f = self._file(g, n)
-        if n.raw_offset + end > node_length(g, f) \
-                and not perms.Perms(g, {}, {}).edge[id(n.edge("file"))][0] & perms.RESIZE:
-            g.guard("write-past-child-end", parent=n, child=f)
-
     def write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
-        self._check_request_end(g, n, off + len(payload))
         if n.raw_size is not None and off + len(payload) > n.raw_size:
             # raw_adjust_offset(): a write past the window (a parent whose cached length is
             # behind a reopen that shrank it) is refused before anything is written
             raise iodata.IoFailed("past the raw window", "No space left on device")
         if n.probed:
             self._check_probed_write(g, n, off, payload)
-        iodata.write(g, self._file(g, n), n.raw_offset + off, payload)
+        write_child(g, n, self._file(g, n), n.raw_offset + off, payload)
 
     def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
-        self._check_request_end(g, n, off + length)
         if n.raw_size is not None and off + length > n.raw_size:
             raise iodata.IoFailed("past the raw window", "No space left on device")
         if n.probed and (off % SECTOR or length % SECTOR):
             # the request alignment of 512 turns the unaligned head and tail into data writes
             raise NotModeled("an unaligned zero write to a probed raw node")
-        iodata.write_zeroes(g, self._file(g, n), n.raw_offset + off, length, may_unmap, entry=False)
+        write_zeroes_child(g, n, self._file(g, n), n.raw_offset + off, length, may_unmap)
 
     def _check_probed_write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
         """``raw_co_pwritev()`` of a probed node: the block layer makes a write whole sectors
