@@ -3,7 +3,7 @@
 ``pick(d, seq)``, ``integer(d, lo, hi)`` and ``boolean(d)`` make the very choice that
 ``st.sampled_from(seq)``, ``st.integers(lo, hi)`` and ``st.booleans()`` make
 (``ConjectureData.draw_integer()`` / ``draw_boolean()``: an index shrinking towards the first
-element, an integer towards ``lo`` (the rules' ranges start at 0), False), so generation,
+element, an integer towards ``lo`` with the same boundary weights, False), so generation,
 shrinking and the example database behave as with the strategies.  What they leave out is the
 wrapping of each draw: a new strategy object (validated, labelled), a span, and, for a rule's
 ``st.data()``, a check that the strategy left the global ``random`` alone (two
@@ -44,8 +44,11 @@ def pick(d: Any, seq: Sequence[_T]) -> _T:
 
 
 def integer(d: Any, lo: int, hi: int) -> int:
-    """``d.draw(st.integers(lo, hi))`` for the rules' small ranges (no boundary weights:
-    ``IntegersStrategy`` adds them only for ranges wider than 127)."""
+    """``d.draw(st.integers(lo, hi))``, with the weights ``IntegersStrategy`` gives the bounds
+    and near-bounds of a range wider than 127 (a pattern byte, an offset)."""
+    if hi - lo > 127:
+        weights = {lo: 2 / 128, lo + 1: 1 / 128, hi - 1: 1 / 128, hi: 2 / 128}
+        return _choices(d).draw_integer(lo, hi, weights=weights)
     return _choices(d).draw_integer(lo, hi)
 
 

@@ -41,3 +41,31 @@ def test_pick_takes_any_iterable_and_an_empty_one_is_an_error():
     assert pick(d.draw, {"k": 1, "j": 2}.keys()) == "j"
     with pytest.raises(InvalidArgument, match="length-zero"):
         pick(ConjectureData.for_choices(()).draw, [])
+
+
+def test_a_wide_range_draws_as_integers_does():
+    # IntegersStrategy weights the bounds of a range wider than 127: the same choice sequence
+    # must give the same values through both
+    from hypothesis.internal.conjecture.data import ConjectureData
+
+    for prefix in [(0,), (255,), (1,), (254,), (77,), (3,)]:
+        ours = integer(ConjectureData.for_choices(prefix).draw, 0, 255)
+        theirs = ConjectureData.for_choices(prefix).draw(st.integers(0, 255))
+        assert ours == theirs == prefix[0]
+
+
+def test_a_wide_range_favours_its_bounds_like_integers():
+    import random
+
+    from hypothesis.internal.conjecture.data import ConjectureData
+
+    def share(draw_one) -> float:
+        hits = 0
+        for i in range(3000):
+            d = ConjectureData(random=random.Random(i))
+            hits += draw_one(d) in (0, 1, 254, 255)
+        return hits / 3000
+
+    ours = share(lambda d: integer(d.draw, 0, 255))
+    theirs = share(lambda d: d.draw(st.integers(0, 255)))
+    assert ours == theirs and ours > 0.03   # the weights put about 6/128 there
