@@ -1123,7 +1123,6 @@ def _read_from(fd: int, offset: int) -> str:
     return os.pread(fd, size - offset, offset).decode("utf-8", "replace")
 
 
-
 @attrs.define
 class _Pending:
     """A command :meth:`QemuProcess.begin` sent, with the query behind it."""

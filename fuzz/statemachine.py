@@ -731,7 +731,6 @@ class BlockGraphMachine(RuleBasedStateMachine):
         jid = pick(data, ["c0", "c0", "c1", "1bad"])
         self.do({"qmp": "blockdev-create", "args": {"job-id": jid, "options": opts}})
 
-
     def new_image(self, data):
         """A new qcow2 image as QEMU's iotests make one (206: blockdev-create of a file, a file
         node on it, blockdev-create of qcow2 there), often with a header backing name, with or
