@@ -175,27 +175,33 @@ class QmpSync:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def send(self, calls: Iterable[tuple[str, Mapping[str, Any] | None]]) -> list[tuple[str, str]]:
+    def send(self, calls: Iterable[tuple[str, Mapping[str, Any] | None]]) -> list[tuple[int, str]]:
         """The first half of :meth:`cmds`: write the commands, return what :meth:`receive`
-        needs (their ids and names).  A send that fails raises :class:`QmpGone`."""
+        needs (their ids and names).  A send that fails raises :class:`QmpGone`.
+
+        The wire is compact JSON with integer ids because QEMU pays for every byte: its QMP
+        monitor reads one byte per main-loop iteration (``monitor_can_read()`` returns 1, so
+        ``tcp_chr_read()`` reads one), about 3 µs of QEMU's CPU per byte on this machine
+        (10.0.2: ``query-version`` with 1000 blanks of padding 3.7 ms, without 0.16 ms).  A
+        campaign sends about 250 bytes per checked step; this encoding is 13 % fewer."""
         calls = list(calls)
-        sent = [(f"b{next(self._ids)}", name) for name, _args in calls]
+        sent = [(next(self._ids), name) for name, _args in calls]
         wire = bytearray()
         for (name, args), (i, _name) in zip(calls, sent):
             msg: dict = {"execute": name}
             if args:
                 msg["arguments"] = args
             msg["id"] = i
-            wire += json.dumps(msg).encode() + b"\n"
+            wire += json.dumps(msg, separators=(",", ":")).encode() + b"\n"
         if calls:
             self._send(bytes(wire), calls[0][0])
         return sent
 
-    def receive(self, sent: list[tuple[str, str]], timeout: float | None = None
+    def receive(self, sent: list[tuple[int, str]], timeout: float | None = None
                 ) -> list[dict | QmpTransportError]:
         """The second half of :meth:`cmds`: the replies to what :meth:`send` wrote."""
         limit = self.default_timeout if timeout is None else timeout
-        replies: dict[str, dict] = {}
+        replies: dict[Any, dict] = {}
         out: list[dict | QmpTransportError] = []
         for i, name in sent:
             try:
@@ -223,7 +229,7 @@ class QmpSync:
             self._eof = e
             raise QmpGone(command, e) from e
 
-    def _reply(self, want: str, command: str, replies: dict[str, dict], deadline: float,
+    def _reply(self, want: int, command: str, replies: dict[Any, dict], deadline: float,
                limit: float) -> dict:
         """The reply with id ``want``, reading (and collecting events) until it is there."""
         while want not in replies:
@@ -260,7 +266,7 @@ class QmpSync:
             raise QmpGone(None, ValueError(f"malformed QMP message: {raw[:200]!r}"))
         return msg
 
-    def _parse_lines(self, replies: dict[str, dict]) -> bool:
+    def _parse_lines(self, replies: dict[Any, dict]) -> bool:
         """Move every whole line of the buffer to the events or ``replies``; True if any."""
         got = False
         while (msg := self._take_line()) is not None:

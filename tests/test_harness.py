@@ -5,8 +5,10 @@ are taken from the same directory) or the dev build under /tmp/qdev/10.0. The ot
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -112,6 +114,44 @@ def test_canon_reaches_every_string():
             "image": {"backing-image": {"filename": "#block2042"}}, "n": 5}]
     assert _canon(raw) == [{"node-name": "#block1", "file": 'json:{"backing": "#block0", "x": 1}',
                             "image": {"backing-image": {"filename": "#block20"}}, "n": 5}]
+
+
+def test_names_are_learned_at_any_depth_and_only_from_node_name():
+    names = NodeNames(offset=3)
+    names.learn([{"node-name": "#block312", "children": [{"child": "file", "node-name": "#block407"}],
+                  "image": {"filename": "#block512", "backing-image": {"node-name": "#block612"}}},
+                 {"node-name": "own", "file": "#block700"}])
+    # canonical -> real, with the offset taken off; "filename" and "file" are no node-name
+    assert names.real == {"#block0": "#block312", "#block1": "#block407", "#block3": "#block612"}
+
+
+def test_the_wire_is_compact_json_with_integer_ids():
+    # QEMU's monitor reads one byte per main-loop iteration: every byte sent costs it CPU
+    # (fuzz.qmpsync.QmpSync.send), so no blanks and short ids
+    import threading
+
+    a, b = socket.socketpair()
+    got: list[bytes] = []
+
+    def serve():
+        f = b.makefile("rwb")
+        f.write(b'{"QMP": {"version": {}, "capabilities": []}}\n')
+        f.flush()
+        for value in ({}, 5):
+            line = f.readline()
+            got.append(line)
+            f.write(json.dumps({"return": value, "id": json.loads(line)["id"]}).encode() + b"\n")
+            f.flush()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with QmpSync() as qmp:
+        qmp.connect(a, timeout=5)
+        assert qmp.cmd("blockdev-del", {"node-name": "x", "n": [1, 2]}) == {"return": 5}
+    t.join(5)
+    b.close()
+    assert got == [b'{"execute":"qmp_capabilities","id":1}\n',
+                   b'{"execute":"blockdev-del","arguments":{"node-name":"x","n":[1,2]},"id":2}\n']
 
 
 def test_image_spec_json_round_trip_and_validation():
