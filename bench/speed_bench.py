@@ -10,10 +10,12 @@ once with ``QemuPool(prestart=True)`` (``prestart``), and prints for each: check
 share of wall time in
 
 * set-up: ``Session.__enter__`` + ``__exit__`` (QEMU start or reset, images, model, teardown);
-* QMP: ``QemuProcess._call`` inside steps (round trips, i.e. also QEMU's own work);
+* QMP: ``QmpSync.send`` / ``receive`` inside steps (writes, and waits for QEMU's replies:
+  QEMU's own work where the fuzzer did not overlap it);
 * model: ``Model.execute`` / ``query_named_block_nodes`` / ``query_jobs``;
-* engine: the rest of ``Runner.run`` (comparison, projection, canonicalisation);
-* generation: everything outside set-up and ``Runner.run`` (Hypothesis and the rules' draws);
+* engine: the rest of ``Runner.run`` and ``Runner.flush`` (comparison, projection,
+  canonicalisation; a pipelined step is checked in the next step's flush);
+* generation: everything outside set-up and those (Hypothesis and the rules' draws);
 
 and the CPU time per checked step of this process and of QEMU (its reaped children): with one
 core each, what bounds a worker's steps/s.
@@ -40,7 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from hypothesis import HealthCheck, Phase, seed as hyp_seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from fuzz import engine, qemu as Q, session as S, statemachine as SM
+from fuzz import engine, session as S, statemachine as SM
 from fuzz.engine import Events, StepDone
 from fuzz.qemufetch import resolve_qemu
 from models import Model
@@ -68,35 +70,80 @@ def _timed(bucket: str, fn, *, setup: bool = False):
     return wrapper
 
 
-def _qmp_timed(fn):
+_LABELS: dict = {}   # QMP id -> the label its wait is counted under
+
+
+def _label(name: str, args) -> str:
+    if name == "human-monitor-command":   # 'qemu-io NODE "read -P 1 0 1k"' -> qemu-io read
+        line = str((args or {}).get("command-line", ""))
+        return "qemu-io " + (line.partition('"')[2].split() or ["?"])[0]
+    return name
+
+
+def _qmp_send(fn):
+    """QmpSync.send: the write, and each command's label for the wait that follows."""
+    def wrapper(self, calls):
+        calls = list(calls)
+        t = time.perf_counter()
+        try:
+            sent = fn(self, calls)
+        finally:
+            T["qmp (set-up)" if _depth["setup"] else "qmp"] += time.perf_counter() - t
+        # a batch's wait is the first command's (the step's); a query behind it gets its own
+        # line only when it is waited for on its own
+        for (i, _name), (name, args) in zip(sent, calls):
+            _LABELS[i] = _label(name, args)
+        return sent
+    return wrapper
+
+
+def _qmp_receive(fn):
+    """QmpSync.receive: the wait for QEMU (every command's, pipelined or not, goes through
+    here: QemuProcess._call, begin()/finish(), the reset's batches)."""
+    def wrapper(self, sent, timeout=None):
+        t = time.perf_counter()
+        try:
+            return fn(self, sent, timeout)
+        finally:
+            dt = time.perf_counter() - t
+            T["qmp (set-up)" if _depth["setup"] else "qmp"] += dt
+            N["qmp waits"] += 1
+            if not _depth["setup"] and sent:
+                cmd = _LABELS.pop(sent[0][0], sent[0][1])
+                BY_CMD[cmd][0] += 1
+                BY_CMD[cmd][1] += dt
+            for i, _name in sent:
+                _LABELS.pop(i, None)
+    return wrapper
+
+
+def _step_timed(fn):
+    """Runner.run and Runner.flush (a pipelined step is checked in the next flush): one
+    bucket, not counted twice when run() flushes."""
     def wrapper(*a, **kw):
+        if _depth.get("step"):
+            return fn(*a, **kw)
+        _depth["step"] = 1
         t = time.perf_counter()
         try:
             return fn(*a, **kw)
         finally:
-            dt = time.perf_counter() - t
-            T["qmp (set-up)" if _depth["setup"] else "qmp"] += dt
-            N["qmp calls"] += 1
-            if not _depth["setup"]:
-                cmd = a[1] if isinstance(a[1], str) else "<batch>"
-                if cmd == "human-monitor-command":   # 'qemu-io NODE "read -P 1 0 1k"' -> qemu-io read
-                    line = str((a[2] or {}).get("command-line", ""))
-                    cmd = "qemu-io " + (line.partition('"')[2].split() or ["?"])[0]
-                BY_CMD[cmd][0] += 1
-                BY_CMD[cmd][1] += dt
+            _depth["step"] = 0
+            T["step"] += time.perf_counter() - t
     return wrapper
 
 
 def instrument() -> None:
+    from fuzz.qmpsync import QmpSync
+
     S.Session.__enter__ = _timed("set-up", _counting_enter, setup=True)
     S.Session.__exit__ = _timed("set-up", S.Session.__exit__, setup=True)
-    Q.QemuProcess._call = _qmp_timed(Q.QemuProcess._call)
-    Q.QemuProcess._batch = _qmp_timed(Q.QemuProcess._batch)   # the reset's batches
-    if hasattr(Q.QemuProcess, "_call_then_query"):   # a command with its graph query behind it
-        Q.QemuProcess._call_then_query = _qmp_timed(Q.QemuProcess._call_then_query)
+    QmpSync.send = _qmp_send(QmpSync.send)
+    QmpSync.receive = _qmp_receive(QmpSync.receive)
     for name in ("execute", "query_named_block_nodes", "query_jobs"):
         setattr(Model, name, _timed("model", getattr(Model, name)))
-    engine.Runner.run = _timed("step", engine.Runner.run)
+    engine.Runner.run = _step_timed(engine.Runner.run)
+    engine.Runner.flush = _step_timed(engine.Runner.flush)
 
 
 # -- the machine --------------------------------------------------------------------------------
@@ -235,7 +282,7 @@ def report(r: dict) -> None:
     print(f"   CPU per checked step     {1000 * r['cpu python'] / steps_n:7.2f} ms this process, "
           f"{1000 * r['cpu qemu'] / steps_n:.2f} ms QEMU (children)")
     if r.get("by-command"):
-        print("   QMP time per command (steps only):   calls   ms/call   ms/checked step")
+        print("   QMP wait per command (steps only):   waits   ms/wait   ms/checked step")
         steps = max(1, r.get("checked steps", 0))
         for cmd, (n, secs) in sorted(r["by-command"].items(), key=lambda kv: -kv[1][1])[:12]:
             print(f"     {cmd:32s} {n:7d} {1000 * secs / n:9.3f} {1000 * secs / steps:9.3f}")

@@ -210,11 +210,11 @@ class Runner:
         """Check the step still in flight (``pipeline``), raising its finding; a no-op if none."""
         if self._pending is None:
             return
-        index, step, predicted, pending = self._pending
+        index, step, predicted, pending, model_graph = self._pending
         self._pending = None
         with self._qemu_failures(index, step, "qemu"):
             actual = self.qemu.finish(pending)
-        self._check(index, step, predicted, actual)
+        self._check(index, step, predicted, actual, model_graph)
 
     def run(self, step: dict) -> Outcome | None:
         self.flush()
@@ -249,7 +249,9 @@ class Runner:
                 with self._qemu_failures(index, step, "qemu"):
                     pending = self.qemu.begin(cmd, args)
                 if pending is not None:
-                    self._pending = (index, step, predicted, pending)
+                    # the model's graph after the step, worked out while QEMU runs it (the
+                    # model does not move before flush(): the next step comes after it)
+                    self._pending = (index, step, predicted, pending, self.model_graph())
                     return predicted
             with self._qemu_failures(index, step, "qemu"):
                 # the graph query goes out with the command (QemuProcess.execute)
@@ -258,8 +260,10 @@ class Runner:
                     else self.qemu.execute(cmd, args)
         return self._check(index, step, predicted, actual)
 
-    def _check(self, index: int, step: dict, predicted: Outcome, actual: Outcome | None) -> Outcome:
-        """The step's QEMU state queries, then every comparison of it."""
+    def _check(self, index: int, step: dict, predicted: Outcome, actual: Outcome | None,
+               model_graph: list[dict] | None = None) -> Outcome:
+        """The step's QEMU state queries, then every comparison of it (``model_graph``: the
+        model's graph after the step, if worked out already)."""
         cmd = step["qmp"]
         if actual is not None:
             self.observed[index]["qemu"] = actual.to_json()
@@ -287,7 +291,7 @@ class Runner:
             if predicted.events != actual.events:
                 pe, ae = list(predicted.events), list(actual.events)
                 raise EventMismatch(index, step, pe, ae, f"event {first_difference(pe, ae) + 1}")
-            mg, qg = self.model_graph(), self.qemu_graph()
+            mg, qg = model_graph if model_graph is not None else self.model_graph(), self.qemu_graph()
             if mg != qg:
                 raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))
             mj: list[dict] = []

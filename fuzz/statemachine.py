@@ -42,7 +42,7 @@ from models.drivers.base import (CHILD, CHILDREN, FILE, FILE_CHILD, FORMAT_NAMES
 from models.lengths import node_length
 from models.values import FILE_PREFIX
 
-from .draws import boolean, integer, pick
+from .draws import boolean, composite, integer, pick
 from . import trace as T
 from .boundary import argument_boundary, qapi_boundary
 from .engine import Events, Runner
@@ -358,12 +358,9 @@ class BlockGraphMachine(RuleBasedStateMachine):
     # -- rules -----------------------------------------------------------------------------------
     @rule(data=st.data())
     def blockdev_add(self, data):
-        d = data.draw(self.add_args())
+        d = add_args.inline(data, tuple(self.named_nodes()), tuple(i.file for i in self.images),
+                            tuple(sorted(self.g.objects)))
         self.do({"qmp": "blockdev-add", "args": d})
-
-    def add_args(self):
-        return add_args(tuple(self.named_nodes()), tuple(i.file for i in self.images),
-                        tuple(sorted(self.g.objects)))
 
     @precondition(lambda self: self.runner is not None and bool(self.g.nodes))
     @rule(data=st.data())
@@ -391,7 +388,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 # relink a job's or a disk's node: frozen links, implicit filters, AioContexts
                 if self.g.nodes[name].driver.supports_backing:
                     opts["backing"] = pick(data, [None, *busy, *names])
-            opts = data.draw(mutate(opts, tuple(names), files))
+            opts = mutate.inline(data, opts, tuple(names), files)
             if integer(data, 0, 11) == 0:
                 opts = data.draw(qapi_boundary(opts))
             elements.append(opts)
@@ -451,7 +448,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
             self.do({"qmp": "object-del", "args": {"id": oid}})
         else:
             self.do({"qmp": "object-add",
-                     "args": data.draw(object_add_args(tuple(sorted(self.g.objects))))})
+                     "args": object_add_args.inline(data, tuple(sorted(self.g.objects)))})
 
     def busy_nodes(self) -> list[str]:
         """Nodes of a job's chain (and the overlay above a commit's top), and nodes with a
@@ -879,12 +876,12 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 count = integer(data, 1, min(4, clusters - first))
                 off, ln = first * 65536, min(count * 65536, length - first * 65536)
             else:
-                off, ln = data.draw(_range(length))
+                off, ln = _range.inline(data, length)
             flags = pick(data, ["-z", "-z", "-z -u"])
             self.do({"qmp": "human-monitor-command",
                      "args": {"command-line": f'qemu-io {name} "write {flags} {off} {ln}"'}})
             return
-        off, ln = data.draw(_range(length))
+        off, ln = _range.inline(data, length)
         pattern = integer(data, 1, 255)
         self.do({"qmp": "human-monitor-command",
                  "args": {"command-line": f'qemu-io {name} "write -P 0x{pattern:02x} {off} {ln}"'}})
@@ -900,7 +897,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         name = pick(data, pool)
         n = self.g.nodes[name]
         length = node_length(self.g, n)
-        off, ln = data.draw(_range(length))
+        off, ln = _range.inline(data, length)
         try:
             content = n.driver.peek(self.g, n, off, min(ln, max(0, length - off))) if off < length else b""
         except (iodata.IoFailed, NotModeled):
@@ -917,7 +914,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
                  "args": {"command-line": f'qemu-io {name} "read -P 0x{pattern:02x} {off} {ln}"'}})
 
 
-@st.composite
+@composite
 def _range(draw, length: int):
     if length == 0 or integer(draw, 0, 12) == 0:
         return pick(draw, [(0, 512), (length, 512), (max(0, length - 512), 1024)])
@@ -930,7 +927,7 @@ def _range(draw, length: int):
 GROUPS = ("group0", "group1", "group2")
 
 
-@st.composite
+@composite
 def object_add_args(draw, existing: tuple) -> dict:
     """object-add of a throttle group: fresh or duplicate ids, valid and invalid limits."""
     oid = pick(draw, GROUPS + existing[:1] + ("1bad",))
@@ -995,7 +992,7 @@ def _member_value(draw, spec: Draw, names: tuple, files: tuple, groups: tuple, n
 _WEIGHTED = tuple(name for name, d in DRIVERS.items() for _ in range(d.gen.weight))
 
 
-@st.composite
+@composite
 def add_args(draw, names: tuple, files: tuple, groups: tuple = ()) -> dict:
     """blockdev-add arguments: valid trees mostly, invalid names and values sometimes.  What is
     drawn for each driver is its ``BlockDriver.gen`` (``models.drivers``)."""
@@ -1042,7 +1039,7 @@ def _driver_has(d: dict, fact: str) -> bool:
     return drv is not None and bool(getattr(drv, fact))
 
 
-@st.composite
+@composite
 def mutate(draw, opts: dict, names: tuple, files: tuple = ()) -> dict:
     """Random mutations of a node's current options: drop, change, invalidate, swap
     references, null; children's dicts too."""

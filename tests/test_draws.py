@@ -69,3 +69,26 @@ def test_a_wide_range_favours_its_bounds_like_integers():
     ours = share(lambda d: integer(d.draw, 0, 255))
     theirs = share(lambda d: d.draw(st.integers(0, 255)))
     assert ours == theirs and ours > 0.03   # the weights put about 6/128 there
+
+
+def test_a_composite_run_inline_makes_the_strategys_choices():
+    # add_args.inline(d, ...) is data.draw(add_args(...)) without the wrapper: from one choice
+    # sequence (recorded from a random run of the strategy) both give the same arguments
+    from hypothesis.internal.conjecture.data import ConjectureData
+
+    from fuzz.statemachine import _range, add_args, mutate
+
+    files = ("a.qcow2", "b.raw")
+    cases = [(add_args, ((), files)), (add_args, (("n1", "f1"), files, ("group0",))),
+             (mutate, ({"driver": "qcow2", "node-name": "n1", "file": "f1"}, ("n1", "f1"), files)),
+             (_range, (1 << 20,))]
+    seen = set()
+    for seed in range(40):
+        for fn, args in cases:
+            rec = ConjectureData(random=__import__("random").Random(seed))
+            theirs = rec.draw(fn(*args))
+            choices = tuple(n.value for n in rec.nodes)
+            ours = fn.inline(ConjectureData.for_choices(choices).draw, *args)
+            assert ours == theirs, (fn, seed)
+            seen.add(repr(theirs))
+    assert len(seen) > 60   # the random runs did draw many different arguments

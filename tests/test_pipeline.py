@@ -81,3 +81,44 @@ def test_a_crash_in_flight_is_the_crashing_steps(qemu10):
             info = pytest.ExceptionInfo.from_exception(e)
         assert info.value.signal == signal.SIGKILL and r.observed[1]["qemu"].startswith("crash")
         s.discard()
+
+
+@pytest.mark.qemu
+def test_while_a_job_may_run_the_first_poll_goes_out_with_the_command(qemu10, monkeypatch):
+    # QemuProcess.begin(): where a job may be running, query-jobs (the settle loop's first
+    # poll) is written together with the command, and the graph query follows once the jobs
+    # have settled; where none can be, the graph query goes with the command
+    from fuzz.qmpsync import QmpSync
+
+    writes: list[list[str]] = []
+    real_send = QmpSync.send
+
+    def send(self, calls):
+        calls = list(calls)
+        writes.append([name for name, _args in calls])
+        return real_send(self, calls)
+
+    with Session(qemu10, SEED_IMAGES, pipeline=True) as s:
+        r = s.runner
+        r.run({"qmp": "blockdev-add", "args": {"driver": "qcow2", "node-name": "hd1",
+                                               "file": {"driver": "file", "filename": "hd1.img"}}})
+        r.flush()
+        monkeypatch.setattr(QmpSync, "send", send)
+        # a job that waits in "pending" (settled) until it is finalized
+        r.run({"qmp": "block-stream", "args": {"job-id": "s", "device": "hd1",
+                                               "auto-finalize": False}})
+        r.run({"qmp": "blockdev-del", "args": {"node-name": "nope"}})   # fails; the job stays
+        r.run({"qmp": "job-finalize", "args": {"id": "s"}})
+        r.run({"qmp": "job-dismiss", "args": {"id": "s"}})
+        r.run({"qmp": "blockdev-del", "args": {"node-name": "nope"}})   # no job any more
+        r.flush()
+        assert [j["status"] for j in r.model.query_jobs()] == []
+    steps = [w for w in writes if w[0] not in ("query-jobs", "query-named-block-nodes", "quit")]
+    assert [w[0] for w in steps] == ["block-stream", "blockdev-del", "job-finalize", "job-dismiss",
+                                     "blockdev-del"]
+    assert all(w[1:] == ["query-jobs"] for w in steps[:4])
+    assert steps[4][1:] == ["query-named-block-nodes"]
+    # each job step's graph query went on its own, after the jobs settled; the last step's
+    # went with it
+    alone = [w for w in writes if w == ["query-named-block-nodes"]]
+    assert len(alone) == 4

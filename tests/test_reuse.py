@@ -182,6 +182,43 @@ def test_prestart_boots_the_next_qemu_while_an_example_runs(qemu10):
     assert spare._proc.poll() is not None   # close() killed the spare too
 
 
+@pytest.mark.qemu
+def test_a_pc_qemu_is_reused_only_after_an_example_without_devices(any_qemu):
+    with QemuPool(prestart=True) as pool:
+        # 1: blockdev and an iothread only -> kept, reset, reused
+        with Session(any_qemu, SEED_IMAGES, machine="pc", pool=pool) as s1:
+            run(s1, "blockdev-add", hd(0))
+            run(s1, "object-add", {"qom-type": "iothread", "id": "io0"})
+            pid = s1.qemu.pid
+        with Session(any_qemu, SEED_IMAGES, machine="pc", pool=pool) as s2:
+            assert s2.reused and s2.qemu.pid == pid
+            assert raw(s2.qemu, "query-named-block-nodes") == []
+            assert user_objects(s2.qemu) == ["pc.ram"]   # the iothread went, the machine's RAM stays
+            # 2: a virtio-scsi controller (a PCI device: its unplug waits for the guest) ->
+            # dropped, although the example went well
+            run(s2, "device_add", {"driver": "virtio-scsi", "id": "scsi0"})
+        with Session(any_qemu, SEED_IMAGES, machine="pc", pool=pool) as s3:
+            assert not s3.reused and s3.qemu.pid != pid
+            # 3: a controller that failed (no such iothread) left no device -> kept
+            out = run(s3, "device_add", {"driver": "virtio-scsi", "id": "scsi0", "iothread": "nope"})
+            assert out.error is not None and not s3.runner.model.graph.devices
+            pid3 = s3.qemu.pid
+        with Session(any_qemu, SEED_IMAGES, machine="pc", pool=pool) as s4:
+            assert s4.reused and s4.qemu.pid == pid3
+            # the same controller id works again: nothing of the failed one is left
+            assert run(s4, "device_add", {"driver": "virtio-scsi", "id": "scsi0"}).error is None
+        assert pool.stats["reused"] == 2 and pool.stats["discarded"] == 0
+
+
+@pytest.mark.qemu
+def test_the_reset_refuses_a_qemu_with_a_guest_device(qemu10, tmp_path):
+    # Session._reusable keeps such a QEMU out of the pool; the reset checks it all the same
+    with QemuProcess(qemu10, tmp_path, machine="pc") as q:
+        raw(q, "device_add", {"driver": "virtio-scsi"})
+        with pytest.raises(ResetFailed, match=r"guest devices .*: device\[0\]"):
+            q.reset()
+
+
 # -- dying with the parent ----------------------------------------------------------------------
 
 @pytest.mark.qemu
