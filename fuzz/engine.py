@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from models import Model, Outcome
+from models.errors import NotModeled
 from models.query import project
 from models.values import JOB_COMMANDS
 
@@ -165,6 +166,22 @@ class FieldFilter:
 # --------------------------------------------------------------------------------------------
 # the runner
 
+@attrs.frozen
+class _ModelState:
+    """The model's side of one step's check: its graph, its ``query-jobs`` (None: jobs are not
+    compared after this step), its jobs as a hang's signature names them, and why it has no
+    graph, if it has none."""
+    graph: list[dict]
+    query_jobs: list[dict] | None
+    jobs: tuple[str, ...]
+    #: the model could not project its graph (raised at the comparison)
+    declined: NotModeled | None = None
+
+
+def _jobs_in_flight(model: Model) -> tuple[str, ...]:
+    return tuple(f"{j['type']}/{j['status']}" for j in model.query_jobs())
+
+
 class Runner:
     """Runs steps against a model and (optionally) a live QEMU.
 
@@ -210,14 +227,16 @@ class Runner:
         """Check the step still in flight (``pipeline``), raising its finding; a no-op if none."""
         if self._pending is None:
             return
-        index, step, predicted, pending, model_graph = self._pending
+        index, step, predicted, pending, after = self._pending
         self._pending = None
-        with self._qemu_failures(index, step, "qemu"):
+        with self._qemu_failures(index, step, "qemu", after.jobs):
             actual = self.qemu.finish(pending)
-        self._check(index, step, predicted, actual, model_graph)
+        self._check(index, step, predicted, actual, after)
 
     def run(self, step: dict) -> Outcome | None:
-        self.flush()
+        if self._pending is None or "qmp" not in step:
+            self.flush()
+        # (a QMP step behind one in flight is predicted first and flushes it in _qmp())
         index = len(self.done)
         self.done.append(step)
         self.observed.append(None)
@@ -242,6 +261,15 @@ class Runner:
             check_step(cmd, args)
         predicted = self.model.execute(cmd, args)
         self.observed[index] = {"model": predicted.to_json()}
+        if self._pending is not None:
+            # The step in flight is checked now, before this one goes out: this one was
+            # predicted while QEMU ran that one.  Its finding ends the trace with it.
+            try:
+                self.flush()
+            except BaseException:
+                del self.done[index:]
+                del self.observed[index:]
+                raise
         actual = None
         if self.qemu is not None:
             self._qemu_graph = None
@@ -249,9 +277,9 @@ class Runner:
                 with self._qemu_failures(index, step, "qemu"):
                     pending = self.qemu.begin(cmd, args)
                 if pending is not None:
-                    # the model's graph after the step, worked out while QEMU runs it (the
-                    # model does not move before flush(): the next step comes after it)
-                    self._pending = (index, step, predicted, pending, self.model_graph())
+                    # what the check compares QEMU with, worked out while QEMU runs the step,
+                    # and kept: the model moves on to the next step before the check
+                    self._pending = (index, step, predicted, pending, self._model_after(cmd))
                     return predicted
             with self._qemu_failures(index, step, "qemu"):
                 # the graph query goes out with the command (QemuProcess.execute)
@@ -260,17 +288,33 @@ class Runner:
                     else self.qemu.execute(cmd, args)
         return self._check(index, step, predicted, actual)
 
+    def _model_after(self, cmd: str) -> "_ModelState":
+        """The model's side of a step's check, taken right after the model ran it.  Where the
+        model cannot project its graph (``NotModeled``), that is raised where the graph is
+        compared, after QEMU's own state queries, as if the graph were worked out then: a
+        QEMU that crashes in its query must still be found crashing."""
+        in_play = self._jobs_in_play(cmd)
+        try:
+            graph, declined = self.model_graph(), None
+        except NotModeled as e:
+            graph, declined = [], e
+        return _ModelState(graph, self.model.query_jobs() if in_play else None,
+                           _jobs_in_flight(self.model), declined)
+
     def _check(self, index: int, step: dict, predicted: Outcome, actual: Outcome | None,
-               model_graph: list[dict] | None = None) -> Outcome:
-        """The step's QEMU state queries, then every comparison of it (``model_graph``: the
-        model's graph after the step, if worked out already)."""
+               after: "_ModelState | None" = None) -> Outcome:
+        """The step's QEMU state queries, then every comparison of it.  ``after``: the model's
+        side, if taken already (a pipelined step: the model may have run the next one)."""
         cmd = step["qmp"]
+        if after is None and actual is not None:
+            after = self._model_after(cmd)
         if actual is not None:
+            assert after is not None
             self.observed[index]["qemu"] = actual.to_json()
             # the state queries belong to the step: a crash or hang in them is the step's
-            with self._qemu_failures(index, step, "qemu-state"):
+            with self._qemu_failures(index, step, "qemu-state", after.jobs):
                 self.qemu_graph()
-                if self._jobs_in_play(cmd):
+                if after.query_jobs is not None:
                     self._qemu_jobs = self.qemu.query_jobs()
         self.events.emit(StepDone(index, step, predicted, actual))
         exp = expectation_for(step, self.profile_name)
@@ -291,12 +335,17 @@ class Runner:
             if predicted.events != actual.events:
                 pe, ae = list(predicted.events), list(actual.events)
                 raise EventMismatch(index, step, pe, ae, f"event {first_difference(pe, ae) + 1}")
-            mg, qg = model_graph if model_graph is not None else self.model_graph(), self.qemu_graph()
+            assert after is not None
+            if after.declined is not None:
+                # QEMU ran the step and the model cannot check what came of it
+                after.declined.after_qemu = True
+                raise after.declined
+            mg, qg = after.graph, self.qemu_graph()
             if mg != qg:
                 raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))
             mj: list[dict] = []
-            if self._jobs_in_play(cmd):
-                mj, qj = self.model.query_jobs(), self._qemu_jobs
+            if after.query_jobs is not None:
+                mj, qj = after.query_jobs, self._qemu_jobs
                 if mj != qj:
                     raise GraphMismatch(index, step, mj, qj, "query-jobs")
             # what the step did, for depth figures (fuzz.reporters.Coverage): the graphs are
@@ -307,16 +356,17 @@ class Runner:
         return predicted
 
     @contextlib.contextmanager
-    def _qemu_failures(self, index: int, step: dict, key: str):
+    def _qemu_failures(self, index: int, step: dict, key: str,
+                       jobs: tuple[str, ...] | None = None):
         """QEMU dying or hanging is a finding of this step (recorded under ``key``): the
-        harness's exception goes on with the step (and, for a hang, the model's jobs) attached."""
+        harness's exception goes on with the step (and, for a hang, the model's jobs after
+        the step: ``jobs``, or the model's now) attached."""
         try:
             yield
         except QemuFailure as e:
             self.observed[index][key] = f"{e.kind}: {e}"
             if isinstance(e, QemuHang):
-                e.at_step(index, step, tuple(f"{j['type']}/{j['status']}"
-                                             for j in self.model.query_jobs()))
+                e.at_step(index, step, jobs if jobs is not None else _jobs_in_flight(self.model))
             else:
                 e.at_step(index, step)
             raise

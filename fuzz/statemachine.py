@@ -241,11 +241,9 @@ class BlockGraphMachine(RuleBasedStateMachine):
             return
         if self.config.should_stop is not None and self.config.should_stop():
             raise CampaignStop()
-        # the previous step's check first (Runner.pipeline: QEMU ran it while this step was
-        # drawn), so that its finding's trace ends with it
-        self._guarded(self.runner.flush)
-        if self.halted:
-            return
+        # (Runner.pipeline: the previous step, which QEMU ran while this one was drawn, is
+        # checked inside run(), once this one is predicted and before it goes out; a finding
+        # of it ends the trace with it, see _guarded)
         self.drawn += 1
         self.steps.append(step)
         self._guarded(lambda: self.runner.run(step))
@@ -256,6 +254,13 @@ class BlockGraphMachine(RuleBasedStateMachine):
         try:
             run()
         except NotModeled as e:
+            if e.after_qemu:
+                # the model cannot project its graph after a step QEMU ran: the example
+                # cannot go on checked (the step stays in it: QEMU ran it)
+                del self.steps[len(self.runner.done):]
+                self.config.events.emit(StepDeclined(self.steps[-1], str(e), False))
+                self.halted = True
+                return
             # The model declines before QEMU sees the command (Runner predicts first), and
             # declining depends only on model state: drop the step, keep the example going.
             step = self.steps.pop()
@@ -265,6 +270,9 @@ class BlockGraphMachine(RuleBasedStateMachine):
             self.config.events.emit(StepDeclined(step, str(e), isinstance(e, KnownQemuBug)))
             return
         except Finding as e:
+            # a finding of the step in flight: the step drawn behind it never ran in QEMU
+            # (Runner.run took it off its own lists)
+            del self.steps[len(self.runner.done):]
             self._failed(e)
         except HarnessError as e:
             raise HarnessStop(e) from e

@@ -122,3 +122,91 @@ def test_while_a_job_may_run_the_first_poll_goes_out_with_the_command(qemu10, mo
     # went with it
     alone = [w for w in writes if w == ["query-named-block-nodes"]]
     assert len(alone) == 4
+
+
+@pytest.mark.qemu
+def test_the_step_behind_is_predicted_first_and_a_decline_leaves_the_one_in_flight(qemu10, monkeypatch):
+    # Runner.run(): a QMP step behind one in flight is predicted (model only) before the one
+    # in flight is checked; a decline drops it and the one in flight stays in flight
+    from models.errors import NotModeled
+
+    order: list[str] = []
+    with Session(qemu10, SEED_IMAGES, pipeline=True) as s:
+        r = s.runner
+        real_execute, real_finish = r.model.execute, s.qemu.finish
+
+        def execute(cmd, args):
+            order.append(f"predict {cmd}")
+            if cmd == "x-blockdev-change":
+                raise NotModeled("planted")
+            return real_execute(cmd, args)
+
+        def finish(p):
+            order.append(f"check {p.cmd}")
+            return real_finish(p)
+
+        monkeypatch.setattr(r.model, "execute", execute)
+        monkeypatch.setattr(s.qemu, "finish", finish)
+        r.run({"qmp": "blockdev-add", "args": hd(0)})
+        with pytest.raises(NotModeled):
+            r.run({"qmp": "x-blockdev-change", "args": {"parent": "hd0"}})
+        r.done.pop(), r.observed.pop()   # as the state machine drops a declined step
+        assert "qemu" not in r.observed[0]   # still in flight
+        r.run({"qmp": "blockdev-del", "args": {"node-name": "hd0"}})
+        r.flush()
+    assert order == ["predict blockdev-add", "predict x-blockdev-change", "predict blockdev-del",
+                     "check blockdev-add", "check blockdev-del"]
+    assert [o["qemu"] for o in r.observed] == [{"return": {}}, {"return": {}}]
+
+
+@pytest.mark.qemu
+def test_a_hang_in_flight_names_the_jobs_after_its_own_step(qemu10):
+    # the model has run the step behind (a block-stream: a job) when the hang of the step in
+    # flight comes out; the hang's jobs are those after its own step: none
+    import os
+    import signal
+
+    from fuzz.errors import QemuHang
+
+    with Session(qemu10, SEED_IMAGES, pipeline=True, timeout=1.0) as s:
+        r = s.runner
+        r.run({"qmp": "blockdev-add", "args": {"driver": "qcow2", "node-name": "hd1",
+                                               "file": {"driver": "file", "filename": "hd1.img"}}})
+        r.flush()
+        os.kill(s.qemu.pid, signal.SIGSTOP)
+        try:
+            r.run({"qmp": "blockdev-del", "args": {"node-name": "nope"}})
+            with pytest.raises(QemuHang) as info:
+                r.run({"qmp": "block-stream", "args": {"job-id": "s", "device": "hd1",
+                                                       "auto-finalize": False}})
+            assert r.model.query_jobs() != []        # the model ran the stream
+            assert info.value.step_index == 1 and info.value.jobs == ()
+            assert len(r.done) == 2                  # the stream never went out
+        finally:
+            os.kill(s.qemu.pid, signal.SIGKILL)
+            s.discard()
+
+
+@pytest.mark.qemu
+def test_a_crash_in_the_graph_query_comes_before_the_models_decline(qemu10):
+    # corpus/findings/stream-concluded-query-segv (7.2, 10.0): after the stream, QEMU dies in
+    # query-named-block-nodes, and the model declines to project that graph (a job filter
+    # without its child).  Pipelined, the model's graph is worked out before QEMU answers;
+    # its decline still waits until QEMU's query has run, so the crash is what is found.
+    import os
+    import signal
+
+    from fuzz import trace as T
+
+    ROOT = os.path.join(os.path.dirname(__file__), "..")
+    tr = T.load(os.path.join(ROOT, "corpus", "findings", "stream-concluded-query-segv.json"))
+    steps = [{k: v for k, v in s.items() if k not in ("expect", "observed")}
+             for s in tr.steps if "qmp" in s]
+    with Session(qemu10, tr.images, pipeline=True) as s:
+        r = s.runner
+        with pytest.raises(QemuCrash) as info:
+            for step in steps:
+                r.run(step)
+            r.flush()
+        assert info.value.signal == signal.SIGSEGV and info.value.step_index == 1
+        s.discard()
