@@ -137,6 +137,7 @@ def instrument() -> None:
     from fuzz.qmpsync import QmpSync
 
     S.Session.__enter__ = _timed("set-up", _counting_enter, setup=True)
+    S.Session.start = _timed("set-up", _counting_start, setup=True)
     S.Session.__exit__ = _timed("set-up", S.Session.__exit__, setup=True)
     QmpSync.send = _qmp_send(QmpSync.send)
     QmpSync.receive = _qmp_receive(QmpSync.receive)
@@ -185,11 +186,24 @@ def _on_event(event) -> None:
 
 
 _session_enter = S.Session.__enter__
+_session_start = S.Session.start
 
 
 def _counting_enter(self):
     out = _session_enter(self)
     N[f"examples -M {self.machine}"] += 1
+    if self.started:
+        N["examples with a QEMU"] += 1
+        N["examples on a reused QEMU"] += self.reused
+    return out
+
+
+def _counting_start(self):
+    """A lazy session's QEMU (Session.lazy: acquired at the example's first step)."""
+    if self.started:
+        return _session_start(self)
+    out = _session_start(self)
+    N["examples with a QEMU"] += 1
     N["examples on a reused QEMU"] += self.reused
     return out
 
@@ -264,7 +278,8 @@ def report(r: dict) -> None:
     qmp, model = r.get("qmp", 0.0), r.get("model", 0.0)
     print(f"== {r['mode']}: {r.get('examples', 0)} examples "
           f"({r.get('examples -M none', 0)} -M none, {r.get('examples -M pc', 0)} -M pc; "
-          f"{r.get('examples on a reused QEMU', 0)} on a reused QEMU) in {wall:.1f} s")
+          f"{r.get('examples with a QEMU', 0)} with a QEMU, "
+          f"{r.get('examples on a reused QEMU', 0)} of them on a reused one) in {wall:.1f} s")
     print(f"   checked steps/s          {r.get('checked steps', 0) / wall:8.1f}")
     print(f"   examples/s               {r.get('examples', 0) / wall:8.2f}")
     print(f"   steps/example drawn      {r.get('drawn steps', 0) / ex:8.2f}")

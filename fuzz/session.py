@@ -67,8 +67,13 @@ def _warn_unknown_fields(event) -> None:
 class Session:
     def __init__(self, binaries, images: Iterable[ImageSpec], events: Events | None = None,
                  timeout: float = 5.0, machine: str = "none", strict: bool = False, pool: "QemuPool | None" = None,
-                 pipeline: bool = False):
+                 pipeline: bool = False, lazy: bool = False):
         self.binaries = binaries
+        #: QEMU is acquired by start(), which the first step calls: a quarter to a third of a
+        #: campaign's examples draw no step at all (Hypothesis' mutations replay a "stop"
+        #: choice first), and they need no QEMU, no images and no reset.  Only once the
+        #: version profile is known (the first session asks QEMU for it).
+        self.lazy = lazy
         self.pipeline = pipeline   # Runner(pipeline=...): the campaign's
         self.images = tuple(images)
         self.events = events
@@ -86,14 +91,8 @@ class Session:
 
     def __enter__(self) -> "Session":
         try:
-            if self.pool is not None:
-                self.qemu, self.workdir, self.reused = self.pool.acquire(
-                    self.binaries, self.images, self.timeout, self.machine)
-            else:
-                self.workdir = tempfile.mkdtemp(prefix="blockfuzz-")
-                make_images(self.images, self.workdir, self.binaries)
-                self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout,
-                                        machine=self.machine).start()
+            if not (self.lazy and str(self.binaries.system) in _PROFILE_CACHE):
+                self._acquire()
             self.profile = self._profile()
             self.runner = Runner(Model(self.profile, self.images, self.machine), self.qemu,
                                  self.events, field_filter=self._field_filter(),
@@ -103,6 +102,34 @@ class Session:
             self.__exit__(None, None, None)
             raise
         return self
+
+    @property
+    def started(self) -> bool:
+        """Whether this session has its QEMU (a ``lazy`` one gets it from :meth:`start`)."""
+        return self.qemu is not None
+
+    def start(self) -> None:
+        """Give a ``lazy`` session its QEMU before its first step; a no-op once it has one.
+        Raises what ``__enter__`` would (:class:`fuzz.errors.HarnessError`)."""
+        if self.qemu is not None:
+            return
+        try:
+            self._acquire()
+        except BaseException:
+            self._discard = True
+            raise
+        assert self.runner is not None
+        self.runner.qemu = self.qemu
+
+    def _acquire(self) -> None:
+        if self.pool is not None:
+            self.qemu, self.workdir, self.reused = self.pool.acquire(
+                self.binaries, self.images, self.timeout, self.machine)
+        else:
+            self.workdir = tempfile.mkdtemp(prefix="blockfuzz-")
+            make_images(self.images, self.workdir, self.binaries)
+            self.qemu = QemuProcess(self.binaries, self.workdir, timeout=self.timeout,
+                                    machine=self.machine).start()
 
     def _reusable(self) -> bool:
         """Whether a reset can bring this QEMU back to a fresh one's state.  ``-M none``: yes.

@@ -182,7 +182,8 @@ class BlockGraphMachine(RuleBasedStateMachine):
                 kw = {"pool": cfg.pool} if cfg.pool is not None else {}
                 self.session = Session(cfg.binaries, images, events=cfg.events,
                                        timeout=cfg.timeout, machine=self.machine,
-                                       strict=cfg.strict, pipeline=True, **kw).__enter__()
+                                       strict=cfg.strict, pipeline=True, lazy=True,
+                                       **kw).__enter__()
         except HarnessError as e:
             raise HarnessStop(e) from e
         self.runner = self.session.runner
@@ -245,6 +246,12 @@ class BlockGraphMachine(RuleBasedStateMachine):
         # checked inside run(), once this one is predicted and before it goes out; a finding
         # of it ends the trace with it, see _guarded)
         self.drawn += 1
+        start = getattr(self.session, "start", None)   # a lazy session's QEMU (Session.lazy)
+        if start is not None:
+            try:
+                start()
+            except HarnessError as e:
+                raise HarnessStop(e) from e
         self.steps.append(step)
         self._guarded(lambda: self.runner.run(step))
 

@@ -219,6 +219,27 @@ def test_the_reset_refuses_a_qemu_with_a_guest_device(qemu10, tmp_path):
             q.reset()
 
 
+@pytest.mark.qemu
+def test_a_lazy_session_gets_its_qemu_at_its_first_step(qemu10):
+    # Session(lazy=True), as the campaign's examples: an example that draws no step (a
+    # quarter to a third of them) costs no QEMU, no images and no reset
+    with QemuPool() as pool:
+        with Session(qemu10, SEED_IMAGES, pool=pool) as first:   # asks QEMU for the profile
+            pid = first.qemu.pid
+        with Session(qemu10, SEED_IMAGES, pool=pool, lazy=True) as idle:
+            assert not idle.started and idle.runner.qemu is None and idle.workdir is None
+            assert idle.runner.model.profile.name == "10.0"
+        assert pool.stats["reused"] == 0          # the idle example did not take the QEMU
+        with Session(qemu10, SEED_IMAGES, pool=pool, lazy=True) as s:
+            assert not s.started
+            s.start()
+            assert s.started and s.runner.qemu is s.qemu and s.reused and s.qemu.pid == pid
+            assert run(s, "blockdev-add", hd(0)).error is None
+            s.start()                             # idempotent
+            assert s.qemu.pid == pid
+        assert pool.stats["reused"] == 1
+
+
 # -- dying with the parent ----------------------------------------------------------------------
 
 @pytest.mark.qemu
