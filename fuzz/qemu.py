@@ -45,8 +45,10 @@ directory (:class:`UnsafeStep`), and QEMU runs chrooted into the work directory
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -361,6 +363,37 @@ def _pdeathsig_preexec():
     return preexec
 
 
+@functools.lru_cache(maxsize=1)
+def _setpriv() -> str | None:
+    """util-linux's ``setpriv`` if it has ``--pdeathsig`` (2.33+; Debian's essential
+    util-linux), else None."""
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if "--pdeathsig" in out else None
+
+
+def _pdeathsig() -> tuple[list[str], Any]:
+    """How QEMU gets PR_SET_PDEATHSIG: an argv prefix (``setpriv --pdeathsig KILL``) or, where
+    there is no such setpriv, a ``preexec_fn`` (``_pdeathsig_preexec``).
+
+    The prefix, because a ``preexec_fn`` makes subprocess fork() the whole fuzzer instead of
+    vfork()ing it: measured with a 300 MB heap (a campaign worker's size), 26 ms a start
+    against 3 ms through setpriv, and a campaign starts a QEMU every second or so.  The
+    setting is the same: setpriv sets it in the child, then execs (the thread rule of
+    ``_pdeathsig_preexec`` holds: only the main thread asks for it)."""
+    if threading.current_thread() is not threading.main_thread():
+        return [], None
+    setpriv = _setpriv()
+    if setpriv is not None:
+        return [setpriv, "--pdeathsig", "KILL"], None
+    return [], _pdeathsig_preexec()
+
+
 # -- the process ----------------------------------------------------------------------------
 
 class QemuProcess:
@@ -447,8 +480,9 @@ class QemuProcess:
                    else ["-mon", "chardev=qmp,mode=control"])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = ours
+        deathsig, preexec = _pdeathsig()
         argv = [
-            *prefix, system,
+            *deathsig, *prefix, system,
             "-no-user-config", "-nodefaults", "-display", "none", "-M", self.machine,
             "-chardev", f"socket,id=qmp,fd={theirs.fileno()}", *monitor,
             *self.machine_args(), *confine, *self.extra_args,
@@ -462,7 +496,7 @@ class QemuProcess:
                     # Own session: a Ctrl-C aimed at the fuzzer must not also kill QEMU, or the
                     # harness would report the resulting EOF as a crash finding.
                     start_new_session=True,
-                    preexec_fn=_pdeathsig_preexec(),
+                    preexec_fn=preexec,
                 )
         except OSError as e:
             ours.close()
