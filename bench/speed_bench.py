@@ -316,7 +316,7 @@ def main() -> int:
     g.add_argument("--seconds", type=float)
     g.add_argument("--examples", type=int)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=50, help="stateful_step_count (campaign: 50)")
+    ap.add_argument("--steps", type=int, default=100, help="stateful_step_count (campaign: 100)")
     ap.add_argument("--mode", default="fresh,pool,prestart",
                     help="comma-separated: fresh (a QEMU per example, as before), pool "
                          "(QemuPool), prestart (QemuPool(prestart=True)); default all three")
