@@ -178,8 +178,9 @@ class _ModelState:
     declined: NotModeled | None = None
 
 
-def _jobs_in_flight(model: Model) -> tuple[str, ...]:
-    return tuple(f"{j['type']}/{j['status']}" for j in model.query_jobs())
+def _job_states(jobs: list[dict]) -> tuple[str, ...]:
+    """Jobs as a hang's signature names them: ``type/status``."""
+    return tuple(f"{j['type']}/{j['status']}" for j in jobs)
 
 
 class Runner:
@@ -234,7 +235,7 @@ class Runner:
         self._check(index, step, predicted, actual, after)
 
     def run(self, step: dict) -> Outcome | None:
-        if self._pending is None or "qmp" not in step:
+        if "qmp" not in step:
             self.flush()
         # (a QMP step behind one in flight is predicted first and flushes it in _qmp())
         index = len(self.done)
@@ -298,8 +299,8 @@ class Runner:
             graph, declined = self.model_graph(), None
         except NotModeled as e:
             graph, declined = [], e
-        return _ModelState(graph, self.model.query_jobs() if in_play else None,
-                           _jobs_in_flight(self.model), declined)
+        jobs = self.model.query_jobs()
+        return _ModelState(graph, jobs if in_play else None, _job_states(jobs), declined)
 
     def _check(self, index: int, step: dict, predicted: Outcome, actual: Outcome | None,
                after: "_ModelState | None" = None) -> Outcome:
@@ -366,7 +367,7 @@ class Runner:
         except QemuFailure as e:
             self.observed[index][key] = f"{e.kind}: {e}"
             if isinstance(e, QemuHang):
-                e.at_step(index, step, jobs if jobs is not None else _jobs_in_flight(self.model))
+                e.at_step(index, step, jobs if jobs is not None else _job_states(self.model.query_jobs()))
             else:
                 e.at_step(index, step)
             raise
