@@ -532,9 +532,11 @@ class QemuProcess:
         if self.machine != "none":
             # the machine's own objects (-M pc: its RAM backend, "pc.ram"), which a reset
             # must leave alone; looked at before any example ran
-            self._machine_objects = frozenset(
-                o["name"] for o in _objects_listed(self._call("qom-list", {"path": "/objects"}, None))
-                if isinstance(o, dict) and str(o.get("type", "")).startswith("child<"))
+            listed = _objects_listed(self._call("qom-list", {"path": "/objects"}, None))
+            if not isinstance(listed, list):
+                self.close()
+                raise HarnessError(f"qom-list /objects failed on a fresh QEMU: {listed}")
+            self._machine_objects = frozenset(_qom_children(listed))
         return self
 
     def _confinement(self, features: QemuFeatures) -> tuple[list[str], list[str]]:
@@ -918,8 +920,7 @@ class QemuProcess:
             # (fuzz.session.Session._reusable): checked here, not trusted
             looks += [("qom-list", {"path": p}) for p in _DEVICE_CONTAINERS]
         jobs, nodes, objects, *containers = self._batch_must(looks, may_lack_objects=True)
-        devices = [o["name"] for c in containers for o in c
-                   if str(o.get("type", "")).startswith("child<")]
+        devices = [name for c in containers for name in _qom_children(c)]
         if devices:
             raise ResetFailed("guest devices cannot be removed by a reset: " + ", ".join(devices))
         if jobs:
@@ -929,8 +930,7 @@ class QemuProcess:
         if kids is None:   # BlockDeviceInfo.children is 11.1+: ask the debug graph (4.0+)
             kids = _graph_children(self._must("x-debug-query-block-graph"))
         own = self._own_objects()
-        ids = [o["name"] for o in objects
-               if str(o.get("type", "")).startswith("child<") and o["name"] not in own]
+        ids = [name for name in _qom_children(objects) if name not in own]
         plan: list[tuple[str, Any]] = [("blockdev-del", {"node-name": n})
                                        for n in _deletion_order(kids)]
         plan += [("object-del", {"id": i}) for i in ids]
@@ -949,8 +949,10 @@ class QemuProcess:
             return None
         names = [n["node-name"] for n in probed["return"]]
         autos = [m for n in names if (m := _AUTO_NAME.fullmatch(n))]
-        left_objects = [o for o in _objects_listed(objs) if str(o.get("type", "")).startswith(
-            "child<") and o["name"] not in own]
+        listed = _objects_listed(objs)
+        if not isinstance(listed, list):
+            return None
+        left_objects = [name for name in _qom_children(listed) if name not in own]
         if len(names) != 2 or self._PROBE not in names or len(autos) != 1 \
                 or after["return"] or left_objects:
             return None
@@ -1045,9 +1047,8 @@ class QemuProcess:
 
     def _user_objects(self) -> list[str]:
         reply = _objects_listed(self._call("qom-list", {"path": "/objects"}, None))
-        return [o["name"] for o in self._must_ok("qom-list", reply)
-                if str(o.get("type", "")).startswith("child<")
-                and o["name"] not in self._own_objects()]
+        own = self._own_objects()
+        return [name for name in _qom_children(self._must_ok("qom-list", reply)) if name not in own]
 
     def _reset_objects(self) -> bool:
         """object-del every user object; True if there were any (then they are listed again)."""
@@ -1154,6 +1155,12 @@ class QemuProcess:
 
 #: where qdev puts the devices of device_add: with an id, and without (``device[N]``)
 _DEVICE_CONTAINERS = ("/machine/peripheral", "/machine/peripheral-anon")
+
+
+def _qom_children(entries: list[dict]) -> list[str]:
+    """The names of the ``child<...>`` properties in a ``qom-list`` reply: the objects (or
+    devices) in that container."""
+    return [o["name"] for o in entries if str(o.get("type", "")).startswith("child<")]
 
 
 def _objects_listed(reply: dict) -> Any:

@@ -384,8 +384,14 @@ import json, os, re, socket, sys
 sock = socket.socket(fileno=int(re.search(r"fd=(\d+)", " ".join(sys.argv)).group(1)))
 def send(obj):
     sock.sendall(json.dumps(obj).encode() + b"\n")
+seen = set()
 def handle(msg):
     reply = {"return": {}, **({"id": msg["id"]} if "id" in msg else {})}
+    seen.add(msg["execute"])
+    if msg["execute"] == "block-stream":   # a job command refused
+        reply = {"error": {"class": "GenericError", "desc": "no"}, "id": msg["id"]}
+    if msg["execute"] == "query-jobs" and "block-stream" in seen:   # dies in the query behind
+        os._exit(4)
     if msg["execute"] == "assert":     # a glibc assertion message, but keep running
         sys.stderr.write("qemu-system-x86_64: ../block.c:42: f: Assertion `x' failed.\n")
         sys.stderr.flush()
@@ -424,6 +430,18 @@ def test_assertion_text_on_stderr_is_a_crash(fake_qemu, tmp_path):
             q.execute("assert")
         assert "Assertion `x' failed." in info.value.stderr_tail
         assert info.value.command == "assert"
+
+
+def test_a_crash_in_the_poll_behind_a_refused_job_command_is_the_polls(fake_qemu, tmp_path):
+    # QemuProcess.begin() sends query-jobs behind a job command; the command is refused (no
+    # job, so no settle loop), and QEMU dies in that query-jobs: the crash is the query's,
+    # not the refused command's
+    with QemuProcess(fake_qemu, tmp_path, timeout=2) as q:
+        pending = q.begin("block-stream", {"device": "x"})
+        assert pending is not None and pending.behind == "query-jobs"
+        with pytest.raises(QemuCrash) as info:
+            q.finish(pending)
+        assert info.value.command == "query-jobs" and info.value.returncode == 4
 
 
 def test_exit_right_after_reply_is_a_crash(fake_qemu, tmp_path):
