@@ -650,11 +650,15 @@ class QemuProcess:
         this QEMU (the campaign draws its next step: ``fuzz.engine.Runner``'s ``pipeline``).
 
         Behind the command goes ``query-named-block-nodes`` where no job can be running, and
-        otherwise ``query-jobs``: the settle loop's first poll (``_settle_jobs``).  The graph
-        query then waits until the jobs have settled, as it always did: sent while a job
-        still runs, it would meet the job at a moment that depends on timing, and a failure
-        would not replay.  None for the state queries themselves and ``quit``; then
-        :meth:`execute` it."""
+        otherwise ``query-jobs``: the settle loop's first poll (``_settle_jobs``).  After a
+        job command the graph query then waits until the jobs have settled, as it always
+        did: sent while a job still runs, it would meet the job at a moment that depends on
+        timing, and a failure would not replay.  After any other command the jobs are most
+        likely settled still (they were before it), so the graph query goes right behind the
+        poll, and counts only if that poll found them settled: then QEMU ran it with every
+        job settled, as if it had been sent after the poll's reply (one wait less); else its
+        reply is dropped and the graph query waits as after a job command.  None for the
+        state queries themselves and ``quit``; then :meth:`execute` it."""
         if cmd in ("query-jobs", "query-named-block-nodes", "quit"):
             return None
         self._prefetched = None
@@ -663,8 +667,11 @@ class QemuProcess:
         assert self._qmp is not None
         limit = self.timeout if timeout is None else timeout
         behind = "query-jobs" if settle else "query-named-block-nodes"
+        calls: list[tuple[str, Any]] = [(cmd, wire), (behind, None)]
+        if settle and cmd not in JOB_COMMANDS:
+            calls.append(("query-named-block-nodes", None))   # counts if the poll settles
         try:
-            sent = self._qmp.send([(cmd, wire), (behind, None)])
+            sent = self._qmp.send(calls)
         except QmpTransportError as e:   # finish() reports it as the command's failure
             return _Pending(cmd, wire, out0, err0, limit, [], e, behind)
         return _Pending(cmd, wire, out0, err0, limit, sent, None, behind)
@@ -676,7 +683,7 @@ class QemuProcess:
         assert self._qmp is not None
         if p.send_failed is not None:
             self._fail(self._crash(p.cmd, self._wait_exit()), p.send_failed)
-        r1, r2 = self._qmp.receive(p.sent, p.timeout)
+        r1, r2, *speculative = self._qmp.receive(p.sent, p.timeout)
         if isinstance(r1, QmpTimeout):
             self._fail(QemuHang(p.cmd, p.timeout, self._stderr_tail()), r1)
         if isinstance(r1, QmpTransportError):
@@ -689,7 +696,15 @@ class QemuProcess:
         else:
             second = r2
         if p.behind == "query-jobs":
-            return self._outcome(p.cmd, p.wire, r1, p.out0, p.err0, None, first_poll=second)
+            graph = None
+            if speculative:
+                r3 = speculative[0]
+                graph = (QemuHang("query-named-block-nodes", p.timeout, self._stderr_tail())
+                         if isinstance(r3, QmpTimeout) else
+                         self._crash("query-named-block-nodes", self._wait_exit())
+                         if isinstance(r3, QmpTransportError) else r3)
+            return self._outcome(p.cmd, p.wire, r1, p.out0, p.err0, None, first_poll=second,
+                                 graph_behind_poll=graph)
         return self._outcome(p.cmd, p.wire, r1, p.out0, p.err0, second)
 
     def _prepare(self, cmd: str, args: Mapping[str, Any] | None) -> tuple[Any, int, int]:
@@ -704,11 +719,12 @@ class QemuProcess:
         return wire, os.fstat(self._out_fd).st_size, os.fstat(self._err_fd).st_size
 
     def _outcome(self, cmd: str, wire: Any, reply: dict, out0: int, err0: int,
-                 nodes: "dict | QemuFailure | None", first_poll: "dict | QemuFailure | None" = None
-                 ) -> Outcome:
+                 nodes: "dict | QemuFailure | None", first_poll: "dict | QemuFailure | None" = None,
+                 graph_behind_poll: "dict | QemuFailure | None" = None) -> Outcome:
         """What comes after the command's reply (``nodes``: the reply of the graph query sent
         behind it, or its failure; ``first_poll``: that of a ``query-jobs`` sent behind it;
-        None if none was sent)."""
+        ``graph_behind_poll``: that of a graph query sent behind that poll, which is the
+        step's graph query if the poll found the jobs settled; None if none was sent)."""
         if cmd in JOB_COMMANDS and "error" not in reply:
             self._jobs_possible = True
             key = JOB_PAUSE_COMMANDS.get(cmd)
@@ -723,7 +739,8 @@ class QemuProcess:
         if cmd not in ("query-jobs", "query-named-block-nodes"):
             self._jobs_seen = None
             if self._jobs_possible:
-                self._settle_jobs(cmd, first_poll)
+                if self._settle_jobs(cmd, first_poll) and graph_behind_poll is not None:
+                    nodes = graph_behind_poll
             elif isinstance(first_poll, QemuFailure):
                 self._fail(first_poll)   # (the command failed, so no job: the poll went for nothing)
         stdout = stdout_lines(_read_from(self._out_fd, out0))
@@ -760,7 +777,7 @@ class QemuProcess:
                  for e in self._qmp.take_events(JOB_EVENTS)]
         return fold_job_events(lines) if lines else ()
 
-    def _settle_jobs(self, cmd: str, first_poll: "dict | QemuFailure | None" = None) -> None:
+    def _settle_jobs(self, cmd: str, first_poll: "dict | QemuFailure | None" = None) -> bool:
         """Wait until every block job is in a settled state (``SETTLED_JOB_STATES``) or gone.
 
         This is what makes jobs deterministic: a job's copying is over when the command that
@@ -769,8 +786,10 @@ class QemuProcess:
         never observed.  A job that does not settle within the timeout is a hang.
 
         ``first_poll``: the reply (or failure) of a ``query-jobs`` that went out right behind
-        the command (:meth:`begin`), taken as the first poll."""
+        the command (:meth:`begin`), taken as the first poll.  True if that poll found the
+        jobs settled (or gone)."""
         deadline = time.monotonic() + self.timeout
+        first = first_poll is not None
         while True:
             if first_poll is not None:
                 reply, first_poll = first_poll, None
@@ -784,7 +803,7 @@ class QemuProcess:
                 self._jobs_seen = []
                 self._user_paused.clear()
                 self._completing.clear()
-                return
+                return first
             ids = {j.get("id") for j in jobs}
             self._user_paused &= ids
             self._completing &= ids
@@ -793,7 +812,8 @@ class QemuProcess:
                                        else COMPLETING_JOB_STATES if j.get("id") in self._completing
                                        else SETTLED_JOB_STATES) for j in jobs):
                 self._jobs_seen = jobs
-                return
+                return first
+            first = False
             if time.monotonic() > deadline:
                 states = ", ".join(f"{j.get('id')}={j.get('status')}" for j in jobs)
                 self._fail(QemuHang(cmd, self.timeout, f"jobs never settled: {states}"))
