@@ -47,6 +47,7 @@ from hypothesis.stateful import get_state_machine_test
 from .engine import Events
 from .errors import BlockfuzzBug, CampaignStop, DatabaseError, Finding, HarnessStop, TimeUp
 from .findings import FindingEvent, FindingWriter, KnownBugs
+from .images import clear_templates
 from .statemachine import ExampleFinished, MachineConfig, ReuseArtefact, machine_class
 
 #: Hypothesis settings of every campaign: no deadline (QEMU's timing is not the test's), no
@@ -426,6 +427,7 @@ def run_campaign(spec: CampaignSpec, bus: Events | None = None) -> CampaignState
             _run_workers(spec, dispatch, deadline, state)
     finally:
         tempfile.tempdir = old_tempdir
+        clear_templates()   # the in-process worker's image templates live under root
         shutil.rmtree(root, ignore_errors=True)
         state.ended = time.monotonic()
     bus.emit(CampaignFinished(state))

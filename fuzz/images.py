@@ -233,6 +233,14 @@ _TEMPLATES = _TemplateCache()
 atexit.register(_TEMPLATES.clear)
 
 
+def clear_templates() -> None:
+    """Forget (and remove) this process's image templates.  ``fuzz.campaign.run_campaign``
+    calls it when its temporary root goes: the templates a worker in the campaign's own
+    process built live under that root, and the post-processing of the findings (replays,
+    minimization, reports) must build new ones rather than copy from removed directories."""
+    _TEMPLATES.clear()
+
+
 def _sparse_copy(src: str, dst: str) -> None:
     """Copy a file keeping its holes (SEEK_DATA/SEEK_HOLE); plain copy where unsupported.
 

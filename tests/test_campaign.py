@@ -356,6 +356,23 @@ def test_known_bug_is_known_on_its_version_and_a_regression_elsewhere(qemu10, tm
 
 
 @pytest.mark.qemu
+def test_a_one_worker_campaigns_finding_is_minimized_and_reported(qemu10, tmp_path):
+    """With one worker the campaign runs in blockfuzz's own process, and the findings'
+    post-processing (minimization, report, reproducers) runs there afterwards: it must not
+    use the image templates of the campaign's removed temporary directory (it once did: the
+    finding stayed as Hypothesis left it and report.html said "could not be made")."""
+    r = run_cli(tmp_path, "run", "--qemu", qemu10.system, "--examples", "150", "--steps", "30",
+                "--workers", "1", "--seed", "2", "--out", str(tmp_path / "a"), mutant=True)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    [folder] = glob.glob(str(tmp_path / "a" / "result-*"))
+    steps = T.load(os.path.join(folder, "minimal.json")).steps
+    assert [s["qmp"] for s in steps] == ["blockdev-add", "blockdev-del"], steps
+    report = open(os.path.join(folder, "report.html")).read()
+    assert "could not be made" not in report and "mutant: node cannot be deleted" in report
+    assert glob.glob(os.path.join(folder, "iotest", "tests", "*"))
+
+
+@pytest.mark.qemu
 def test_replay_of_a_finding_says_still_fails_or_fixed(tmp_path):
     from conftest import qemu_binaries
 
