@@ -871,17 +871,24 @@ class QemuPredicate:
 
 def minimize_finding(tr: T.Trace, binaries, signature: str, timeout: float = 2.0,
                      time_budget: float | None = 120.0, max_runs: int | None = 1000,
-                     on_improvement=None) -> T.Trace:
+                     on_improvement=None, why_not=None) -> T.Trace:
     """The campaign's post-processing with every pass: ``tr`` minimized on ``binaries`` while
     it fails with ``signature`` (how a crash dies is held too when the first replay shows the
     same signature), with ``observed`` on every step.  ``tr`` unchanged if its replay does not
-    fail that way (a flaky finding) or cannot run."""
+    fail that way (a flaky finding) or cannot run; then ``why_not`` (a callable, if given)
+    gets one line saying which."""
     pred = QemuPredicate(binaries, timeout=timeout)
     try:
         err = pred.check(tr)
-    except (NotModeled, HarnessError, OSError, ValueError):
+    except (NotModeled, HarnessError, OSError, ValueError) as e:
+        if why_not is not None:
+            first = next((line for line in str(e).splitlines() if line.strip()), "")
+            why_not(f"its replay could not run: {type(e).__name__}: {first}")
         return tr
     if err is None or err.signature() != signature:
+        if why_not is not None:
+            why_not("its replay on a fresh QEMU passed" if err is None else
+                    f"its replay on a fresh QEMU failed otherwise: {err.signature()}")
         return tr
     deadline = None if time_budget is None else time.monotonic() + time_budget
     try:

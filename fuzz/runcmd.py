@@ -337,7 +337,8 @@ def _post_process(folder: str, signature: str, binaries, timeout: float) -> None
     path = os.path.join(folder, "minimal.json")
     try:
         tr = T.load(path)
-        small = minimize_finding(tr, binaries, signature, timeout=timeout)
+        small = minimize_finding(tr, binaries, signature, timeout=timeout,
+                                 why_not=lambda why: print(f"{folder}: not minimized: {why}"))
         if small is not tr:
             T.save(small, path)
             print(f"{folder}: minimized from {len(tr.steps)} to {len(small.steps)} steps")

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 
+import attrs
 import pytest
 
 from fuzz import minimize as M
@@ -773,5 +774,15 @@ def test_minimize_finding_for_campaigns(qemu11, monkeypatch):
     sig = M.failure_of(tr, qemu11, 5.0).signature()
     small = M.minimize_finding(tr, qemu11, sig, timeout=5.0)
     assert bare(small.steps) == PLANTED and "observed" in small.steps[-1]
-    # a signature the trace does not fail with: left as it is
-    assert M.minimize_finding(tr, qemu11, "result:blockdev-del:other", timeout=5.0) is tr
+    # a signature the trace does not fail with: left as it is, and said why
+    why: list[str] = []
+    assert M.minimize_finding(tr, qemu11, "result:blockdev-del:other", timeout=5.0,
+                              why_not=why.append) is tr
+    assert why == [f"its replay on a fresh QEMU failed otherwise: {sig}"]
+    # a replay that cannot run (here: an image over a backing file that is not there)
+    from models.values import ImageSpec
+    broken = attrs.evolve(tr, images=[*tr.images, ImageSpec("orphan.qcow2", "qcow2",
+                                                            backing_file="missing.img")])
+    why.clear()
+    assert M.minimize_finding(broken, qemu11, sig, timeout=5.0, why_not=why.append) is broken
+    assert len(why) == 1 and why[0].startswith("its replay could not run: "), why
