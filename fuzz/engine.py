@@ -178,6 +178,14 @@ class _ModelState:
     declined: NotModeled | None = None
 
 
+class DeclinedAfterQemu(NotModeled):
+    """The model declined only to project its graph after a step the real QEMU already ran
+    (raised from the model's ``NotModeled``, which is its cause).  Unlike a decline before
+    QEMU sees the command, the step cannot be dropped from the example: the example cannot
+    go on checked (``fuzz.statemachine`` ends it there).  Still a ``NotModeled`` for every
+    caller that only asks whether the model declined."""
+
+
 def _job_states(jobs: list[dict]) -> tuple[str, ...]:
     """Jobs as a hang's signature names them: ``type/status``."""
     return tuple(f"{j['type']}/{j['status']}" for j in jobs)
@@ -339,8 +347,7 @@ class Runner:
             assert after is not None
             if after.declined is not None:
                 # QEMU ran the step and the model cannot check what came of it
-                after.declined.after_qemu = True
-                raise after.declined
+                raise DeclinedAfterQemu(str(after.declined)) from after.declined
             mg, qg = after.graph, self.qemu_graph()
             if mg != qg:
                 raise GraphMismatch(index, step, mg, qg, diff_graphs(mg, qg))

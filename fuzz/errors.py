@@ -50,6 +50,8 @@ ends a Hypothesis run.  A fourth family, the model's declines, belongs to the mo
     NotImplementedError
      +-- models.errors.NotModeled      the model declines a step (the step is dropped)
           +-- models.errors.KnownQemuBug   ... because QEMU has a known bug there
+          +-- fuzz.engine.DeclinedAfterQemu  ... its graph, after QEMU ran the step (the
+                                             step stays; the example ends there)
 
 The harness (``fuzz.qemu``) raises ``QemuCrash`` and ``QemuHang`` as soon as it sees QEMU fail;
 the engine, which knows the step, attaches it (:meth:`QemuFailure.at_step`) and lets the same

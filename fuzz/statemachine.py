@@ -45,7 +45,7 @@ from models.values import FILE_PREFIX
 from .draws import boolean, composite, integer, pick
 from . import trace as T
 from .boundary import argument_boundary, qapi_boundary
-from .engine import Events, Runner
+from .engine import DeclinedAfterQemu, Events, Runner
 from .errors import BlockfuzzBug, CampaignStop, Finding, HarnessError, HarnessStop
 from .findings import FailureSeen, KnownBugs, distinct, internal_signature
 
@@ -261,7 +261,7 @@ class BlockGraphMachine(RuleBasedStateMachine):
         try:
             run()
         except NotModeled as e:
-            if e.after_qemu:
+            if isinstance(e, DeclinedAfterQemu):
                 # the model cannot project its graph after a step QEMU ran: the example
                 # cannot go on checked (the step stays in it: QEMU ran it)
                 del self.steps[len(self.runner.done):]

@@ -30,10 +30,6 @@ class QmpFailure(Exception):
 class NotModeled(NotImplementedError):
     """The model does not cover this command or option (yet)."""
 
-    #: set by the harness where the model declined only to project its graph after a step
-    #: the real QEMU already ran (the step cannot be dropped from the example any more)
-    after_qemu: bool = False
-
 
 class KnownQemuBug(NotModeled):
     """A campaign guard: the command would run into a QEMU bug that ``corpus/findings`` already

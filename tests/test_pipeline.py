@@ -253,3 +253,27 @@ def test_a_crash_in_the_graph_query_comes_before_the_models_decline(qemu10):
             r.flush()
         assert info.value.signal == signal.SIGSEGV and info.value.step_index == 1
         s.discard()
+
+
+@pytest.mark.qemu
+def test_a_graph_the_model_cannot_project_after_qemu_ran_the_step_is_its_own_decline(qemu10, monkeypatch):
+    # the model predicted the step, QEMU ran it, then the model declines to project its graph:
+    # not an ordinary decline (that step would be dropped as if never run), but
+    # DeclinedAfterQemu, still a NotModeled, with the model's decline as its cause; the step
+    # stays in the trace
+    from fuzz.engine import DeclinedAfterQemu
+    from models.errors import NotModeled
+
+    with Session(qemu10, SEED_IMAGES, pipeline=True) as s:
+        r = s.runner
+
+        def declines():
+            raise NotModeled("planted: this graph")
+
+        monkeypatch.setattr(r.model, "query_named_block_nodes", declines)
+        r.run({"qmp": "blockdev-add", "args": hd(0)})
+        with pytest.raises(DeclinedAfterQemu) as info:
+            r.flush()
+        assert isinstance(info.value, NotModeled) and str(info.value) == "planted: this graph"
+        assert isinstance(info.value.__cause__, NotModeled)
+        assert len(r.done) == 1 and r.observed[0]["qemu"] == {"return": {}}
