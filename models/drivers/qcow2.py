@@ -133,20 +133,37 @@ def qcow2_image(g: Graph, n: Node) -> Image | None:
     return cur
 
 
-def _host_grown(g: Graph, n: Node, img: Image) -> None:
-    """The qcow2 driver grew the host file through its current file child: every node on the
-    way down sees the write past its end (``bdrv_co_write_req_finish()``)."""
+def _host_grown(g: Graph, n: Node, img: Image, before: int) -> None:
+    """After a qcow2 write through the node's current file child (``before``: the host
+    file's length before it).  Where the write grew the host file, a request of it ended at
+    the new end of the file, and every node on the way down saw that request past its own
+    end (``bdrv_co_write_req_finish()``): each grows to the new length.
+
+    Where the write did not grow the host file, a node on the way down whose length is
+    behind the file's (it missed an earlier growth through another parent: 10.0.2 and
+    7.2.22 do not resize a filter over a file that grew, see
+    ``VersionProfile.growth_resizes_filtered_parents``) grows only if a request of this write
+    lands past that length, which depends on where the written clusters and metadata lie in
+    the host file, and the model does not place them (found by a 10.0.2 campaign: blkdebug
+    over a file a qcow2 node had grown directly, then the qcow2 node reopened onto the
+    blkdebug node and written into clusters it had allocated before: QEMU kept blkdebug's
+    length, the model grew it to the file's)."""
     host = -(-img.host_length() // SECTOR) * SECTOR
-    fc = g.nodes[n.edge("file").child]
+    path = []
+    fc: Node | None = g.nodes[n.edge("file").child]
+    while fc is not None:
+        path.append(fc)
+        fc = fc.driver.storage_child(g, fc)
+    if host <= -(-before // SECTOR) * SECTOR:
+        if any(fc.cached_length < host for fc in path):
+            raise NotModeled("a qcow2 write that does not grow its file through a node whose "
+                             "length is behind the file's")
+        return
     grown = []
-    while True:
+    for fc in path:
         if host > fc.cached_length:
             fc.cached_length = host
             grown.append(fc)
-        below = fc.driver.storage_child(g, fc)
-        if below is None:
-            break
-        fc = below
     if g.profile is not None and g.profile.growth_resizes_filtered_parents:
         for fc in reversed(grown):
             resize_filtered_parents(g, fc)
@@ -464,6 +481,7 @@ class Qcow2(BlockDriver):
 
     def write(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
         img = g.image(n)
+        before = img.host_length()
         end = off + len(payload)
         first, last = off // CLUSTER, (end - 1) // CLUSTER
         if img.free_host:
@@ -494,7 +512,7 @@ class Qcow2(BlockDriver):
                 img.allocate(c)
             img.zero_clusters.discard(c)   # data in a zero-flagged host cluster clears the flag
         img.write_bytes(off, payload)
-        _host_grown(g, n, img)
+        _host_grown(g, n, img, before)
 
     def write_compressed(self, g: Graph, n: Node, off: int, payload: bytes) -> None:
         """``qcow2_co_pwritev_compressed_part()``: one whole cluster into an unallocated one
@@ -509,9 +527,10 @@ class Qcow2(BlockDriver):
             raise iodata.IoFailed()
         if not img.free_host:
             raise NotModeled("where a compressed cluster lands at the end of the file")
+        before = img.host_length()
         img.write_bytes(off, payload)
         img.allocate(c)
-        _host_grown(g, n, img)
+        _host_grown(g, n, img, before)
 
     def write_zeroes(self, g: Graph, n: Node, off: int, length: int, may_unmap: bool) -> None:
         """``qcow2_co_pwrite_zeroes()``: sets the zero flag; with BDRV_REQ_MAY_UNMAP still set
@@ -519,10 +538,11 @@ class Qcow2(BlockDriver):
         if qcow2_image(g, n) is not g.image(n):
             raise NotModeled(f"write zeroes through {n.drv}")
         img, clusters = _whole_clusters(g, n, off, length)
+        before = img.host_length()
         for c in clusters:
             if may_unmap and c in img.allocated:
                 img.allocated.discard(c)
                 img.free_host += 1
             img.set_zero(c)   # on an allocated cluster: QCOW2_CLUSTER_ZERO_ALLOC
         img.zero_bytes(off, length)
-        _host_grown(g, n, img)
+        _host_grown(g, n, img, before)
