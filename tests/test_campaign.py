@@ -314,6 +314,27 @@ def test_known_bug_table_knows_listed_versions_and_flags_regressions(tmp_path):
     assert known.lookup("hang:x", "10.0") == known.lookup("crash:SIGABRT:y", "10.0") == ("race", None)
 
 
+def test_a_graph_signature_folds_node_names_and_backing_image_chains():
+    """One model fault, four places it showed in a 10.0.2 campaign: one signature.  Another
+    field, another command or a different node list is another signature."""
+    from fuzz.errors import GraphMismatch
+
+    step = {"qmp": "human-monitor-command", "args": {}}
+
+    def sig(detail, s=step):
+        return GraphMismatch(3, s, [], [], detail).signature()
+
+    four = {sig(d + ": 1441792 vs 1376256") for d in (
+        "cor0/image/virtual-size", "hd4/image/backing-image/virtual-size",
+        "bd/image/backing-image/virtual-size", "t1/image/backing-image/backing-image/virtual-size")}
+    assert four == {"graph:human-monitor-command:NODE/image/virtual-size"}
+    assert sig("cor0/image/actual-size: 1 vs 2") != sig("cor0/image/virtual-size: 1 vs 2")
+    assert sig("cor0/ro: True vs False", {"qmp": "blockdev-reopen"}) == \
+        "graph:blockdev-reopen:NODE/ro"
+    assert sig("node list ['hd0'] vs []") == "graph:human-monitor-command:node list ['X'] vs []"
+    assert sig("query-jobs") == "graph:human-monitor-command:query-jobs"
+
+
 def test_abort_text_drops_paths_line_numbers_and_addresses():
     a = abort_text("warning: x\nqemu-system-x86_64: ../../block.c:4659: bdrv_reopen_multiple: "
                    "Assertion `bs->x > 0' failed.\n")
