@@ -605,6 +605,8 @@ def block_stream(g: Graph, args: Any, ctx: dict) -> None:
                     # bdrv_co_do_copy_on_readv() writes zeroes for an all-zero bounce buffer,
                     # which spans a block-status run, not a cluster
                     raise NotModeled("stream of areas the chain reads as zeros")
+                if not iodata.can_write(g, bs):
+                    raise NotModeled("stream into a node the model cannot write")
                 iodata.write(g, bs, lo, data)
     _settle(g, job)
 
@@ -751,6 +753,11 @@ def _copy_into_base(g: Graph, top: Node, base: Node, chain: list[Node]) -> None:
             # ZERO (whether the base then has a zero flag or a freed cluster is the base's)
             raise NotModeled("commit of zero-flagged clusters")
         if any(_allocated(g, n, c) for n in chain):
+            if not iodata.can_write(g, base):
+                # a qcow2 base whose file now holds another image (a reopen moved it): QEMU
+                # writes through the old metadata into the new file (7.2.22, 10.0.2 and
+                # 11.1.3 alike, found by a campaign), which the model does not follow
+                raise NotModeled("commit into a base the model cannot write")
             lo, hi = c * CLUSTER, min(size, (c + 1) * CLUSTER)
             iodata.write(g, base, lo, _read_known(g, top, lo, hi - lo))
 

@@ -284,5 +284,6 @@ def reopen_multiple(g: Graph, queue: list[_Entry]) -> None:
             if n is not None and g.refcount(n) == 0:
                 g.unref(n)
     g.guard("reopen-closed", closed=before - set(g.nodes), queued={e.node.name for e in queue})
+    g.guard("reopen-done")
 
 
