@@ -262,6 +262,7 @@ def reopen_set_read_only(g: Graph, node: Node, read_only: bool) -> None:
 def reopen_multiple(g: Graph, queue: list[_Entry]) -> None:
     """``bdrv_reopen_multiple()``: prepare every entry, refresh permissions, commit."""
     g.guard("reopen-start")
+    g.guard("reopen-dangling", queued={e.node.name for e in queue})
     for i, e in enumerate(queue):
         _prepare(g, e)
         g.guard("reopen-prepared", entry=e, later={f.node.name for f in queue[i + 1:]})
