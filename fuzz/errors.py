@@ -525,7 +525,7 @@ def graph_where(path: str) -> str:
     without this: ``cor0/image/virtual-size``, ``hd4/image/backing-image/virtual-size``,
     ``bd/image/backing-image/virtual-size`` and ``t1/image/backing-image/backing-image/...``.
     A list of node names (``node list [...] vs [...]``) and ``query-jobs`` stay as they are."""
-    head, sep, rest = path.partition("/")
+    _node, sep, rest = path.partition("/")
     if not sep or path.startswith("node list"):
         return path
     return "NODE/" + re.sub(r"(?:backing-image/)+", "", rest)
