@@ -13,7 +13,7 @@ reply) and prints QEMU's CPU time per request (utime + stime of the process, fro
 * ``query-named-block-nodes`` over six nodes (a filter chain of depth 3), nested and with
   ``flat: true``: what the step's graph query costs, and whether ``flat`` would save any.
 
-Measured 2026-12-02 on QEMU 11.1.3 here: 3.9 µs of QEMU CPU per request byte (query-jobs
+Measured 2026-12-02 on QEMU 11.1.3 here: about 4 µs of QEMU CPU per request byte (query-jobs
 0.22 ms, +400 blanks 1.84 ms); the graph query 0.41 ms nested, 0.49 ms flat (its 26 bytes
 of arguments cost more than the nesting it saves).  A campaign step sends about 225 bytes
 (speed_bench, seed 11: blockdev-add 76, the graph query 48, query-jobs 17 per checked step),
