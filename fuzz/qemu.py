@@ -432,6 +432,8 @@ class QemuProcess:
         self._out_fd = -1
         self._err_fd = -1
         self._names = NodeNames()
+        #: the last graph reply, its offset and what _canon_nodes() made of it
+        self._canon_memo: tuple[list, int, list] | None = None
         self._names_fresh = True    # no auto nodes exist before the first command
         self._failure: QemuFailure | None = None
         self._closed = False
@@ -516,7 +518,7 @@ class QemuProcess:
         try:
             self._out_fd = os.open(self.stdout_path, os.O_RDONLY)
             self._err_fd = os.open(self.stderr_path, os.O_RDONLY)
-            self._qmp = QmpSync(self.timeout)
+            self._qmp = QmpSync(self.timeout, memo=("query-named-block-nodes",))
             self._qmp.connect(self._sock, timeout=self.timeout)
         except (QmpTransportError, OSError) as e:
             self.close()
@@ -751,8 +753,9 @@ class QemuProcess:
             self._check_after(cmd, err0)
 
         if cmd == "query-named-block-nodes" and "return" in reply:
-            self._names.learn(reply["return"])
             self._names_fresh = True
+            return Outcome(ret=self._canon_nodes(reply["return"]), error=None, stdout=stdout,
+                           events=events)
         else:
             self._names_fresh = False   # any other command may have created nodes
         if nodes is not None:
@@ -843,13 +846,27 @@ class QemuProcess:
         if nodes is not None:
             if "error" in nodes:
                 self._fail(QemuQueryFailed("query-named-block-nodes", _error_text(nodes["error"])))
-            self._names.learn(nodes["return"])
             self._names_fresh = True
-            return _canon(nodes["return"], self._names.offset)
+            return self._canon_nodes(nodes["return"])
         outcome = self.execute("query-named-block-nodes")
         if outcome.error is not None:
             self._fail(QemuQueryFailed("query-named-block-nodes", outcome.error.desc))
         return outcome.ret
+
+    def _canon_nodes(self, raw: list) -> list:
+        """A graph reply's nodes learnt (:class:`NodeNames`) and canonicalised.  The same
+        reply as last time (the same object: ``QmpSync``'s memo hands out one decoded value
+        per distinct reply) gives the same result, so it is handed out again: learning it
+        again adds nothing, and ``_canon`` depends only on the reply and the offset.  A graph
+        that a failed command or a read left alone costs no work then.  Callers must not
+        modify the result."""
+        last = self._canon_memo
+        if last is not None and last[0] is raw and last[1] == self._names.offset:
+            return last[2]
+        self._names.learn(raw)
+        out = _canon(raw, self._names.offset)
+        self._canon_memo = (raw, self._names.offset, out)
+        return out
 
     def version(self) -> tuple[int, int, int]:
         """QEMU's (major, minor, micro), from ``query-version``."""
@@ -913,6 +930,7 @@ class QemuProcess:
                 f"reset impossible: {e}", cause=e)
             raise self._reset_failed from e
         self._names.clear(offset)
+        self._canon_memo = None
         self._names_fresh = True
         self._jobs_possible = False
         self._user_paused.clear()

@@ -71,6 +71,10 @@ class Model:
         self.profile = profile
         self.graph = Graph(images=build_images(images), profile=profile, machine=machine,
                            guards=known_bugs.GUARDS)
+        #: (graph, its in-place edits so far and its images' state, its projected query):
+        #: query_named_block_nodes()
+        self._query_memo: tuple[Graph, tuple, list[dict]] | None = None
+        self._edits = 0
 
     def execute(self, cmd: str, args: Any) -> Outcome:
         """Predict one QMP command.  Raises ``NotModeled`` for commands outside the model."""
@@ -131,7 +135,11 @@ class Model:
                 self.graph = state
                 return attrs.evolve(Outcome.failure(e.desc, e.cls), events=tuple(events))
             # The auto-name counter is not rolled back: id_generate() has no undo; nor is
-            # qdev's anonymous-device counter.
+            # qdev's anonymous-device counter.  (Neither shows in query-named-block-nodes;
+            # everything below may, so it counts as an edit of the graph if it changes it.)
+            if g.removed or g.moved or g.limits_kept or not (g.stuck & set(self.graph.nodes)) <= self.graph.stuck \
+                    or not (g.dangling_data_file & set(self.graph.nodes)) <= self.graph.dangling_data_file:
+                self._edits += 1
             self.graph.auto_counter = g.auto_counter
             self.graph.anon_devices = g.anon_devices
             # known QEMU bugs whose effect survives the rollback
@@ -153,5 +161,24 @@ class Model:
         return jobs.query_jobs(self.graph)
 
     def query_named_block_nodes(self) -> list[dict]:
-        """The projected ``query-named-block-nodes`` reply (see ``models.query.project``)."""
-        return project(query_named_block_nodes(self.graph, self.profile))
+        """The projected ``query-named-block-nodes`` reply (see ``models.query.project``).
+
+        Memoised while the graph is unchanged: a command that succeeds puts a new graph in
+        place (its clone), one that fails leaves the graph as it was but for the in-place
+        edits counted in ``execute()``.  So the same graph object with no edit since is the
+        same reply, and the very same list is returned (a caller can tell "unchanged" by
+        identity: ``fuzz.engine.Runner``).  Callers must not modify it."""
+        key = (self._edits, _image_state(self.graph))
+        memo = self._query_memo
+        if memo is not None and memo[0] is self.graph and memo[1] == key:
+            return memo[2]
+        out = project(query_named_block_nodes(self.graph, self.profile))
+        self._query_memo = (self.graph, key, out)
+        return out
+
+
+def _image_state(g: Graph) -> tuple:
+    """What of the images the query can show: a graph command's clone shares them with the
+    graph (``Graph.clone``), so a failed ``block_resize`` may still have changed one."""
+    return tuple((img.size, img.host_length(), img.backing_file, img.backing_format)
+                 for img in g.images.values())

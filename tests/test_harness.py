@@ -319,6 +319,43 @@ def test_a_late_reply_is_dropped_and_the_next_command_gets_its_own(binaries):
 
 
 @pytest.mark.qemu
+def test_a_memoised_reply_is_the_same_value_until_its_bytes_change(binaries):
+    # QmpSync(memo=...): the graph query's reply is decoded once per distinct reply
+    a, p = _qemu_on_socketpair(binaries, "-mon", "q,mode=control")
+    try:
+        with QmpSync(memo=("query-named-block-nodes",)) as qmp:
+            qmp.connect(a, timeout=5)
+            assert qmp.cmd("blockdev-add", {"driver": "null-co", "node-name": "n0"}) == {"return": {}}
+            first = qmp.cmd("query-named-block-nodes")["return"]
+            qmp.cmd("blockdev-del", {"node-name": "nope"})          # fails: nothing changes
+            again = qmp.cmd("query-named-block-nodes")["return"]
+            assert again is first and [n["node-name"] for n in again] == ["n0"]
+            # other commands are never memoised, even with the same reply
+            assert qmp.cmd("query-jobs")["return"] is not qmp.cmd("query-jobs")["return"]
+            assert qmp.cmd("blockdev-add", {"driver": "null-co", "node-name": "n1"}) == {"return": {}}
+            changed = qmp.cmd("query-named-block-nodes")["return"]
+            assert changed is not first and [n["node-name"] for n in changed] == ["n1", "n0"]
+            qmp.cmd("blockdev-del", {"node-name": "n1"})
+            # back to an earlier graph: its value from then
+            assert qmp.cmd("query-named-block-nodes")["return"] is first
+    finally:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.qemu
+def test_an_unchanged_graph_reply_is_canonicalised_once_and_a_change_is_seen(qemu):
+    assert qemu.execute("blockdev-add", {"driver": "raw", "node-name": "r",
+                                         "file": {"driver": "null-co"}}).ok    # #block0
+    nodes = qemu.query_nodes()
+    assert [n["node-name"] for n in nodes] == ["r", "#block0"]
+    assert qemu.execute("blockdev-del", {"node-name": "nope"}).error is not None
+    assert qemu.query_nodes() is nodes
+    assert qemu.execute("blockdev-add", {"driver": "null-co", "node-name": "n1"}).ok
+    assert [n["node-name"] for n in qemu.query_nodes()] == ["n1", "r", "#block0"]
+
+
+@pytest.mark.qemu
 def test_a_peer_that_is_no_qmp_monitor_is_qmp_gone(binaries):
     # the wrong socket (an HMP monitor greets with a text line): one clear error, no hang
     a, p = _qemu_on_socketpair(binaries, "-mon", "q,mode=readline")

@@ -637,3 +637,26 @@ def test_qcow2_io_over_a_file_node_behind_its_file_is_declined():
         {"driver": "qcow2", "node-name": "hd3", "file": "r0"}]}).ok
     with pytest.raises(NotModeled, match="cached length is behind its file"):
         m.execute("human-monitor-command", write)
+
+
+def test_the_query_is_memoised_while_the_graph_is_unchanged_and_only_then():
+    m = Model(PROFILES["11.1"], IMAGES)
+    assert m.execute("blockdev-add", {"driver": "qcow2", "node-name": "r0", "file": {
+        "driver": "file", "filename": "hd1.img", "node-name": "r0-file"}}).ok
+    first = m.query_named_block_nodes()
+    assert m.execute("blockdev-del", {"node-name": "nope"}).error is not None
+    assert m.query_named_block_nodes() is first        # a failed command changed nothing
+    # a failed reopen that re-attaches a removed child at the head edits the graph in place
+    m.execute("blockdev-reopen", {"options": [
+        {"driver": "qcow2", "node-name": "r0", "file": "r0-file", "backing": "#block1"},
+        {"driver": "qcow2", "node-name": "r0", "file": "#block0"}]})
+    edited = m.query_named_block_nodes()
+    assert edited is not first and edited != first
+    # an image changed under the graph (graph commands share the images: a block_resize
+    # that fails after growing one)
+    m.graph.images["hd1.img"].resize(4 * MiB)
+    grown = m.query_named_block_nodes()
+    assert grown is not edited
+    assert next(n for n in grown if n["node-name"] == "r0")["image"]["virtual-size"] == 4 * MiB
+    assert m.execute("blockdev-add", {"driver": "null-co", "node-name": "n1"}).ok
+    assert [n["node-name"] for n in m.query_named_block_nodes()][0] == "n1"

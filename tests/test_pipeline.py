@@ -52,15 +52,40 @@ def test_a_disagreement_is_the_steps_it_belongs_to(qemu10, monkeypatch):
 
 @pytest.mark.qemu
 def test_a_graph_difference_is_found_at_flush(qemu10, monkeypatch):
+    real = blockdev.blockdev_add
+
+    def mutant(g, args, profile):
+        real(g, args, profile)
+        g.nodes["hd0"].read_only = True   # the model's graph drifts as the command succeeds
+
     with Session(qemu10, SEED_IMAGES, pipeline=True) as s:
         r = s.runner
         r.run({"qmp": "blockdev-add", "args": hd(0)})
         r.flush()
-        r.model.graph.nodes["hd0"].read_only = True   # the model's graph drifts
-        r.run({"qmp": "blockdev-del", "args": {"node-name": "nope"}})
+        monkeypatch.setattr(blockdev, "blockdev_add", mutant)
+        r.run({"qmp": "blockdev-add", "args": {"driver": "null-co", "node-name": "n1"}})
         with pytest.raises(GraphMismatch) as info:
             r.flush()
         assert info.value.step_index == 1
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_a_change_on_qemus_side_only_is_found_while_the_models_graph_is_unchanged(qemu10, pipeline):
+    # both sides memoise an unchanged graph, and a pair found equal is not compared again:
+    # QEMU's graph changing behind the model's back must still be a finding
+    with Session(qemu10, SEED_IMAGES, pipeline=pipeline) as s:
+        r = s.runner
+        r.run({"qmp": "blockdev-add", "args": hd(0)})
+        r.run({"qmp": "blockdev-del", "args": {"node-name": "nope"}})
+        r.flush()
+        before = r.model_graph()
+        s.qemu.execute("blockdev-add", {"driver": "null-co", "node-name": "n9"})   # QEMU only
+        with pytest.raises(GraphMismatch) as info:
+            r.run({"qmp": "blockdev-del", "args": {"node-name": "nope"}})
+            r.flush()      # (where a pipelined step is checked)
+        assert info.value.step_index == 2 and r.model_graph() is before
+        assert "n9" in str(info.value)
 
 
 @pytest.mark.qemu
