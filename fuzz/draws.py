@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from hypothesis import strategies as st
 
-__all__ = ["pick", "integer", "boolean", "composite"]
+__all__ = ["pick", "pick_one_of", "integer", "boolean", "composite"]
 
 _T = TypeVar("_T")
 
@@ -42,11 +42,19 @@ def pick(d: Any, seq: Sequence[_T]) -> _T:
     """``d.draw(st.sampled_from(seq))``."""
     if not isinstance(seq, (list, tuple, range)):
         seq = tuple(seq)   # as sampled_from's check_sample() does with other iterables
-    if len(seq) <= 1:
-        # one element: sampled_from() is just() and makes no choice; none: it raises
-        # InvalidArgument, as a rule's bug should
+    if len(seq) == 1:
+        return seq[0]   # sampled_from() is just(): no choice
+    if not seq:
+        # sampled_from() raises InvalidArgument, as a rule's bug should
         return d.draw(st.sampled_from(seq)) if hasattr(d, "draw") else d(st.sampled_from(seq))
     return seq[_choices(d).draw_integer(0, len(seq) - 1)]
+
+
+def pick_one_of(d: Any, *seqs: Sequence[_T]) -> _T:
+    """``d.draw(st.one_of(*map(st.sampled_from, seqs)))`` for non-empty ``seqs``: which one
+    (``OneOfStrategy``'s branch index), then the element."""
+    assert len(seqs) > 1 and all(seqs), "pick_one_of() takes two or more non-empty sequences"
+    return pick(d, pick(d, seqs))
 
 
 def integer(d: Any, lo: int, hi: int) -> int:

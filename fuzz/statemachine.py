@@ -42,7 +42,7 @@ from models.drivers.base import (CHILD, CHILDREN, FILE, FILE_CHILD, FORMAT_NAMES
 from models.lengths import node_length
 from models.values import FILE_PREFIX
 
-from .draws import boolean, composite, integer, pick
+from .draws import boolean, composite, integer, pick, pick_one_of
 from . import trace as T
 from .boundary import argument_boundary, qapi_boundary
 from .engine import DeclinedAfterQemu, Events, Runner
@@ -685,10 +685,10 @@ class BlockGraphMachine(RuleBasedStateMachine):
         nodes = self.named_nodes()
         name = pick(data, nodes * 4 + ["nope"])
         length = self.length_of(name) or 1 << 20
-        size = data.draw(st.one_of(
-            st.sampled_from([length + 65536, length + 512, length + 1000, length - 65536,
-                             length - 512, length, 2 * length]),
-            st.sampled_from([0, -1, 512, MAX_LENGTH, MAX_LENGTH + 1, 64 << 20, (64 << 20) + 512])))
+        size = pick_one_of(data,
+                           [length + 65536, length + 512, length + 1000, length - 65536,
+                            length - 512, length, 2 * length],
+                           [0, -1, 512, MAX_LENGTH, MAX_LENGTH + 1, 64 << 20, (64 << 20) + 512])
         args: dict = {"node-name": name, "size": size}
         if integer(data, 0, 9) == 0:
             args["device"] = pick(data, [name, "nope", ""])

@@ -23,6 +23,23 @@ if TYPE_CHECKING:
     from .imagedata import Image
     from .profiles import VersionProfile
 
+def shallow_copier(cls: type) -> Callable[[Any], Any]:
+    """A function that copies an attrs instance field by field, without running ``__init__``.
+
+    ``attrs.evolve(x)`` builds the copy through ``__init__`` (keyword arguments, defaults and
+    factories all over again): 4.9 µs for a ``Node`` against 0.7 µs here, and every command
+    clones every node (``Graph.clone``).  For classes without converters or validators, so
+    the two copies are the same; the copy is shallow, the caller replaces what it mutates."""
+    fields = [a.name for a in attrs.fields(cls)]
+    assert not any(a.converter or a.validator for a in attrs.fields(cls)), cls
+    # one assignment per field in generated code: a loop over setattr() costs twice as much
+    body = "".join(f"    _set(new, {f!r}, old.{f})\n" for f in fields)
+    src = f"def copy(old):\n    new = _new(_cls)\n{body}    return new\n"
+    scope: dict = {"_new": object.__new__, "_cls": cls, "_set": object.__setattr__}
+    exec(compile(src, f"<shallow_copier {cls.__name__}>", "exec"), scope)
+    return scope["copy"]
+
+
 # BdrvChildRole, reduced to what the permission rules look at.
 ROLE_FILTERED = "filtered"   # BDRV_CHILD_FILTERED | PRIMARY (raw without offset/size)
 ROLE_DATA = "data"           # BDRV_CHILD_DATA | PRIMARY (raw with offset/size)
@@ -94,8 +111,10 @@ class Node:
     bl: dict | None = None
 
     def clone(self) -> "Node":
-        return attrs.evolve(self, options=dict(self.options), explicit=dict(self.explicit),
-                            children=list(self.children), parents=list(self.parents))
+        new = _copy_node(self)
+        new.options, new.explicit = dict(self.options), dict(self.explicit)
+        new.children, new.parents = list(self.children), list(self.parents)
+        return new
 
     def child(self, name: str) -> Child | None:
         for c in self.children:
@@ -110,6 +129,10 @@ class Node:
         c = self.child(name)
         assert c is not None, f"node {self.name!r} has no {name!r} child"
         return c
+
+
+_copy_node = shallow_copier(Node)
+_copy_child = shallow_copier(Child)
 
 
 @attrs.define
@@ -172,7 +195,7 @@ class Graph:
         def copy_edge(e: Child) -> Child:
             c = edge_map.get(id(e))
             if c is None:
-                c = edge_map[id(e)] = attrs.evolve(e)
+                c = edge_map[id(e)] = _copy_child(e)
             return c
 
         for name, n in self.nodes.items():

@@ -37,7 +37,7 @@ from .drivers import DRIVERS
 from .drivers.qcow2 import qcow2_image
 from .errors import NotModeled, QmpFailure
 from .filenames import backing_overridden, refresh_filename
-from .graph import (ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assign_node_name,
+from .graph import (shallow_copier, ROLE_COW, ROLE_FILTERED, Child, Graph, JobParent, Node, assign_node_name,
                     id_wellformed, op_blocker)
 from .lengths import node_length
 from .qapi import visit_arguments
@@ -83,12 +83,15 @@ class Job:
     frozen: list = attrs.field(factory=list)    # (parent, child name)
 
     def clone(self) -> "Job":
-        return attrs.evolve(self, parents=list(self.parents), blocks=dict(self.blocks),
-                            frozen=list(self.frozen))
+        new = _copy_job(self)
+        new.parents, new.blocks, new.frozen = list(self.parents), dict(self.blocks), list(self.frozen)
+        return new
 
     def desc(self) -> str:
         return f"{self.type} job '{self.id}'"
 
+
+_copy_job = shallow_copier(Job)
 
 # --------------------------------------------------------------------------------------------
 # job events (job.c, blockjob.c): what the harness compares, in order, with QEMU's

@@ -18,14 +18,12 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
-
 from . import (blockdev, create, devices, iodata, jobs, known_bugs, objects, qemuio, reopen, resize,
                snapshot)
 from .errors import NotModeled, QmpFailure
 from .graph import Graph
 from .imagedata import Image
-from .values import JOB_COMMANDS, ImageSpec, Outcome, header_file
+from .values import JOB_COMMANDS, ImageSpec, Outcome, QmpError, header_file
 from .profiles import VersionProfile
 from .perms import settle_locks
 from .query import project, query_named_block_nodes
@@ -133,7 +131,7 @@ class Model:
                         state.nodes[name].bl = g.nodes[name].bl
                 settle_locks(state)
                 self.graph = state
-                return attrs.evolve(Outcome.failure(e.desc, e.cls), events=tuple(events))
+                return Outcome(ret=None, error=QmpError(e.cls, e.desc), events=tuple(events))
             # The auto-name counter is not rolled back: id_generate() has no undo; nor is
             # qdev's anonymous-device counter.  (Neither shows in query-named-block-nodes;
             # everything below may, so it counts as an edit of the graph if it changes it.)
@@ -151,10 +149,10 @@ class Model:
                 if name in self.graph.nodes and name in g.nodes:
                     self.graph.nodes[name].bl = g.nodes[name].bl
             self.graph.undo_moves(g.moved)
-            return attrs.evolve(Outcome.failure(e.desc, e.cls), events=tuple(events))
+            return Outcome(ret=None, error=QmpError(e.cls, e.desc), events=tuple(events))
         settle_locks(g)
         self.graph = g
-        return attrs.evolve(Outcome.success({}), events=tuple(events))
+        return Outcome(ret={}, error=None, events=tuple(events))
 
     def query_jobs(self) -> list[dict]:
         """``query-jobs`` as compared: id, type, status (and error), newest first."""

@@ -2,7 +2,7 @@
 sequence gives the same values either way, so a database entry or a shrink means the same."""
 from hypothesis import given, settings, strategies as st
 
-from fuzz.draws import boolean, integer, pick
+from fuzz.draws import boolean, integer, pick, pick_one_of
 
 XS = ["a", "b", "c", "d", "e"]
 
@@ -92,3 +92,16 @@ def test_a_composite_run_inline_makes_the_strategys_choices():
             assert ours == theirs, (fn, seed)
             seen.add(repr(theirs))
     assert len(seen) > 60   # the random runs did draw many different arguments
+
+
+def test_pick_one_of_makes_one_ofs_choices():
+    from hypothesis.internal.conjecture.data import ConjectureData
+
+    small, big = [1, 2, 3], [10, 20, 30, 40]
+    for prefix, want in [((0, 2), 3), ((1, 0), 10), ((1, 3), 40), ((0, 0), 1)]:
+        a = ConjectureData.for_choices(prefix)
+        b = ConjectureData.for_choices(prefix)
+        ours = pick_one_of(a.draw, small, big)
+        theirs = b.draw(st.one_of(st.sampled_from(small), st.sampled_from(big)))
+        assert ours == theirs == want
+        assert [n.value for n in a.nodes] == [n.value for n in b.nodes] == list(prefix)

@@ -660,3 +660,29 @@ def test_the_query_is_memoised_while_the_graph_is_unchanged_and_only_then():
     assert next(n for n in grown if n["node-name"] == "r0")["image"]["virtual-size"] == 4 * MiB
     assert m.execute("blockdev-add", {"driver": "null-co", "node-name": "n1"}).ok
     assert [n["node-name"] for n in m.query_named_block_nodes()][0] == "n1"
+
+
+def test_a_clone_is_equal_and_shares_nothing_it_may_change():
+    import attrs
+
+    from models.graph import shallow_copier
+    m = Model(PROFILES["10.0"], IMAGES)
+    assert m.execute("blockdev-add", hd(1)).ok
+    g = m.graph
+    c = g.clone()
+    assert c.nodes == g.nodes and c.nodes["hd1"] is not g.nodes["hd1"]
+    for name, n in g.nodes.items():
+        k = c.nodes[name]
+        assert all(getattr(k, a.name) == getattr(n, a.name) for a in attrs.fields(type(n)))
+        assert k.options is not n.options and k.children is not n.children
+        assert all(a is not b for a, b in zip(k.children, n.children))
+    c.nodes["hd1"].children.clear()
+    c.nodes["hd1"].options["x"] = 1
+    assert g.nodes["hd1"].children and "x" not in g.nodes["hd1"].options
+
+    @attrs.define
+    class Converted:
+        size: int = attrs.field(converter=int)
+
+    with pytest.raises(AssertionError):
+        shallow_copier(Converted)   # evolve() would convert: a plain copy is not the same
