@@ -28,8 +28,16 @@ Events are collected as they arrive (while any call reads the socket) and handed
 
 The protocol (docs/interop/qmp-spec.rst): the server greets with ``{"QMP": {...}}``, the client
 sends ``qmp_capabilities``, then each line is one JSON object, a reply (``return`` or ``error``,
-with the ``id`` the command carried) or an event (``event``).  Without out-of-band execution,
-which the harness never enables, QEMU answers commands in the order they came.
+with the ``id`` the command carried, if it carried one) or an event (``event``).  Without
+out-of-band execution, which the harness never enables, QEMU answers every command, exactly
+once and in the order they came ("The order of commands is preserved", qmp-spec.rst; the
+monitor takes the next request only when the previous one is done, ``handle_qmp_command()``).
+So commands go out without an ``id`` and the n-th reply is the n-th command's: every byte
+costs QEMU CPU (:meth:`QmpSync.send`), and an id was about a tenth of them.  A reply whose
+command timed out still arrives in its turn, and is dropped then.  Commands are JSON objects
+written by ``json.dumps`` (finite numbers, escaped strings), so QEMU's JSON streamer never
+fails on one and answers each with one reply; one it cannot parse as a command still gets
+one error reply.
 
 Why not qemu.qmp's asyncio ``QMPClient`` here (it was used up to 2026-12-02, and the exported
 reproducer scripts still use it): measured on this machine against QEMU 11.1.3 (-M none, one
@@ -72,14 +80,15 @@ class QmpSync:
         not modify such a value."""
         self.default_timeout = default_timeout
         self.memo_commands = frozenset(memo)
-        self._memo_ids: set[int] = set()    # ids sent for memo_commands, reply not yet read
-        self._memo: dict[bytes, Any] = {}   # reply bytes up to its id -> decoded return
+        self._memo_ids: set[int] = set()    # numbers of memo_commands sent, reply not yet read
+        self._memo: dict[bytes, Any] = {}   # reply bytes -> decoded return
         self._sock: socket.socket | None = None
         self._buf = bytearray()
         self._scanned = 0            # no newline in _buf[:_scanned]
         self._events: list[dict] = []
         self._kept: list[dict] = []  # events take_events() left for drain_events()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(1)   # command numbers: the n-th command gets the n-th reply
+        self._replied = 0                # replies received so far
         self._closed = False
         self._eof: BaseException | None = None   # why the peer is gone, once it is
 
@@ -191,22 +200,23 @@ class QmpSync:
         """The first half of :meth:`cmds`: write the commands, return what :meth:`receive`
         needs (their ids and names).  A send that fails raises :class:`QmpGone`.
 
-        The wire is compact JSON with integer ids because QEMU pays for every byte: its QMP
-        monitor reads one byte per main-loop iteration (``monitor_can_read()`` returns 1, so
-        ``tcp_chr_read()`` reads one), about 3 µs of QEMU's CPU per byte on this machine
-        (10.0.2: ``query-version`` with 1000 blanks of padding 3.7 ms, without 0.16 ms).  A
-        campaign sends about 250 bytes per checked step; this encoding is 13 % fewer."""
+        The wire is compact JSON without ids or newlines because QEMU pays for every byte:
+        its QMP monitor reads one byte per main-loop iteration of its I/O thread
+        (``monitor_can_read()`` returns 1, so ``tcp_chr_read()`` reads one), about 4 µs of
+        QEMU's CPU per byte on this machine (11.1.3, ``bench/qmp_cost_bench.py``); perf put
+        that thread at 70 % of QEMU's CPU in a campaign.  QEMU's JSON streamer ends a message
+        at its closing brace, so no delimiter is needed.  A campaign sends about 225 bytes
+        per checked step; the ids and newlines were 40 of them."""
         calls = list(calls)
         sent = [(next(self._ids), name) for name, _args in calls]
         if self.memo_commands:
             self._memo_ids.update(i for i, name in sent if name in self.memo_commands)
         wire = bytearray()
-        for (name, args), (i, _name) in zip(calls, sent):
+        for name, args in calls:
             msg: dict = {"execute": name}
             if args:
                 msg["arguments"] = args
-            msg["id"] = i
-            wire += json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+            wire += json.dumps(msg, separators=(",", ":")).encode()
         if calls:
             self._send(bytes(wire), calls[0][0])
         return sent
@@ -245,7 +255,8 @@ class QmpSync:
 
     def _reply(self, want: int, command: str, replies: dict[Any, dict], deadline: float,
                limit: float) -> dict:
-        """The reply with id ``want``, reading (and collecting events) until it is there."""
+        """The reply to command number ``want``, reading (and collecting events) until it is
+        there."""
         while want not in replies:
             if not self._parse_lines(replies):
                 self._fill_until(deadline, command, limit)
@@ -262,7 +273,8 @@ class QmpSync:
                 return line
             self._fill_until(deadline, command, limit)
 
-    def _take_line(self) -> dict | None:
+    def _take_raw(self) -> bytes | None:
+        """The next whole line of the buffer, or None."""
         nl = self._buf.find(b"\n", self._scanned)
         if nl < 0:
             self._scanned = len(self._buf)
@@ -270,37 +282,11 @@ class QmpSync:
         raw = bytes(self._buf[:nl + 1])
         del self._buf[:nl + 1]
         self._scanned = 0
-        if self._memo_ids:
-            msg = self._memoised(raw)
-            if msg is not None:
-                return msg
-        return self._decode(raw)
+        return raw
 
-    def _memoised(self, raw: bytes) -> dict | None:
-        """A reply to a ``memo`` command, taken from the memo or decoded into it; None for
-        any other line (decoded as usual).  QEMU writes a reply as ``{"return": ..., "id":
-        N}`` (QDict order, the same in 7.2 and 11.1): the bytes before ``, "id": `` are the
-        whole return value."""
-        if not (raw.startswith(b'{"return": ') and raw.endswith(b"}\r\n")):
-            return None
-        cut = raw.rfind(b', "id": ')
-        try:
-            mid = int(raw[cut + 8:-3]) if cut > 0 else None
-        except ValueError:
-            return None
-        if mid not in self._memo_ids:
-            return None
-        self._memo_ids.discard(mid)
-        body = raw[:cut]
-        ret = self._memo.get(body, _MISS)
-        if ret is not _MISS:
-            return {"return": ret, "id": mid}
-        msg = self._decode(raw)
-        if msg.keys() == {"return", "id"} and msg["id"] == mid:
-            if len(self._memo) >= _MEMO_MAX:
-                self._memo.clear()
-            self._memo[body] = msg["return"]
-        return msg
+    def _take_line(self) -> dict | None:
+        raw = self._take_raw()
+        return None if raw is None else self._decode(raw)
 
     def _decode(self, raw: bytes) -> dict:
         try:
@@ -313,16 +299,36 @@ class QmpSync:
             raise QmpGone(None, ValueError(f"malformed QMP message: {raw[:200]!r}"))
         return msg
 
+    def _memoised(self, raw: bytes) -> dict:
+        """A reply to a ``memo`` command: from the memo, or decoded into it."""
+        ret = self._memo.get(raw, _MISS)
+        if ret is not _MISS:
+            return {"return": ret}
+        msg = self._decode(raw)
+        if msg.keys() == {"return"}:
+            if len(self._memo) >= _MEMO_MAX:
+                self._memo.clear()
+            self._memo[raw] = msg["return"]
+        return msg
+
     def _parse_lines(self, replies: dict[Any, dict]) -> bool:
-        """Move every whole line of the buffer to the events or ``replies``; True if any."""
+        """Move every whole line of the buffer to the events or ``replies`` (by command
+        number); True if any.  A reply nobody waits for any more (its command timed out) is
+        dropped."""
         got = False
-        while (msg := self._take_line()) is not None:
+        while (raw := self._take_raw()) is not None:
             got = True
+            n = self._replied + 1
+            # (a reply of QEMU's without an id is {"return": ...} or {"error": ...}; an event
+            # starts with its timestamp)
+            msg = self._memoised(raw) if n in self._memo_ids and raw.startswith(b'{"return": ') \
+                else self._decode(raw)
             if "event" in msg:
                 self._events.append(msg)
-            elif "id" in msg:
-                # a reply nobody waits for any more (its command timed out) is dropped
-                replies[msg["id"]] = msg
+            elif "return" in msg or "error" in msg:
+                self._replied = n
+                self._memo_ids.discard(n)
+                replies[n] = msg
         return got
 
     def _fill_until(self, deadline: float, command: str | None, limit: float) -> None:
