@@ -43,6 +43,7 @@ from hypothesis import HealthCheck, Phase, seed as hyp_seed, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from fuzz import engine, session as S, statemachine as SM
+from fuzz.campaign import gc_tuned
 from fuzz.engine import Events, StepDone
 from fuzz.qemufetch import resolve_qemu
 from models import Model
@@ -249,7 +250,8 @@ def run(binaries, mode: str, seconds: float | None, examples: int | None, seed: 
     if prof:
         prof.enable()
     try:
-        run_state_machine_as_test(machine, settings=cfg)
+        with gc_tuned():   # as a campaign's worker runs it
+            run_state_machine_as_test(machine, settings=cfg)
     except _TimeUp:
         pass
     finally:

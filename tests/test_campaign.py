@@ -490,3 +490,16 @@ def test_live_progress_on_a_terminal_shows_the_counts():
     text = out.getvalue()
     assert "finding (new): out/crash-1: QEMU killed by SIGSEGV" in text
     assert "43 examples left" in text and "1 new, 0 known" in text
+
+
+def test_a_worker_runs_with_the_tuned_collector_and_restores_it():
+    import gc
+
+    from fuzz.campaign import GC_THRESHOLD, gc_tuned
+    before = gc.get_threshold()
+    assert before != GC_THRESHOLD
+    with pytest.raises(RuntimeError):
+        with gc_tuned():
+            assert gc.get_threshold() == GC_THRESHOLD
+            raise RuntimeError("a finding")
+    assert gc.get_threshold() == before
