@@ -56,7 +56,7 @@ import socket
 import time
 from typing import Any, Iterable, Mapping
 
-from fuzz.errors import QmpGone, QmpTimeout, QmpTransportError
+from fuzz.errors import HarnessError, QmpGone, QmpTimeout, QmpTransportError
 
 __all__ = ["QmpSync", "DEFAULT_TIMEOUT"]
 
@@ -67,6 +67,13 @@ _RECV = 1 << 16
 #: at most this many distinct memoised replies are kept (QmpSync memo); then they start over
 _MEMO_MAX = 256
 _MISS = object()
+
+#: QEMU's JSON streamer (qobject/json-streamer.c) reports an error halfway through a message
+#: of more than MAX_TOKEN_COUNT tokens and parses the rest as new input, so such a command
+#: could get several replies: it is refused before it goes out (a token takes at least a
+#: byte).  The streamer's other limit, MAX_NESTING (1024 levels), is out of reach: json.dumps
+#: stops at Python's recursion limit (1000) first.
+_MAX_TOKENS = 2 << 20
 
 
 class QmpSync:
@@ -216,7 +223,11 @@ class QmpSync:
             msg: dict = {"execute": name}
             if args:
                 msg["arguments"] = args
-            wire += json.dumps(msg, separators=(",", ":")).encode()
+            data = json.dumps(msg, separators=(",", ":")).encode()
+            if len(data) >= _MAX_TOKENS:
+                raise HarnessError(f"{name}: a command of {len(data)} bytes may pass QEMU's "
+                                   f"JSON limit of {_MAX_TOKENS} tokens; refused")
+            wire += data
         if calls:
             self._send(bytes(wire), calls[0][0])
         return sent
@@ -371,3 +382,4 @@ class QmpSync:
             self._parse_lines({})
         except QmpGone:
             pass
+

@@ -349,6 +349,17 @@ def test_a_memoised_reply_is_the_same_value_until_its_bytes_change(binaries):
         p.wait()
 
 
+def test_a_command_past_qemus_json_token_limit_is_refused_before_it_goes_out():
+    # QEMU's streamer would answer it more than once, and replies are matched by their order;
+    # the check comes before anything is written (this QmpSync is not even connected)
+    with QmpSync() as qmp:
+        with pytest.raises(HarnessError, match=r"blockdev-add: a command of \d+ bytes may pass "
+                                               "QEMU's JSON limit of 2097152 tokens; refused"):
+            qmp.send([("blockdev-add", {"driver": "null-co", "x": [0] * (1 << 20)})])
+        with pytest.raises(QmpGone):     # a smaller one goes on to the (missing) socket
+            qmp.send([("blockdev-add", {"driver": "null-co", "x": [0] * 1000})])
+
+
 @pytest.mark.qemu
 def test_an_unchanged_graph_reply_is_canonicalised_once_and_a_change_is_seen(qemu):
     assert qemu.execute("blockdev-add", {"driver": "raw", "node-name": "r",
