@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from models import Model, Outcome
-from models.errors import NotModeled
+from models.errors import NeverAnswers, NotModeled
 from models.query import project
 from models.values import JOB_COMMANDS
 
@@ -277,7 +277,12 @@ class Runner:
             # names the path rather than whatever the model would decline it for
             from .qemu import check_step
             check_step(cmd, args)
-        predicted = self.model.execute(cmd, args)
+        try:
+            predicted = self.model.execute(cmd, args)
+        except NeverAnswers as e:
+            if self.qemu is None:
+                raise
+            self._never_answers(index, step, e)
         self.observed[index] = {"model": predicted.to_json()}
         if self._pending is not None:
             # The step in flight is checked now, before this one goes out: this one was
@@ -305,6 +310,25 @@ class Runner:
                     if getattr(self.qemu, "pipelines_graph_query", False) \
                     else self.qemu.execute(cmd, args)
         return self._check(index, step, predicted, actual)
+
+    def _never_answers(self, index: int, step: dict, why: NeverAnswers) -> None:
+        """The model predicts that QEMU never answers the step (a known QEMU hang whose right
+        answer is unknown): the step goes to QEMU all the same, and its hang is the finding
+        (``QemuHang`` from ``_qemu_failures``).  An answer cannot be checked: then the step
+        is a decline after QEMU ran it."""
+        self.observed[index] = {"model": {"no-answer": str(why)}}
+        if self._pending is not None:
+            try:
+                self.flush()
+            except BaseException:
+                del self.done[index:]
+                del self.observed[index:]
+                raise
+        self._qemu_graph = None
+        with self._qemu_failures(index, step, "qemu"):
+            actual = self.qemu.execute(step["qmp"], step.get("args", {}))
+        self.observed[index]["qemu"] = actual.to_json()
+        raise DeclinedAfterQemu(f"{why} (QEMU answered after all)") from why
 
     def _model_after(self, cmd: str) -> "_ModelState":
         """The model's side of a step's check, taken right after the model ran it.  Where the

@@ -12,19 +12,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .errors import KnownQemuBug, NotModeled, QmpFailure
+    from .errors import KnownQemuBug, NeverAnswers, NotModeled, QmpFailure
     from .model import Model
     from .profiles import PROFILES, VersionProfile, profile_for
     from .values import ImageSpec, Outcome, QmpError, Write
 
 _WHERE = {
-    "KnownQemuBug": "errors", "NotModeled": "errors", "QmpFailure": "errors",
+    "KnownQemuBug": "errors", "NeverAnswers": "errors", "NotModeled": "errors",
+    "QmpFailure": "errors",
     "Model": "model",
     "PROFILES": "profiles", "VersionProfile": "profiles", "profile_for": "profiles",
     "ImageSpec": "values", "Outcome": "values", "QmpError": "values", "Write": "values",
 }
 
-__all__ = ["ImageSpec", "KnownQemuBug", "Model", "NotModeled", "Outcome", "PROFILES", "QmpError",
+__all__ = ["ImageSpec", "KnownQemuBug", "Model", "NeverAnswers", "NotModeled", "Outcome", "PROFILES",
+           "QmpError",
            "QmpFailure", "VersionProfile", "Write", "profile_for"]
 assert sorted(__all__) == sorted(_WHERE)
 

@@ -17,7 +17,7 @@ from . import limits as L
 from . import perms as P
 from .aio import reconcile_attach
 from .drivers import DRIVERS
-from .errors import NotModeled, QmpFailure
+from .errors import NeverAnswers, NotModeled, QmpFailure
 from .filenames import full_backing_filename, refresh_filename
 from .graph import ROLE_COW, Graph, Node, assign_node_name, op_blocker
 from .imagedata import Image
@@ -76,6 +76,9 @@ class _Opener:
 
     def __init__(self, g: Graph):
         self.g = g
+        #: the image files of the nodes whose header backing files are being opened, outermost
+        #: first (_open_backing_node)
+        self._headers: list[str] = []
 
     def open(self, options: dict, parent_options: dict | None = None, role: str | None = None,
              filename: str | None = None, parent_name: str | None = None) -> Node:
@@ -239,6 +242,23 @@ class _Opener:
         file = header_file(img.backing_file)
         if file not in self.g.images:
             raise NotModeled("missing header backing file")
+        if self._headers.count(file) >= 2:
+            # A header chain that loops (a block-stream's backing-file can write one).  The
+            # first time round a file may fail on its lock (its read-write user is the top);
+            # past that every turn opens the same read-only nodes again, and QEMU has no check
+            # (bdrv_open_backing_file() recurses through bdrv_open_inherit() for ever, no
+            # reply, memory growing: 7.2.22, 10.0.2 and 11.1.3; qemu-img's backing chain walk
+            # does say "creates an infinite loop").
+            self.g.guard("backing-loop", file=file)
+            raise NeverAnswers(f"a header backing chain that loops back to {file}: QEMU opens "
+                               "it without end")
+        self._headers.append(img.file)
+        try:
+            return self._open_header_backing(node, options, img, file)
+        finally:
+            self._headers.pop()
+
+    def _open_header_backing(self, node: Node, options: dict, img: Image, file: str) -> Node:
         if img.backing_format:
             # bdrv_open_backing_file(): the header's backing format is the driver
             return self.open({"driver": img.backing_format}, options, ROLE_COW,

@@ -35,3 +35,11 @@ class KnownQemuBug(NotModeled):
     """A campaign guard: the command would run into a QEMU bug that ``corpus/findings`` already
     documents (a crash, a hang), so the fuzzer does not find it again and again.  Raised only
     while ``Graph.guard_known_crashes`` is on (campaigns); replay predicts normally."""
+
+
+class NeverAnswers(NotModeled):
+    """The model predicting that QEMU never answers this command: a known QEMU hang whose right
+    answer nobody knows yet (``models.known_bugs``).  Still a decline for every caller that
+    only asks whether the model declined; the harness sends such a step to a real QEMU anyway
+    and finds the hang (``fuzz.engine.Runner``), and an answer is a decline after QEMU ran the
+    step.  Campaigns never get here: the bug's guard refuses the step first."""

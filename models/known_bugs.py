@@ -234,7 +234,14 @@ def qemu_io_zero_write_past_end(g: Graph, node: Node) -> None:
 
 
 #: point name (as the semantics call ``Graph.guard``) -> guard
+def backing_loop(g: Graph, file: str) -> None:
+    """QEMU bug (7.2.22, 10.0.2, 11.1.3): opening a qcow2 header backing chain that loops
+    through read-only nodes never ends (corpus/findings/qcow2-backing-loop-open-hang.json)."""
+    raise KnownQemuBug(f"known QEMU hang: a header backing chain that loops back to {file}")
+
+
 GUARDS: dict[str, Callable[..., Any]] = {
+    "backing-loop": backing_loop,
     "attach-file": attach_file,
     "qcow2-header-read": qcow2_header_read,
     "qcow2-open-failed": qcow2_open_failed,

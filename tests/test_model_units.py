@@ -686,3 +686,28 @@ def test_a_clone_is_equal_and_shares_nothing_it_may_change():
 
     with pytest.raises(AssertionError):
         shallow_copier(Converted)   # evolve() would convert: a plain copy is not the same
+
+
+def test_a_header_backing_chain_that_loops_is_a_known_hang_and_a_read_write_open_a_lock_error():
+    # block-stream's backing-file writes hd1.img's own name into its header; expected values
+    # from QEMU 7.2.22, 10.0.2 and 11.1.3 (corpus/findings/qcow2-backing-loop-open-hang.json:
+    # a read-only open never answers; a read-write one fails on the lock at the first turn)
+    from models import KnownQemuBug, NeverAnswers
+
+    def looped(guarded: bool) -> Model:
+        m = Model(PROFILES["11.1"], IMAGES)
+        m.graph.guard_known_crashes = guarded
+        assert m.execute("blockdev-add", {**hd(1), "backing": {
+            "driver": "qcow2", "node-name": "hd0", "file": {"driver": "file", "filename": "hd0.img"}}}).ok
+        assert m.execute("block-stream", {"device": "hd1", "job-id": "s0", "base-node": "hd0",
+                                          "backing-file": "hd1.img"}).ok
+        assert m.execute("blockdev-del", {"node-name": "hd1"}).ok
+        return m
+
+    top = {"driver": "qcow2", "node-name": "top", "file": {"driver": "file", "filename": "hd1.img"}}
+    assert looped(False).execute("blockdev-add", top).error.desc == \
+        'Could not open backing file: Failed to get shared "write" lock'
+    with pytest.raises(NeverAnswers, match="loops back to hd1.img"):
+        looped(False).execute("blockdev-add", {**top, "read-only": True})
+    with pytest.raises(KnownQemuBug, match="known QEMU hang"):
+        looped(True).execute("blockdev-add", {**top, "read-only": True})
