@@ -284,15 +284,7 @@ class Runner:
                 raise
             self._never_answers(index, step, e)
         self.observed[index] = {"model": predicted.to_json()}
-        if self._pending is not None:
-            # The step in flight is checked now, before this one goes out: this one was
-            # predicted while QEMU ran that one.  Its finding ends the trace with it.
-            try:
-                self.flush()
-            except BaseException:
-                del self.done[index:]
-                del self.observed[index:]
-                raise
+        self._flush_before(index)
         actual = None
         if self.qemu is not None:
             self._qemu_graph = None
@@ -311,12 +303,9 @@ class Runner:
                     else self.qemu.execute(cmd, args)
         return self._check(index, step, predicted, actual)
 
-    def _never_answers(self, index: int, step: dict, why: NeverAnswers) -> None:
-        """The model predicts that QEMU never answers the step (a known QEMU hang whose right
-        answer is unknown): the step goes to QEMU all the same, and its hang is the finding
-        (``QemuHang`` from ``_qemu_failures``).  An answer cannot be checked: then the step
-        is a decline after QEMU ran it."""
-        self.observed[index] = {"model": {"no-answer": str(why)}}
+    def _flush_before(self, index: int) -> None:
+        """The step in flight is checked now, before step ``index`` goes out: that one was
+        predicted while QEMU ran the one in flight.  Its finding ends the trace with it."""
         if self._pending is not None:
             try:
                 self.flush()
@@ -324,6 +313,14 @@ class Runner:
                 del self.done[index:]
                 del self.observed[index:]
                 raise
+
+    def _never_answers(self, index: int, step: dict, why: NeverAnswers) -> None:
+        """The model predicts that QEMU never answers the step (a known QEMU hang whose right
+        answer is unknown): the step goes to QEMU all the same, and its hang is the finding
+        (``QemuHang`` from ``_qemu_failures``).  An answer cannot be checked: then the step
+        is a decline after QEMU ran it."""
+        self.observed[index] = {"model": {"no-answer": str(why)}}
+        self._flush_before(index)
         self._qemu_graph = None
         with self._qemu_failures(index, step, "qemu"):
             actual = self.qemu.execute(step["qmp"], step.get("args", {}))
