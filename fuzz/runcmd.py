@@ -262,9 +262,7 @@ def finish(state: CampaignState, args, binaries, gcov=None) -> int:
     from .reporters import coverage_table, depth_table
 
     if state.stopped_by is None:
-        for f in state.new():
-            if not f.internal:
-                _post_process(f.folder, f.signature, binaries, float(args.timeout))
+        _post_process_all(state, binaries, float(args.timeout))
     cov = state.merged_coverage()
     unknown = {b: sorted(p) for b, p in state.unknown_fields.items() if p}
     with open(os.path.join(args.out, "coverage.json"), "w") as fh:
@@ -326,9 +324,35 @@ def report_problems(state: CampaignState) -> None:
         print("blockfuzz: the campaign executed no step (nothing was checked)", file=sys.stderr)
 
 
-def _post_process(folder: str, signature: str, binaries, timeout: float) -> None:
+def _post_process_all(state: CampaignState, binaries, timeout: float) -> None:
+    """``_post_process`` for each new finding, until SIGINT or SIGTERM: the first one stops it
+    within seconds as it stops a campaign (what runs unwinds, so its QEMU and work directory
+    go; a minimization keeps its best trace so far), and the findings stay as written."""
+    import signal
+
+    from .campaign import _Stopper
+
+    stopper = _Stopper(raise_in_main=True)
+    try:
+        with stopper:
+            for f in state.new():
+                if stopper():
+                    break
+                if not f.internal:
+                    _post_process(f.folder, f.signature, binaries, timeout, stopper)
+    except KeyboardInterrupt:
+        if stopper.signum is None:
+            raise
+    if stopper.signum is not None:
+        state.stopped_by = signal.Signals(stopper.signum).name
+        print(f"post-processing stopped by {state.stopped_by}: the findings are on disk, "
+              "not all minimized or reported", flush=True)
+
+
+def _post_process(folder: str, signature: str, binaries, timeout: float,
+                  stopped=lambda: False) -> None:
     """Shorten the trace (fuzz.minimize), then the report and the reproducers of the short
-    trace.  None of these raise."""
+    trace (not once ``stopped()``).  None of these raise but a stop (KeyboardInterrupt)."""
     from . import trace as T
     from .export import export_finding
     from .minimize import minimize_finding
@@ -344,6 +368,8 @@ def _post_process(folder: str, signature: str, binaries, timeout: float) -> None
             print(f"{folder}: minimized from {len(tr.steps)} to {len(small.steps)} steps")
     except T.TraceError as e:
         print(f"{folder}: not minimized: {e}")
+    if stopped():
+        return
     _full_sanitizer_report(folder, signature, binaries, timeout)
     write_finding_report(folder, binaries, timeout=timeout)
     export_finding(folder, binaries)

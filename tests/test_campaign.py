@@ -156,6 +156,59 @@ def qemu_pids_under(root: str) -> set[int]:
     return found
 
 
+#: the mutant driver, with the post-processing held in its first replay's session (its QEMU
+#: and work directory exist) until the test signals
+SLOW_POST_DRIVER = MUTANT_DRIVER.replace("from fuzz.cli import main", textwrap.dedent("""
+    import os, time
+    from fuzz import runcmd, session
+    real_post, real_enter = runcmd._post_process, session.Session.__enter__
+    post = []
+    def slow_post(*a, **kw):
+        post.append(1)
+        return real_post(*a, **kw)
+    def enter(self):
+        out = real_enter(self)
+        if post:   # as if in the session's with-body, which the stop unwinds
+            open(os.environ["MARKER"], "w").close()
+            try:
+                time.sleep(60)
+            except BaseException:
+                self.__exit__(None, None, None)
+                raise
+        return out
+    runcmd._post_process, session.Session.__enter__ = slow_post, enter
+    from fuzz.cli import main"""))
+
+
+@pytest.mark.qemu
+def test_sigterm_during_post_processing_stops_it_cleanly(qemu10, tmp_path):
+    """A scheduler's SIGTERM after the campaign, while a finding is minimized: it stops within
+    seconds, the status is what the findings call for, and no QEMU and no temp dir is left
+    (before, the post-processing had no handler: SIGTERM killed it where it stood)."""
+    (tmp_path / "slow.py").write_text(SLOW_POST_DRIVER)
+    env = dict(env_for(tmp_path), MARKER=str(tmp_path / "marker"))
+    tmp = env["TMPDIR"]
+    p = subprocess.Popen([PY, str(tmp_path / "slow.py"), "mutant", "run", "--qemu", qemu10.system,
+                          "--examples", "40", "--workers", "1", "--seed", "5",
+                          "--out", str(tmp_path / "out")],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(env["MARKER"]) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert os.path.exists(env["MARKER"]), p.communicate(timeout=30)
+    assert qemu_pids_under(tmp), "the replay's QEMU should be running"
+    t = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=30)
+    assert time.monotonic() - t < 2.0, (stdout, stderr)
+    assert p.returncode == 1, (p.returncode, stdout, stderr)    # the mutant's finding is new
+    assert "post-processing stopped by SIGTERM" in stdout and "stopped by SIGTERM" in stdout
+    assert glob.glob(str(tmp_path / "out" / "result-*" / "minimal.json"))
+    assert qemu_pids_under(tmp) == set()
+    assert os.listdir(tmp) == [], os.listdir(tmp)
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
 def test_signal_stops_a_two_worker_campaign_cleanly(qemu10, tmp_path, how):
