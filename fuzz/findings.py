@@ -202,7 +202,10 @@ class FindingWriter:
         T.write_atomically(os.path.join(folder, "summary.txt"),
                            f"{detail}signature: {sig}\nbuild: {event.build}\n{qemu}{note}"
                            f"replay: {self.replay_command} {minimal}\n")
-        summary = next((l for l in str(error).splitlines() if l.strip()), str(error))
+        summary = next((l for l in str(error).splitlines() if l.strip()), "")
+        if event.internal:
+            # (an exception without a message, models.iodata.IoFailed say, still says what)
+            summary = f"{type(error).__name__}: {summary}" if summary else type(error).__name__
         out = FindingEvent(signature=sig, kind=kind, folder=folder, summary=summary[:500],
                            steps=len(tr.steps), build=event.build, first=first, known=known,
                            regression=regression, internal=event.internal)

@@ -556,3 +556,25 @@ def test_a_worker_runs_with_the_tuned_collector_and_restores_it():
             assert gc.get_threshold() == GC_THRESHOLD
             raise RuntimeError("a finding")
     assert gc.get_threshold() == before
+
+
+def test_an_internal_error_without_a_message_is_still_named(tmp_path):
+    # (a 7.2.22 campaign printed "finding (internal error): FOLDER: " for models.iodata.IoFailed)
+    from fuzz.findings import internal_signature
+    from models.iodata import IoFailed
+
+    writer = FindingWriter(str(tmp_path), Events())
+    try:
+        raise IoFailed()
+    except IoFailed as e:
+        err = e
+    out = writer.record(FailureSeen(err, T.Trace("x", [], []), internal_signature(err), "7.2",
+                                    internal=True))
+    assert out.summary == "IoFailed" and out.internal
+    try:
+        raise KeyError("gone")
+    except KeyError as e:
+        err2 = e
+    out = writer.record(FailureSeen(err2, T.Trace("y", [], []), internal_signature(err2), "7.2",
+                                    internal=True))
+    assert out.summary == "KeyError: 'gone'"
