@@ -81,7 +81,7 @@ class QmpSync:
 
     def __init__(self, default_timeout: float = DEFAULT_TIMEOUT, memo: Iterable[str] = ()):
         """``memo``: commands whose ``return`` values are memoised by their bytes.  A reply
-        whose bytes (its ``id`` aside) equal an earlier one's is not decoded again: it gets
+        whose bytes equal an earlier one's is not decoded again: it gets
         the very same decoded value, so callers can tell "unchanged" by identity (the graph
         query after a failed command: ``fuzz.qemu.QemuProcess.query_nodes``).  Callers must
         not modify such a value."""

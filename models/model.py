@@ -135,14 +135,16 @@ class Model:
             # The auto-name counter is not rolled back: id_generate() has no undo; nor is
             # qdev's anonymous-device counter.  (Neither shows in query-named-block-nodes;
             # everything below may, so it counts as an edit of the graph if it changes it.)
-            if g.removed or g.moved or g.limits_kept or not (g.stuck & set(self.graph.nodes)) <= self.graph.stuck \
-                    or not (g.dangling_data_file & set(self.graph.nodes)) <= self.graph.dangling_data_file:
+            names = set(self.graph.nodes)
+            stuck, dangling = g.stuck & names, g.dangling_data_file & names
+            if g.removed or g.moved or g.limits_kept or not stuck <= self.graph.stuck \
+                    or not dangling <= self.graph.dangling_data_file:
                 self._edits += 1
             self.graph.auto_counter = g.auto_counter
             self.graph.anon_devices = g.anon_devices
             # known QEMU bugs whose effect survives the rollback
-            self.graph.stuck |= g.stuck & set(self.graph.nodes)
-            self.graph.dangling_data_file |= g.dangling_data_file & set(self.graph.nodes)
+            self.graph.stuck |= stuck
+            self.graph.dangling_data_file |= dangling
             # the abort re-attaches removed children at the head of their lists
             self.graph.restore_removed(g.removed)
             for name in g.limits_kept:   # refreshed outside the transaction
