@@ -25,6 +25,9 @@ class QmpFailure(Exception):
         #: a failure that QEMU does not roll back completely carries the state it leaves
         #: (``models.jobs``); ``None``: the command changed nothing
         self.state: Graph | None = None
+        #: (node, perm, shared) of a BlockBackend the failing command leaks (a QEMU bug, see
+        #: ``models.jobs.leak_blk``); ``None``: nothing leaks
+        self.leaked_blk: tuple[str, int, int] | None = None
 
 
 class NotModeled(NotImplementedError):

@@ -46,6 +46,10 @@ ROLE_DATA = "data"           # BDRV_CHILD_DATA | PRIMARY (raw with offset/size)
 ROLE_STORAGE = "storage"     # BDRV_CHILD_DATA | METADATA | PRIMARY (qcow2 'file')
 ROLE_COW = "cow"             # BDRV_CHILD_COW (qcow2 'backing')
 
+#: the parent field of a ``Graph.moved`` entry that is a BlockBackend parent (a guest disk,
+#: a leaked BlockBackend) rather than a node's edge; no node name can start with a NUL
+MOVED_BLK = "\0blk"
+
 
 @attrs.define
 class Child:
@@ -185,6 +189,11 @@ class Graph:
     #: per command, shared by every clone made during it, because QEMU's events are out on the
     #: wire even when the command then fails (a job start's ``job_early_fail()``)
     job_events: list = attrs.field(factory=list)
+    #: BlockBackends a failed job start left behind, as parents of their node (QEMU bug, 7.2,
+    #: 10.0 and 11.1: ``stream_start()``'s error path never unrefs ``s->blk``;
+    #: corpus/findings/stream-failed-start-leaks-blockbackend.json).  Nothing frees them: the
+    #: node can no longer be deleted and keeps their permissions.
+    leaked_blks: list = attrs.field(factory=list)
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -207,7 +216,7 @@ class Graph:
                      dict(self.objects), {k: j.clone() for k, j in self.jobs.items()},
                      dict(self.devices), self.machine, self.anon_devices, self.edge_seq, self.profile,
                      set(self.stuck), set(self.dangling_data_file), self.guard_known_crashes,
-                     self.guards, job_events=self.job_events)
+                     self.guards, job_events=self.job_events, leaked_blks=list(self.leaked_blks))
 
     @property
     def qemu_profile(self) -> VersionProfile:
@@ -299,7 +308,14 @@ class Graph:
         out = [p for j in self.jobs.values() for p in j.parents if p.node == name]
         out += [d.parent for d in self.devices.values()
                 if getattr(d, "parent", None) is not None and d.node == name]
+        out += [p for p in self.leaked_blks if p.node == name]
         return out
+
+    def leak_blk(self, node: str, perm: int, shared: int) -> None:
+        """A BlockBackend that its owner forgot to unref stays a parent of ``node`` for good
+        (``leaked_blks``); it is the newest parent until ``undo_moves()`` runs."""
+        self.leaked_blks.append(JobParent(node, "an unnamed block device", "root", perm, shared,
+                                          self.next_edge_seq(), blk=True))
 
     def has_blk(self, name: str) -> bool:
         """``bdrv_has_blk()``."""
@@ -362,10 +378,24 @@ class Graph:
         node's ``raw`` and ``test`` edges after a ``block-stream`` of their child failed on
         the job ID."""
         for parent, name in [*moved, *reversed(moved)]:
+            if parent == MOVED_BLK:
+                self._renew_blk_parent(name)
+                continue
             p = self.nodes.get(parent)
             edge = p.child(name) if p is not None else None
             if edge is not None:
                 self.move_to_head(edge)
+
+    def _renew_blk_parent(self, key: Any) -> None:
+        """A BlockBackend parent (a guest disk by its device key, a leaked one by its index)
+        that ``bdrv_replace_node()`` re-inserted at the head of its node's parents."""
+        if isinstance(key, int):
+            if key < len(self.leaked_blks):
+                self.leaked_blks[key] = attrs.evolve(self.leaked_blks[key], seq=self.next_edge_seq())
+            return
+        d = self.devices.get(key)
+        if d is not None and getattr(d, "parent", None) is not None:
+            self.devices[key] = attrs.evolve(d, parent=attrs.evolve(d.parent, seq=self.next_edge_seq()))
 
     def detach(self, edge: Child) -> None:
         parent, child = self.nodes[edge.parent], self.nodes[edge.child]

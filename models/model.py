@@ -137,8 +137,9 @@ class Model:
             # everything below may, so it counts as an edit of the graph if it changes it.)
             names = set(self.graph.nodes)
             stuck, dangling = g.stuck & names, g.dangling_data_file & names
+            leaked = jobs.leak_blk(self.graph, e)
             if g.removed or g.moved or g.limits_kept or not stuck <= self.graph.stuck \
-                    or not dangling <= self.graph.dangling_data_file:
+                    or not dangling <= self.graph.dangling_data_file or leaked:
                 self._edits += 1
             self.graph.auto_counter = g.auto_counter
             self.graph.anon_devices = g.anon_devices
@@ -151,6 +152,8 @@ class Model:
                 if name in self.graph.nodes and name in g.nodes:
                     self.graph.nodes[name].bl = g.nodes[name].bl
             self.graph.undo_moves(g.moved)
+            if leaked:
+                settle_locks(self.graph)   # the leaked BlockBackend's permissions stay
             return Outcome(ret=None, error=QmpError(e.cls, e.desc), events=tuple(events))
         settle_locks(g)
         self.graph = g

@@ -1,6 +1,7 @@
 """HMP ``qemu-io NODE "CMD"`` (``hmp_qemu_io()`` + qemu-io-cmds.c) for ``read`` and ``write``.
 
-The HMP command creates a temporary BlockBackend on the node (perm none, shared all); a
+The HMP command creates a temporary BlockBackend on the node (perm none, shared all), whose
+attach already refreshes the node's permissions (a failure: "Error: ..."); a
 ``write`` upgrades it to the ``write`` permission, and a failure of that upgrade is the HMP
 return string (``error_report_err()`` in monitor context).  Everything the command itself prints
 goes to QEMU's stdout; the statistics line with timings is not part of the prediction.
@@ -94,6 +95,20 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     node = g.get(cmd.device)
     if node is None:
         return IoResult(f"Error: Cannot find device='' nor node-name='{cmd.device}'\r\n", ())
+    # hmp_qemu_io(): a node name gets a temporary BlockBackend, blk_new(ctx, 0, BLK_PERM_ALL),
+    # and blk_insert_bs() -> bdrv_root_attach_child() -> bdrv_refresh_perms() checks the node's
+    # subtree before any qemu-io command runs, read or write.  Nothing is asked for, so only
+    # a graph already at odds with a check fails here: e.g. a compress node (request_alignment
+    # = cluster size) with a writer but no 'resize' whose length a block_resize below it made
+    # unaligned, seen once its length follows the child (11.1: growth_resizes_filtered_parents;
+    # 7.2: driver_variable_length; 10.0 keeps the old, aligned length).  The failure is
+    # hmp_handle_error()'s "Error: " line; the command never runs (probed 7.2.22, 10.0.2,
+    # 11.1.3: corpus/probes/qemu-io-attach-checks-an-unaligned-compress-node.json)
+    tmp = P.ExternalParent("an unnamed block device", "root", 0, P.ALL)
+    try:
+        P.refresh(g.clone(), [node.name], external={node.name: [tmp]})
+    except QmpFailure as e:
+        return IoResult(("Error: " + e.desc + "\n" + e.hint).replace("\n", "\r\n"), ())
     length = node_length(g, node)
     if g.reaches(node, lambda n: n.name in g.dangling_data_file):
         raise NotModeled("I/O through a qcow2 node with a dangling data_file (known QEMU bug)")
