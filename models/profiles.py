@@ -74,8 +74,12 @@ class VersionProfile:
     #: the job (11.1.3, probed: a stream left CONCLUDED by ``auto-dismiss: false`` still shows
     #: its copy-on-read filter over the streamed node, ``children [file: hd1]``, and a reopen of
     #: that node to read-only fails with "cannot support read-write users" until
-    #: ``job-dismiss``).  7.2 and 10.0 detach the child at once, which is what makes the next
-    #: query crash there (corpus/findings/stream-concluded-query-segv.json).
+    #: ``job-dismiss``).  7.2 and 10.0.2 detach the child at once, which is what makes the next
+    #: query crash there (corpus/findings/stream-concluded-query-segv.json).  The 10.0 stable
+    #: branch took the change: 10.0.13's ``bdrv_drop_filter()`` calls
+    #: ``bdrv_replace_node_common()`` without detaching (Debian's 10.0.13 source), and a build
+    #: of it shows both effects (stream-leaves-read-only-node-writable fails,
+    #: stream-concluded-query-segv's filter keeps its child; 2026-12-02).
     dropped_filter_keeps_child: bool = False
     #: a write that grows a node past its end (``bdrv_co_write_req_finish()``) makes every
     #: parent using it as FILTERED child refresh its length (``bdrv_child_cb_resize()``), so a
@@ -118,6 +122,9 @@ class VersionProfile:
     #: in the visit and ends with "Parameter 'backing-mask-protocol' is unexpected" (probed:
     #: corpus/probes/job-argument-visitor.json)
     job_backing_mask_protocol: bool = True
+    #: the first stable release of ``version`` this profile describes: a series whose stable
+    #: branch took a behaviour change has one profile per change (``profile_for()``)
+    micro: int = 0
 
 
 PROFILES: dict[str, VersionProfile] = {
@@ -156,6 +163,16 @@ PROFILES["11.1"] = attrs.evolve(PROFILES["10.0"], name="11.1", version=(11, 1),
                                     "Cannot delete throttle group '{id}' with active references"))
 
 
+# 10.0.13 (Debian trixie's QEMU; checked on a build of Debian's 10.0.13 source, 2026-12-02):
+# 10.0.2 plus the 11.1 job-filter drop that the 10.0 stable branch took.  Which stable release
+# between 10.0.3 and 10.0.13 first had it is not known here; profile_for() gives 10.0.3 to
+# 10.0.12 the 10.0.2 profile.
+# Its blockdev-create of qcow2 over an iothread node is fixed too (3 runs in 3 of
+# corpus/findings/qcow2-create-over-iothread-node.json, 2026-12-02).
+PROFILES["10.0.13"] = attrs.evolve(PROFILES["10.0"], name="10.0.13", micro=13,
+                                   dropped_filter_keeps_child=True,
+                                   qcow2_create_over_iothread_fails=False)
+
 # 10.2 (built from Debian's 10.2.2 source, `blockfuzz qemu build 10.2`): 11.1's query fields
 # and job-filter behaviour, seen on 10.2.2 (2026-12-01: all seeds, probes and findings replayed
 # with --strict); the throttle group's own "in use" text is newer (the 10.2.0 source still has
@@ -167,16 +184,19 @@ PROFILES["10.2"] = attrs.evolve(PROFILES["11.1"], name="10.2", version=(10, 2),
 def profile_for(major: int, minor: int, micro: int = 0) -> tuple[VersionProfile, bool]:
     """The profile for a QEMU version, and whether it is an exact match.
 
-    Stable releases x.y.z share x.y's profile.  A development snapshot (micro >= 90, QEMU's
-    numbering for the tree between x.y and the next release, e.g. 11.1.90) and any version
-    without a profile get the nearest older profile (the oldest, for a version older than all)
-    and ``exact=False``: the caller warns and sets the fields that profile does not know aside.
+    Stable releases x.y.z get the profile of x.y with the highest ``micro`` not above z (x.y
+    itself is micro 0): a series whose stable branch took a behaviour change has a profile from
+    that release on (10.0.13).  A development snapshot (micro >= 90, QEMU's numbering for the
+    tree between x.y and the next release, e.g. 11.1.90) and any version without a profile get
+    the nearest older release profile (the oldest, for a version older than all) and
+    ``exact=False``: the caller warns and sets the fields that profile does not know aside.
     """
     dev = micro >= 90
-    for p in PROFILES.values():
-        if p.version == (major, minor) and not dev:
-            return p, True
+    if not dev:
+        series = [p for p in PROFILES.values() if p.version == (major, minor) and p.micro <= micro]
+        if series:
+            return max(series, key=lambda p: p.micro), True
     older = [p for p in PROFILES.values() if p.version <= (major, minor)]
     if not older:
-        return min(PROFILES.values(), key=lambda p: p.version), False
-    return max(older, key=lambda p: p.version), False
+        return min(PROFILES.values(), key=lambda p: (p.version, p.micro)), False
+    return max(older, key=lambda p: (p.version, p.micro)), False

@@ -82,7 +82,7 @@ def test_iotest_is_python_in_qemu_style_with_reference_output():
     assert "iotests.main(supported_fmts=['qcow2']," in test
     # the header: the bug and the versions
     assert "# QEMU bug in 7.2.22 and 10.0.2: QEMU dies with SIGSEGV" in test
-    assert "7.2 (7.2.22), 10.0 (10.0.2), 10.2\n# (10.2.2), 11.1 (11.1.3)." in test
+    assert "7.2 (7.2.22), 10.0 (10.0.2), 10.0.13,\n# 10.2 (10.2.2), 11.1 (11.1.3)." in test
     assert out == ".\n" + "-" * 70 + "\nRan 1 tests\n\nOK\n"
 
 

@@ -111,8 +111,10 @@ def test_guard_refuses_known_crashes_only_when_asked():
 
 
 @pytest.mark.parametrize("version,expected,exact", [
-    ((7, 2, 22), "7.2", True), ((10, 0, 2), "10.0", True), ((10, 0, 13), "10.0", True),
-    ((11, 1, 3), "11.1", True), ((8, 2, 0), "7.2", False), ((10, 1, 0), "10.0", False),
+    ((7, 2, 22), "7.2", True), ((10, 0, 2), "10.0", True), ((10, 0, 12), "10.0", True),
+    # the 10.0 stable branch took 11.1's job-filter drop by 10.0.13
+    ((10, 0, 13), "10.0.13", True), ((10, 0, 14), "10.0.13", True),
+    ((11, 1, 3), "11.1", True), ((8, 2, 0), "7.2", False), ((10, 1, 0), "10.0.13", False),
     ((10, 2, 2), "10.2", True), ((10, 2, 90), "10.2", False),
     ((9, 1, 0), "7.2", False), ((11, 1, 90), "11.1", False), ((12, 0, 0), "11.1", False),
     ((6, 2, 0), "7.2", False)])

@@ -57,10 +57,11 @@ def test_exact_profiles_know_every_field_they_predict():
 
 @pytest.fixture
 def unknown_11_1(monkeypatch):
-    """QEMU 11.1.3 with the 11.1 and 10.2 profiles hidden: it gets 10.0's, inexactly."""
+    """QEMU 11.1.3 with the 11.1, 10.2 and 10.0.13 profiles hidden: it gets 10.0's,
+    inexactly."""
     binaries = qemu_binaries("11.1")
-    monkeypatch.delitem(PROFILES, "11.1")
-    monkeypatch.delitem(PROFILES, "10.2")
+    for name in ("11.1", "10.2", "10.0.13"):
+        monkeypatch.delitem(PROFILES, name)
     monkeypatch.setattr(S, "_PROFILE_CACHE", {})
     monkeypatch.setattr(S, "_FIELD_FILTERS", {})
     return binaries
