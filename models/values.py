@@ -181,11 +181,15 @@ JOB_COMMANDS = frozenset({"block-stream", "block-commit", "job-finalize", "job-d
 #: the commands that pause a job at the user's request, and those that end that pause; the
 #: harness counts a job the user paused as settled only once it is paused (``standby``)
 JOB_PAUSE_COMMANDS = {"block-job-pause": "device", "job-pause": "id"}
-JOB_UNPAUSE_COMMANDS = {"block-job-resume": "device", "job-resume": "id", "job-cancel": "id"}
+JOB_UNPAUSE_COMMANDS = {"block-job-resume": "device", "job-resume": "id", "job-cancel": "id",
+                        "block-job-cancel": "device"}
 #: the commands that make a ready job finish: it may still show ``ready`` for a moment after
-#: the reply (it wakes and copies what is dirty first), so the harness waits until it left it
+#: the reply (it wakes and copies what is dirty first), so the harness waits until it left it.
+#: ``job-cancel`` of a ready job too: its reply can come before the job wakes to abort (seen
+#: on a 10.0.13 build and on 11.1.3, 2026-12-02: a ready active commit still ``ready`` in the
+#: first poll, its aborting/concluded/null events after it, in about one replay of two)
 JOB_COMPLETE_COMMANDS = {"block-job-complete": "device", "job-complete": "id",
-                         "block-job-cancel": "device"}
+                         "block-job-cancel": "device", "job-cancel": "id"}
 
 
 # --------------------------------------------------------------------------------------------
