@@ -45,6 +45,15 @@ def qcow2_open_failed(g: Graph, file: Node) -> None:
         raise KnownQemuBug("known QEMU crash: a failing qcow2 open over a node in an iothread")
 
 
+def qcow2_open_read_only(g: Graph, file: Node) -> None:
+    """QEMU 7.2 bug, the same abort as a failing open (``qemu_mutex_unlock_impl: Operation
+    not permitted``): a read-only qcow2 open over a child in an iothread, even one that
+    succeeds (VersionProfile.qcow2_read_only_open_over_iothread_aborts; a 150 s 7.2 campaign
+    and the 5-step trace of 2026-12-02 in corpus/findings/README.md)."""
+    if g.qemu_profile.qcow2_read_only_open_over_iothread_aborts and file.ctx != "main":
+        raise KnownQemuBug("known QEMU crash: a read-only qcow2 open over a node in an iothread")
+
+
 def reopen_start(g: Graph) -> None:
     """Draining a node drains its parents too: a job on any ancestor of a node a known bug
     left drained stalls (VersionProfile.reopen_duplicate_drain_leak).  Checked when a reopen
@@ -245,6 +254,7 @@ GUARDS: dict[str, Callable[..., Any]] = {
     "attach-file": attach_file,
     "qcow2-header-read": qcow2_header_read,
     "qcow2-open-failed": qcow2_open_failed,
+    "qcow2-open-read-only": qcow2_open_read_only,
     "reopen-start": reopen_start,
     "reopen-prepared": reopen_prepared,
     "reopen-closed": reopen_closed,

@@ -122,6 +122,13 @@ class VersionProfile:
     #: in the visit and ends with "Parameter 'backing-mask-protocol' is unexpected" (probed:
     #: corpus/probes/job-argument-visitor.json)
     job_backing_mask_protocol: bool = True
+    #: QEMU bug (7.2.22; 10.0.2, 10.0.13 and 11.1.3 open it): a read-only qcow2 open over a
+    #: read-only node in an iothread's AioContext aborts like a failing one
+    #: (``qemu_mutex_unlock_impl: Operation not permitted``) even where the open succeeds;
+    #: read-write is fine (probed 2026-12-02, a file or blkdebug child under a scsi-hd on an
+    #: iothread controller; corpus/findings/qcow2-failed-open-over-iothread-node-abort.json's
+    #: family)
+    qcow2_read_only_open_over_iothread_aborts: bool = False
     #: the first stable release of ``version`` this profile describes: a series whose stable
     #: branch took a behaviour change has one profile per change (``profile_for()``)
     micro: int = 0
@@ -138,7 +145,8 @@ PROFILES: dict[str, VersionProfile] = {
                           dataplane_op_blocker=True, quorum_iothread_child_change_aborts=True,
                           resize_blocked_error="Device '{device}' is in use",
                           qcow2_create_over_iothread_fails=True, job_backing_mask_protocol=False,
-                          qemu_io_zero_write_past_end_in_iothread_aborts=True),
+                          qemu_io_zero_write_past_end_in_iothread_aborts=True,
+                          qcow2_read_only_open_over_iothread_aborts=True),
     "10.0": VersionProfile("10.0", (10, 0), node_active_field=True, file_format_specific=True,
                            qcow2_discard_no_unref=True, driver_variable_length=False,
                            reopen_refreshes_length=True, reopen_duplicate_drain_leak=True,

@@ -134,3 +134,29 @@ def test_a_patched_build_that_meets_the_expectation_is_fixed():
     assert not model_predicts_fixed_bug(finding, at_qemu)     # the bug is there
     assert not model_predicts_fixed_bug(plain, at_model)      # a probe: the model is wrong
     assert not model_predicts_fixed_bug(finding, ResultMismatch(0, step, got, {"return": {}}, "reply"))
+
+
+@pytest.mark.parametrize("version,guarded", [("7.2", True), ("10.0", False), ("11.1", False)])
+def test_read_only_qcow2_open_over_an_iothread_node_is_guarded_on_7_2(version, guarded):
+    """7.2.22 aborts on a read-only qcow2 open over a node in an iothread, even one that
+    succeeds; read-write is fine (probed 2026-12-02)."""
+    from models import KnownQemuBug
+
+    for read_only in (True, False):
+        m = Model(PROFILES[version], (ImageSpec("hd2.img", "qcow2", 512),), machine="pc")
+        m.graph.guard_known_crashes = True
+        assert m.execute("object-add", {"qom-type": "iothread", "id": "iothread1"}).ok
+        assert m.execute("device_add", {"driver": "virtio-scsi", "id": "scsi0",
+                                        "iothread": "iothread1"}).ok
+        assert m.execute("blockdev-add", {"driver": "file", "node-name": "t0",
+                                          "read-only": read_only, "filename": "hd2.img"}).ok
+        assert m.execute("device_add", {"driver": "scsi-hd", "drive": "t0", "bus": "scsi0.0",
+                                        "share-rw": True}).ok
+        args = {"driver": "qcow2", "node-name": "r1", "file": "t0", "read-only": read_only}
+        if guarded and read_only:
+            with pytest.raises(KnownQemuBug):
+                m.execute("blockdev-add", args)
+        else:
+            # read-write: no guard; the disk's write makes it a permission conflict
+            r = m.execute("blockdev-add", args)
+            assert r.ok if read_only else r.error.desc.startswith("Permission conflict on node 't0'")

@@ -232,6 +232,8 @@ class Qcow2(BlockDriver):
         except QmpFailure:
             g.guard("qcow2-open-failed", file=file)
             raise
+        if node.read_only:
+            g.guard("qcow2-open-read-only", file=file)
         op.open_backing(node, options)
 
     def join_options(self, node: Node, options: dict, old: dict) -> None:
