@@ -277,12 +277,7 @@ def replace_node(g: Graph, old: Node, new: Node) -> None:
             c = what
             if c.parent == new.name or g.has_child_recursive(new, c.parent):
                 continue   # should_update_child(): no loops
-            old.parents.remove(c)
-            c.child = new.name
-            c.seq = g.next_edge_seq()
-            new.parents.insert(0, c)
-            g.move_to_head(c)
-            g.moved.append((c.parent, c.name))
+            _move_edge(g, c, old, new)
         elif kind == "device":
             d = g.devices[what]
             g.devices[what] = attrs.evolve(d, node=new.name, parent=attrs.evolve(
@@ -292,6 +287,17 @@ def replace_node(g: Graph, old: Node, new: Node) -> None:
             g.leaked_blks[what] = attrs.evolve(g.leaked_blks[what], node=new.name,
                                                seq=g.next_edge_seq())
             g.moved.append((MOVED_BLK, what))
+
+
+def _move_edge(g: Graph, c: Child, old: Node, new: Node) -> None:
+    """``bdrv_replace_child_noperm()`` of one edge from ``old`` to ``new``: the newest parent
+    of ``new`` and of its parent's children, recorded in ``Graph.moved``."""
+    old.parents.remove(c)
+    c.child = new.name
+    c.seq = g.next_edge_seq()
+    new.parents.insert(0, c)
+    g.move_to_head(c)
+    g.moved.append((c.parent, c.name))
 
 
 def set_backing(g: Graph, parent: Node, new: Node | None) -> None:
@@ -1007,12 +1013,7 @@ def _commit_prepare(g: Graph, job: Job) -> None:
     inherits = g.inherits_from_recursive(base, top.name)
     for c in list(ct.parents):
         parent = g.nodes[c.parent]
-        ct.parents.remove(c)
-        c.child = base.name
-        c.seq = g.next_edge_seq()
-        base.parents.insert(0, c)
-        g.move_to_head(c)
-        g.moved.append((c.parent, c.name))
+        _move_edge(g, c, ct, base)
         if c.role == ROLE_COW:
             # bdrv_drop_intermediate(): backing_file_str, or the base's filename
             img = g.image(parent)
