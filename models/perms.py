@@ -188,6 +188,18 @@ def refresh(g: Graph, roots: Iterable[str], writable: dict[str, bool] | None = N
     return perms
 
 
+def trial(g: Graph, roots: Iterable[str], external: dict[str, list[ExternalParent]]) -> None:
+    """``refresh()`` for a temporary user that the command gives up again (HMP qemu-io's and
+    block_resize's BlockBackend): the same checks in the same order, raising what they
+    raise, with ``g`` as it was afterwards.  The checks change only the lock bytes, so those
+    are put back; no clone of the graph is needed."""
+    locks = dict(g.locks)
+    try:
+        refresh(g, roots, external=external)
+    finally:
+        g.locks = locks
+
+
 def settle_locks(g: Graph) -> None:
     """After a command completes, every file node holds exactly the lock bytes of its current
     permissions: detaching a parent drops them (``bdrv_child_free()`` refreshes the old child,

@@ -106,7 +106,7 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     # 11.1.3: corpus/probes/qemu-io-attach-checks-an-unaligned-compress-node.json)
     tmp = P.ExternalParent("an unnamed block device", "root", 0, P.ALL)
     try:
-        P.refresh(g.clone(), [node.name], external={node.name: [tmp]})
+        P.trial(g, [node.name], {node.name: [tmp]})
     except QmpFailure as e:
         return IoResult(("Error: " + e.desc + "\n" + e.hint).replace("\n", "\r\n"), ())
     length = node_length(g, node)
@@ -141,7 +141,7 @@ def run(g: Graph, cmd: IoCommand) -> IoResult:
     # write: the temporary BlockBackend asks for the write permission first
     bb = P.ExternalParent("an unnamed block device", "root", P.WRITE, P.ALL)
     try:
-        P.refresh(g.clone(), [node.name], external={node.name: [bb]})
+        P.trial(g, [node.name], {node.name: [bb]})
     except QmpFailure as e:
         # HMP prints the error with its hint (error_report_err()), lines ending "\r\n"
         return IoResult((e.desc + "\n" + e.hint).replace("\n", "\r\n"), ())

@@ -39,7 +39,7 @@ def block_resize(g: Graph, args: Any) -> None:
             node=bs.name, reason=reason, device="(null)" if device is None else device))
     # blk_co_new_with_bs(bs, BLK_PERM_RESIZE, BLK_PERM_ALL)
     bb = P.ExternalParent("an unnamed block device", "root", P.RESIZE, P.ALL)
-    P.refresh(g.clone(), [bs.name], external={bs.name: [bb]})
+    P.trial(g, [bs.name], {bs.name: [bb]})
     truncate(g, bs, size)
 
 
