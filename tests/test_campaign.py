@@ -578,3 +578,39 @@ def test_an_internal_error_without_a_message_is_still_named(tmp_path):
     out = writer.record(FailureSeen(err2, T.Trace("y", [], []), internal_signature(err2), "7.2",
                                     internal=True))
     assert out.summary == "KeyError: 'gone'"
+
+
+# --------------------------------------------------------------------------------------------
+# where a campaign's images live (fuzz.campaign.scratch_dir)
+
+def _mounts(tmp_path, fstype: str, where) -> str:
+    p = tmp_path / "mounts"
+    p.write_text(f"/dev/vda / ext4 rw 0 0\nnone {where} {fstype} rw,nosuid 0 0\n")
+    return str(p)
+
+
+def test_scratch_is_a_roomy_tmpfs_unless_tmpdir_is_set(tmp_path, monkeypatch):
+    from fuzz import campaign as C
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    roomy = os.statvfs(shm).f_bavail * os.statvfs(shm).f_frsize >= C.SCRATCH_MIN_FREE
+    if not roomy:   # the rule under test needs room; make the threshold fit this machine
+        monkeypatch.setattr(C, "SCRATCH_MIN_FREE", 1)
+    tmpfs = _mounts(tmp_path, "tmpfs", shm)
+    assert C.scratch_dir({}, shm=str(shm), mounts=tmpfs) == str(shm)
+    # the user's $TMPDIR wins (and the tests' leftover checks rely on it)
+    assert C.scratch_dir({"TMPDIR": "/elsewhere"}, shm=str(shm), mounts=tmpfs) is None
+    # not a tmpfs, or not mounted: Python's default
+    assert C.scratch_dir({}, shm=str(shm), mounts=_mounts(tmp_path, "ext4", shm)) is None
+    assert C.scratch_dir({}, shm=str(tmp_path / "none"), mounts=tmpfs) is None
+    assert C.scratch_dir({}, shm=str(shm), mounts=str(tmp_path / "no-proc")) is None
+
+
+def test_scratch_skips_a_small_tmpfs(tmp_path, monkeypatch):
+    """A container's 64 MiB /dev/shm would fill up and make every write an ENOSPC."""
+    from fuzz import campaign as C
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    st = os.statvfs(shm)
+    monkeypatch.setattr(C, "SCRATCH_MIN_FREE", st.f_bavail * st.f_frsize + (1 << 30))
+    assert C.scratch_dir({}, shm=str(shm), mounts=_mounts(tmp_path, "tmpfs", shm)) is None
