@@ -194,6 +194,11 @@ class Graph:
     #: corpus/findings/stream-failed-start-leaks-blockbackend.json).  Nothing frees them: the
     #: node can no longer be deleted and keeps their permissions.
     leaked_blks: list = attrs.field(factory=list)
+    #: edge permissions QEMU did not recompute, by edge ``seq``: (perm, shared) as the edge had
+    #: them.  ``bdrv_set_backing_hd()`` refreshes only the parent's subtree, so an old backing
+    #: node that something else still holds (a stream job's "intermediate node" link) keeps
+    #: the edge permissions of its own subtree as they were (``models.perms.stale_after``)
+    stale_perms: dict = attrs.field(factory=dict)
 
     def clone(self) -> "Graph":
         # Images are shared: graph commands never change image contents; only qemu-io writes
@@ -216,7 +221,8 @@ class Graph:
                      dict(self.objects), {k: j.clone() for k, j in self.jobs.items()},
                      dict(self.devices), self.machine, self.anon_devices, self.edge_seq, self.profile,
                      set(self.stuck), set(self.dangling_data_file), self.guard_known_crashes,
-                     self.guards, job_events=self.job_events, leaked_blks=list(self.leaked_blks))
+                     self.guards, job_events=self.job_events, leaked_blks=list(self.leaked_blks),
+                     stale_perms=dict(self.stale_perms))
 
     @property
     def qemu_profile(self) -> VersionProfile:

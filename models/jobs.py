@@ -305,6 +305,7 @@ def set_backing(g: Graph, parent: Node, new: Node | None) -> None:
     old_edge = parent.child("backing")
     update = new is not None and g.inherits_from_recursive(new, parent.name)
     old = g.nodes[old_edge.child] if old_edge else None
+    before = P.Perms(g, {}, {}) if old is not None else None
     if old_edge is not None:
         g.unset_inherits_from(parent.name, old_edge)
         g.detach(old_edge)
@@ -315,6 +316,8 @@ def set_backing(g: Graph, parent: Node, new: Node | None) -> None:
     L.refresh(g, parent)   # bdrv_set_file_or_backing_noperm()
     if old is not None and g.refcount(old) == 0:
         g.unref(old)
+    if old is not None and before is not None:
+        P.stale_after(g, before, parent, old)
 
 
 def _job_id(g: Graph, job_id: str | None, device_name: str = "") -> str:
@@ -1118,6 +1121,9 @@ def _release_all(g: Graph, job: Job) -> None:
         n = g.get(name)
         if n is not None and g.refcount(n) == 0:
             g.unref(n)
+        elif n is not None:
+            # bdrv_root_unref_child() refreshes the node it let go of, subtree and all
+            P.forget_stale(g, P.topological_dfs(g, [name]))
 
 
 def _dismiss(g: Graph, job: Job) -> None:

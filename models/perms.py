@@ -83,17 +83,26 @@ def topological_dfs(g: Graph, roots: Iterable[str]) -> list[str]:
 class Perms:
     """Cumulative permissions of every node and edge of a graph."""
 
-    def __init__(self, g: Graph, writable: dict[str, bool], external: dict[str, list[ExternalParent]]):
+    def __init__(self, g: Graph, writable: dict[str, bool], external: dict[str, list[ExternalParent]],
+                 fresh: Iterable[str] = ()):
+        """Every edge as ``bdrv_child_perm()`` gives it, but the stale edges of
+        ``Graph.stale_perms`` out of nodes not in ``fresh`` (the nodes a refresh
+        recomputes): those keep the permissions QEMU left on them."""
         self.g = g
         self.writable = writable
         self.external = external
         self.edge: dict[int, tuple[int, int]] = {}
         self.node: dict[str, tuple[int, int]] = {}
+        stale = g.stale_perms
+        recomputed = set(fresh) if stale else set()
         for name in topological_dfs(g, list(g.nodes)):
             p, s = self._cumulative(name)
             self.node[name] = (p, s)
             n = g.nodes[name]
             for c in n.children:
+                if stale and c.seq in stale and name not in recomputed:
+                    self.edge[id(c)] = stale[c.seq]
+                    continue
                 cp, cs = n.driver.child_perm(c.role, self.is_writable(n), p, s)
                 cp, cs = n.driver.adjust_child_perm(n, cp, cs)
                 if g.nodes[c.child].force_share:
@@ -176,16 +185,44 @@ def refresh(g: Graph, roots: Iterable[str], writable: dict[str, bool] | None = N
             external: dict[str, list[ExternalParent]] | None = None) -> Perms:
     """``bdrv_list_refresh_perms()``: check the nodes reachable from ``roots``; on success
     commit the file locks of every file node to its new permissions."""
-    perms = Perms(g, writable or {}, external or {})
     order = topological_dfs(g, roots)
+    perms = Perms(g, writable or {}, external or {}, fresh=order)
     for name in order:
         check_node(perms, name)
+    forget_stale(g, order)   # the refreshed edges hold what they were given now
     for name in order:
         n = g.nodes[name]
         if n.driver.takes_locks(n):
             p, s = perms.node[name]
             g.locks[name] = (p, ALL & ~s)
     return perms
+
+
+def forget_stale(g: Graph, names: Iterable[str]) -> None:
+    """The edges out of ``names`` were recomputed (``bdrv_refresh_perms()`` over them)."""
+    if g.stale_perms:
+        for name in names:
+            n = g.nodes.get(name)
+            for c in (n.children if n is not None else ()):
+                g.stale_perms.pop(c.seq, None)
+
+
+def stale_after(g: Graph, before: Perms, parent: Node, old: Node) -> None:
+    """After ``bdrv_set_backing_hd(parent, ...)`` took ``old`` away from ``parent``: its
+    ``bdrv_refresh_perms(parent)`` recomputes ``parent``'s subtree only, so where ``old``
+    lives on, every edge of ``old``'s subtree outside ``parent``'s keeps what it had
+    (``before``).  Probed on 11.1.3 (``x-debug-query-block-graph``): after a stream without a
+    base concluded, the old backing qcow2 node, held by the job's "intermediate node" link
+    (perm none), still takes consistent read on its own backing, which
+    ``blockdev-snapshot`` then calls "The overlay is already in use"; job-dismiss
+    refreshes it (tests/test_stale_perms.py compares every edge with a real 11.1)."""
+    if old.name not in g.nodes:
+        return
+    refreshed = set(topological_dfs(g, [parent.name]))
+    for name in topological_dfs(g, [old.name]):
+        if name not in refreshed:
+            for c in g.nodes[name].children:
+                g.stale_perms[c.seq] = before.edge[id(c)]
 
 
 def trial(g: Graph, roots: Iterable[str], external: dict[str, list[ExternalParent]]) -> None:
