@@ -207,6 +207,20 @@ _CANONICAL_AUTO = re.compile(r"#block\d+")
 _HMP_WORD = re.compile(r"(?<!\S)#block\d+(?!\S)")
 
 
+def _auto_names_in(v: Any, found: list[str]) -> None:
+    """Append every canonical auto name (``#block<N>``) in ``v``, depth first.  Module-level:
+    a nested recursive function is a reference cycle that only the cyclic collector frees."""
+    if isinstance(v, str):
+        if _CANONICAL_AUTO.fullmatch(v):
+            found.append(v)
+    elif isinstance(v, dict):
+        for x in v.values():
+            _auto_names_in(x, found)
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            _auto_names_in(x, found)
+
+
 class NodeNames:
     """Canonical -> real auto node names of one QEMU process.
 
@@ -265,19 +279,7 @@ class NodeNames:
 
     def _mentions(self, cmd: str, args: Any) -> list[str]:
         found: list[str] = []
-
-        def walk(v: Any) -> None:
-            if isinstance(v, str):
-                if _CANONICAL_AUTO.fullmatch(v):
-                    found.append(v)
-            elif isinstance(v, dict):
-                for x in v.values():
-                    walk(x)
-            elif isinstance(v, (list, tuple)):
-                for x in v:
-                    walk(x)
-
-        walk(args)
+        _auto_names_in(args, found)
         if cmd == "human-monitor-command" and isinstance(args, dict) \
                 and isinstance(args.get("command-line"), str):
             found += _HMP_WORD.findall(args["command-line"].partition('"')[0])

@@ -62,22 +62,27 @@ def default_perms(role: str, parent_writable: bool, perm: int, shared: int) -> t
 
 
 def topological_dfs(g: Graph, roots: Iterable[str]) -> list[str]:
-    """``bdrv_topological_dfs()`` over a list of nodes: parents before children."""
+    """``bdrv_topological_dfs()`` over a list of nodes: parents before children (each node
+    after everything that reaches it, as QEMU prepends a node once its children are done)."""
     found: set[str] = set()
-    out: list[str] = []
-
-    def dfs(name: str) -> None:
-        if name in found:
-            return
-        found.add(name)
-        for c in g.nodes[name].children:
-            dfs(c.child)
-        out.insert(0, name)
-
+    post: list[str] = []
     for r in roots:
         if r in g.nodes:
-            dfs(r)
-    return out
+            _dfs(g, r, found, post)
+    post.reverse()
+    return post
+
+
+def _dfs(g: Graph, name: str, found: set[str], post: list[str]) -> None:
+    # a module-level function, not a closure: a nested recursive one refers to itself
+    # through its own cell, a reference cycle holding the graph, its images included, until
+    # the cyclic collector runs (a campaign's worker runs it seldom: fuzz.campaign.gc_tuned)
+    if name in found:
+        return
+    found.add(name)
+    for c in g.nodes[name].children:
+        _dfs(g, c.child, found, post)
+    post.append(name)
 
 
 class Perms:
