@@ -614,3 +614,28 @@ def test_scratch_skips_a_small_tmpfs(tmp_path, monkeypatch):
     st = os.statvfs(shm)
     monkeypatch.setattr(C, "SCRATCH_MIN_FREE", st.f_bavail * st.f_frsize + (1 << 30))
     assert C.scratch_dir({}, shm=str(shm), mounts=_mounts(tmp_path, "tmpfs", shm)) is None
+
+
+ROUND_CAP_DRIVER = textwrap.dedent("""
+    import sys
+    from fuzz import campaign
+    campaign.ROUND_EXAMPLES = 2
+    from fuzz.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.qemu
+def test_a_round_ends_after_round_examples(qemu10, tmp_path):
+    """A worker starts a new Hypothesis run (a new engine, its memory freed) every
+    ``ROUND_EXAMPLES`` valid examples, and the campaign's budget still holds across rounds."""
+    drv = tmp_path / "cap.py"
+    drv.write_text(ROUND_CAP_DRIVER)
+    r = subprocess.run([PY, str(drv), "run", "--qemu", qemu10.system, "--examples", "30",
+                        "--workers", "1", "--seed", "3", "--out", str(tmp_path / "o"),
+                        "--json", str(tmp_path / "r.json")],
+                       cwd=ROOT, env=env_for(tmp_path), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    counts = json.load(open(tmp_path / "r.json"))["counts"]
+    assert counts["examples"] == 30
+    assert counts["rounds"] >= 3, counts     # one round without the cap
