@@ -239,10 +239,14 @@ def blockdev_reopen(g: Graph, args: Any, profile: VersionProfile) -> None:
     queue: list[_Entry] = []
     for element in elements:
         name = element.get("node-name")
-        if name is None:
-            raise QmpFailure("node-name not specified")
-        node = g.get(name)
+        node = g.get(name) if name is not None else None
         if node is None:
+            # goto fail: bdrv_reopen_queue_free() ends one drain per entry, so a node queued
+            # twice so far stays drained (VersionProfile.reopen_duplicate_drain_leak), and a
+            # job above it stalls (corpus/findings/qemu10-failed-reopen-dup-node-job-hang.json)
+            g.guard("reopen-start")
+            if name is None:
+                raise QmpFailure("node-name not specified")
             raise QmpFailure(f"Failed to find node with node-name='{name}'")
         _queue_child(g, queue, node, flatten(element), None, None, False)
     if any(e.node.name in g.dangling_data_file for e in queue):

@@ -585,6 +585,30 @@ def test_campaigns_do_not_commit_a_compress_node_where_that_hangs(version, guard
     assert isinstance(e.value, KnownQemuBug) is guarded
 
 
+@pytest.mark.parametrize("version,known", [("7.2", False), ("10.0", True), ("11.1", False)])
+def test_a_reopen_that_fails_after_queueing_a_node_twice_leaks_the_drain(version, known):
+    """10.0.2 (corpus/findings/qemu10-failed-reopen-dup-node-job-hang.json): the node queued
+    twice stays drained when a later element has no node-name, and the active commit job
+    above it stalls; campaigns refuse the step, the other versions answer the error."""
+    from models import KnownQemuBug
+
+    m = Model(PROFILES[version], IMAGES)
+    m.graph.guard_known_crashes = True
+    hd0 = {"driver": "qcow2", "node-name": "hd0", "file": {"driver": "file", "filename": "hd1.img"}}
+    assert m.execute("blockdev-add", hd0).ok
+    assert m.execute("block-commit", {"device": "hd0", "job-id": "job0"}).ok
+    entry = {"driver": "qcow2", "node-name": "hd0", "file": "#block1"}
+    args = {"options": [entry, entry, {"driver": "qcow2", "file": "#block1"}]}
+    if known:
+        with pytest.raises(KnownQemuBug):
+            m.execute("blockdev-reopen", args)
+    else:
+        assert m.execute("blockdev-reopen", args).error.desc == "node-name not specified"
+    # one element without the node twice first: the error, on every version
+    out = m.execute("blockdev-reopen", {"options": [entry, {"driver": "qcow2", "file": "#block1"}]})
+    assert out.error.desc == "node-name not specified"
+
+
 @pytest.mark.parametrize("version,known", [("10.0", True), ("11.1", False)])
 def test_the_concluded_stream_guard_comes_before_the_models_own_limits(version, known):
     # a stream into a filter over a backing chain is outside the model, but on 10.0 it still
