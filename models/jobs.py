@@ -1119,11 +1119,14 @@ def _release_all(g: Graph, job: Job) -> None:
     job.blocks = {}
     for name in dict.fromkeys(held):
         n = g.get(name)
-        if n is not None and g.refcount(n) == 0:
-            g.unref(n)
-        elif n is not None:
-            # bdrv_root_unref_child() refreshes the node it let go of, subtree and all
+        if n is None:
+            continue
+        if g.stale_perms:
+            # bdrv_root_unref_child() refreshes the node it let go of, subtree and all,
+            # before a node nobody references any more is closed
             P.forget_stale(g, P.topological_dfs(g, [name]))
+        if g.refcount(n) == 0:
+            g.unref(n)
 
 
 def _dismiss(g: Graph, job: Job) -> None:

@@ -57,7 +57,8 @@ def qcow2_open_read_only(g: Graph, file: Node) -> None:
 def reopen_start(g: Graph) -> None:
     """Draining a node drains its parents too: a job on any ancestor of a node a known bug
     left drained stalls (VersionProfile.reopen_duplicate_drain_leak).  Checked when a reopen
-    starts, and again when it is done: a reopen that gives a job's node a drained child
+    starts, when ``qmp_blockdev_reopen()`` fails while it still queues (its ``fail`` path
+    ends one drain per entry, so a node queued twice stays drained), and when it is done: a reopen that gives a job's node a drained child
     stalls the job just the same (10.0.2: ``jobs never settled: job0=standby``, a 600 s
     campaign, 13 steps)."""
     if g.stuck and g.jobs and any(g.reaches_stuck(g.nodes[n]) for j in g.jobs.values()

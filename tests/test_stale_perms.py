@@ -136,3 +136,15 @@ def test_every_edge_matches_qemu_11_1(tmp_path):
                     (parent, e["name"], (_bits(e["perm"]), _bits(e["shared-perm"])))
                 compared += 1
     assert compared >= 12
+
+
+def test_dismiss_forgets_the_stale_edges_of_nodes_it_closes():
+    """Unnamed intermediate nodes close at job-dismiss: nothing stale outlives them (the
+    campaign's 4-step trace: the old chain was opened from the image headers)."""
+    m = Model(PROFILES["11.1"], IMAGES)
+    for cmd, args in [("blockdev-add", qcow2("top", "hd2.img")),
+                      ("block-stream", {"job-id": "job0", "device": "top", "auto-dismiss": False})]:
+        assert m.execute(cmd, args).error is None, cmd
+    assert m.graph.stale_perms
+    assert m.execute("job-dismiss", {"id": "job0"}).error is None
+    assert not m.graph.stale_perms
