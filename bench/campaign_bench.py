@@ -79,8 +79,10 @@ def campaign(binaries, workers: int, seed: int, *, seconds: float | None = None,
         r = subprocess.run(cmd, capture_output=True, text=True)
     m = _SUMMARY.search(r.stdout)
     if r.returncode not in (0, 1) or not m:
-        raise SystemExit(f"campaign_bench: blockfuzz run --workers {workers} exited "
-                         f"{r.returncode}: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+        last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        print(f"campaign_bench: blockfuzz run --workers {workers} exited {r.returncode}: "
+              f"{last[0]}", file=sys.stderr)
+        raise SystemExit(2)
     return {"examples": int(m.group(1)), "steps": int(m.group(2)), "seconds": float(m.group(3)),
             "examples/s": float(m.group(4)), "steps/s": float(m.group(5))}
 
